@@ -75,14 +75,16 @@ class FileDisk:
     def size(self) -> int:
         return self._size
 
-    async def read(self, offset: int, length: int) -> bytes:
+    def read_now(self, offset: int, length: int) -> bytes:
+        """Synchronous read, for callers on the hot path that need no await."""
         check_range(self._size, offset, length)
         data = os.pread(self._fd, length, offset)
         if len(data) != length:  # a file truncated behind our back
             raise OSError(errno.EIO, f"short read on {self.path}")
         return data
 
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+    def write_now(self, offset: int, data: bytes) -> None:
+        """Synchronous write into the page cache (no sync)."""
         check_range(self._size, offset, len(data))
         if self.readonly:
             raise OSError(errno.EROFS, f"{self.name} is read-only")
@@ -90,6 +92,12 @@ class FileDisk:
         done = 0
         while done < len(view):
             done += os.pwrite(self._fd, view[done:], offset + done)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return self.read_now(offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        self.write_now(offset, data)
         if fua:
             await self.flush()
 

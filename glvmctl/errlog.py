@@ -1,0 +1,70 @@
+"""Error log commands: errpt, errclear, errnotify."""
+
+from __future__ import annotations
+
+import typer
+
+from glvmctl.context import rpc
+from glvmctl.devices import JSON
+from glvmctl.output import columns, emit_json
+from rpv.daemon.errlog import format_detail, format_summary
+
+SUMMARY_KEYS = ("identifier", "label", "timestamp", "sequence", "type", "class", "resource",
+                "description")
+
+notify_app = typer.Typer(help="Error notification objects (run a command on new entries).",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def errpt(
+        detailed: bool = typer.Option(False, "-a", help="detailed report of each entry"),
+        identifier: str = typer.Option(None, "-j", help="only entries with this identifier"),
+        resource: str = typer.Option(None, "-N", help="only entries for this resource name"),
+        as_json: bool = JSON,
+    ) -> None:
+        """Report error log entries, newest first."""
+        entries = rpc("errpt", identifier=identifier, resource=resource)
+        if as_json:
+            emit_json([e if detailed else {k: e[k] for k in SUMMARY_KEYS} for e in entries])
+        elif entries:
+            typer.echo(format_detail(entries) if detailed else format_summary(entries))
+
+    @app.command()
+    def errclear() -> None:
+        """Delete all error log entries."""
+        n = rpc("errclear")
+        typer.echo(f"{n} entries cleared")
+
+    app.add_typer(notify_app, name="errnotify")
+
+
+@notify_app.command("add")
+def notify_add(
+    method: str = typer.Option(..., "--method", help="shell command; $1 sequence, "
+                               "$2 identifier, $3 class, $4 type, $6 resource, $9 label"),
+    label: str = typer.Option(None, "--label", help="only entries with this label"),
+    resource: str = typer.Option(None, "--resource", help="only entries for this resource"),
+) -> None:
+    """Add a notification object."""
+    r = rpc("errnotify_add", method=method, label=label, resource=resource)
+    typer.echo(f"errnotify object {r['id']} added")
+
+
+@notify_app.command("list")
+def notify_list(as_json: bool = JSON) -> None:
+    """List notification objects."""
+    rows = rpc("errnotify_list")
+    if as_json:
+        emit_json(rows)
+        return
+    columns([[str(r["id"]), r["label"] or "*", r["resource"] or "*", r["method"]]
+             for r in rows], header=["ID", "LABEL", "RESOURCE", "METHOD"])
+
+
+@notify_app.command("rm")
+def notify_rm(notify_id: int = typer.Argument(..., help="object id from errnotify list")) -> None:
+    """Remove a notification object."""
+    rpc("errnotify_rm", id=notify_id)
+    typer.echo(f"errnotify object {notify_id} removed")

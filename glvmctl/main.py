@@ -1,0 +1,36 @@
+"""``glvmctl``: AIX-style device, RPV and error-log commands for a site's rpvd."""
+
+from __future__ import annotations
+
+import typer
+
+from glvmctl import devices, errlog, rpv
+from glvmctl.context import set_socket
+
+app = typer.Typer(
+    help="Manage geographic LVM mirroring at this site: devices (mkdev, chdev, rmdev, lsdev, "
+         "lsattr, lspv), RPV servers and clients, and the error log. Talks to rpvd over its "
+         "control socket ($GLVM_SOCKET).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@app.callback()
+def _global(socket: str = typer.Option(None, "--socket", envvar="GLVM_SOCKET",
+                                       help="rpvd control socket "
+                                            "(default /var/lib/glvm/control.sock)")) -> None:
+    set_socket(socket)
+
+
+devices.register(app)
+errlog.register(app)
+app.add_typer(rpv.server_app, name="rpvserver")
+app.add_typer(rpv.client_app, name="rpvclient")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""RPV server and client commands (the seed's ``smitty rpvserver`` / ``smitty rpvclient``)."""
+
+from __future__ import annotations
+
+import socket
+
+import typer
+
+from glvmctl.context import rpc
+from glvmctl.devices import JSON
+from glvmctl.output import columns, emit_json, fail
+
+server_app = typer.Typer(help="RPV servers: site name, add servers for local disks.",
+                         no_args_is_help=True)
+client_app = typer.Typer(help="RPV clients: discover a remote site's disks, add clients.",
+                         no_args_is_help=True)
+
+
+@server_app.command("site")
+def site(name: str = typer.Argument(None, help="new site name; omit to show it"),
+         as_json: bool = JSON) -> None:
+    """Define, change or show the RPV server site name."""
+    r = rpc("site", name=name)
+    if as_json:
+        emit_json(r)
+    else:
+        typer.echo(r["site"] or "(no site name defined)")
+
+
+@server_app.command("add")
+def server_add(
+    pvids: list[str] = typer.Argument(..., help="PVIDs of local disks to serve"),
+    client_addr: str = typer.Option(..., "--client-addr", help="the only RPV client IP "
+                                                               "address to accept"),
+    auto_online: str = typer.Option("y", "--auto-online", help="configure at system restart "
+                                                               "(y/n)"),
+    define_only: bool = typer.Option(False, "-d", help="leave the new servers Defined"),
+) -> None:
+    """Add one RPV server per PVID (like SMIT 'Add Remote Physical Volume Servers')."""
+    for pvid in pvids:
+        r = rpc("mkdev", dev_class="rpvserver", dev_type="rpvstype", define_only=define_only,
+                attrs={"rpvs_pvid": pvid, "client_addr": client_addr,
+                       "auto_online": auto_online})
+        typer.echo(f"{r['name']} {r['state']}")
+
+
+def route_source(server_addr: str) -> str:
+    """The local address the kernel would use to reach ``server_addr``."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in server_addr else socket.AF_INET,
+                           socket.SOCK_DGRAM) as s:
+            s.connect((server_addr, 6192))
+            return s.getsockname()[0]
+    except OSError as e:
+        fail(f"cannot find a local address for {server_addr}: {e.strerror or e}")
+
+
+@client_app.command("discover")
+def discover(
+    server_addr: str = typer.Option(..., "--server-addr", help="RPV server IP address"),
+    local_addr: str = typer.Option(None, "--local-addr", help="local IP address to connect "
+                                                              "from (default: by routing)"),
+    port: int = typer.Option(6192, "--port", help="RPV server TCP port"),
+    as_json: bool = JSON,
+) -> None:
+    """Ask an RPV server for its site name and the disks it serves to this address."""
+    r = rpc("discover", server_addr=server_addr,
+            local_addr=local_addr or route_source(server_addr), port=port)
+    if as_json:
+        emit_json(r)
+        return
+    typer.echo(f"# These remote physical volumes are available at site {r['site']}:")
+    typer.echo(f"# (The physical volume names are as they are known on the host named "
+               f"{r['node']})")
+    columns([[d["name"], d["pvid"], d["state"], d["local_name"] or ""] for d in r["disks"]],
+            header=["# Physical Volume", "Physical Volume Identifier", "Server State",
+                    "Known Here As"])
+
+
+@client_app.command("add")
+def client_add(
+    pvids: list[str] = typer.Argument(..., help="PVIDs of remote disks"),
+    server_addr: str = typer.Option(..., "--server-addr", help="RPV server IP address"),
+    local_addr: str = typer.Option(None, "--local-addr", help="local IP address "
+                                                              "(default: by routing)"),
+    io_timeout: int = typer.Option(180, "--io-timeout", help="I/O timeout interval, seconds"),
+    define_only: bool = typer.Option(False, "-d", help="leave the new clients Defined"),
+) -> None:
+    """Add one RPV client per PVID (like SMIT 'Add Remote Physical Volume Clients')."""
+    local = local_addr or route_source(server_addr)
+    for pvid in pvids:
+        r = rpc("mkdev", dev_class="disk", dev_type="rpvclient", define_only=define_only,
+                attrs={"pvid": pvid, "server_addr": server_addr, "local_addr": local,
+                       "io_timeout": str(io_timeout)})
+        typer.echo(f"{r['name']} {r['state']}")

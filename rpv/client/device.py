@@ -1,0 +1,439 @@
+"""The RPV client device: a remote disk that looks like a local ``hdiskN``.
+
+Requests are pipelined over one TCP connection bound to ``local_addr``. Each request carries a
+deadline of ``io_timeout`` seconds from its submission; a broken connection is re-established
+and unanswered requests are re-sent until their deadline. When any deadline passes the device
+fails *all* outstanding requests with ``EIO``, reports the timeout once (``on_timeout``) and
+fails new I/O at once until :meth:`resume`. ``server_addr = none`` does the same without the
+report (a planned outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from rpv.blockdev import check_range
+from rpv.protocol import connection as pc
+from rpv.protocol.frames import HelloInfo, Opcode, pvid_to_bytes
+
+log = structlog.get_logger("rpv.client")
+
+CONNECT_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class ClientState(enum.Enum):
+    ONLINE = "online"  # usable; connected or will connect on demand
+    FAILED = "failed"  # a deadline expired: I/O fails at once until resume
+    DISABLED = "disabled"  # server_addr=none: I/O fails at once, nothing logged
+    CLOSED = "closed"  # unconfigured
+
+
+@dataclass(slots=True)
+class _Req:
+    opcode: Opcode
+    offset: int
+    length: int
+    data: bytes | None
+    fua: bool
+    deadline: float
+    future: asyncio.Future
+    sent_on: object = None
+    rid: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class RPVClient:
+    """A :class:`rpv.blockdev.BlockDevice` served by a remote RPV server."""
+
+    def __init__(self, name: str, pvid: str, server_addr: str, local_addr: str, *,
+                 server_port: int = 6192, io_timeout: float = 180.0, site: str = "",
+                 node: str = "", size: int = 0,
+                 on_timeout: Callable[[RPVClient, str], None] | None = None,
+                 on_hello: Callable[[RPVClient, HelloInfo], None] | None = None):
+        self.name = name
+        self.pvid = pvid_to_bytes(pvid)
+        self.server_addr = server_addr
+        self.server_port = server_port
+        self.local_addr = local_addr
+        self.io_timeout = float(io_timeout)
+        self.site = site
+        self.node = node
+        self._size = size
+        self._on_timeout = on_timeout
+        self._on_hello = on_hello
+        self.state = ClientState.DISABLED if server_addr == "none" else ClientState.ONLINE
+        self.server_info: HelloInfo | None = None
+        self._loop = asyncio.get_running_loop()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Req] = {}
+        self._link: _Link | None = None
+        self._connecting: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._max_payload = 1024 * 1024
+        self._max_outstanding = 64
+        self._inflight = 0
+        self.last_error = ""
+
+    # -- BlockDevice ---------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        check_range(self._size, offset, length)
+        step = self._max_payload
+        if length <= step:
+            return await self._submit(Opcode.READ, offset, length, None, False)
+        parts = await asyncio.gather(*(
+            self._submit(Opcode.READ, o, min(step, offset + length - o), None, False)
+            for o in range(offset, offset + length, step)))
+        return b"".join(parts)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        check_range(self._size, offset, len(data))
+        step = self._max_payload
+        if len(data) <= step:
+            await self._submit(Opcode.WRITE, offset, len(data), data, fua)
+            return
+        view = memoryview(data)
+        await asyncio.gather(*(
+            self._submit(Opcode.WRITE, offset + o, min(step, len(data) - o),
+                         bytes(view[o:o + step]), fua)
+            for o in range(0, len(data), step)))
+
+    async def flush(self) -> None:
+        await self._submit(Opcode.FLUSH, 0, 0, None, False)
+
+    # -- administration ------------------------------------------------------------------------
+    async def open(self, timeout: float) -> HelloInfo:
+        """Connect and HELLO now (mkdev, resume); raise OSError with the reason on failure."""
+        if self.state is ClientState.DISABLED:
+            raise OSError(errno.ENETUNREACH, f"{self.name}: server_addr is none")
+        link = await asyncio.wait_for(self._connect_once(), timeout)
+        self._adopt(link)
+        return self.server_info
+
+    async def resume(self, timeout: float) -> HelloInfo:
+        """``chdev -a resume=yes``: leave the failed state if the server answers."""
+        if self.state is ClientState.DISABLED:
+            raise OSError(errno.ENETUNREACH, f"{self.name}: server_addr is none; set it first")
+        previous = self.state
+        self.state = ClientState.ONLINE
+        try:
+            info = await self.open(timeout)
+        except (OSError, TimeoutError) as e:
+            self.state = previous
+            raise OSError(errno.EIO, f"RPV server {self.server_addr} still not usable: "
+                                     f"{_reason(e)}") from None
+        log.info("rpvc_resumed", device=self.name, server=self.server_addr)
+        return info
+
+    def set_server_addr(self, addr: str) -> None:
+        self.server_addr = addr
+        if addr == "none":
+            self._fail(f"{self.name}: server_addr set to none", ClientState.DISABLED)
+        else:
+            self._drop_link("server address changed")
+            self.state = ClientState.ONLINE
+
+    def set_io_timeout(self, seconds: float) -> None:
+        """New deadlines apply to requests submitted from now on."""
+        self.io_timeout = float(seconds)
+
+    async def close(self) -> None:
+        self._fail(f"{self.name}: device unconfigured", ClientState.CLOSED)
+
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    # -- request path --------------------------------------------------------------------------
+    def _submit(self, opcode: Opcode, offset: int, length: int, data, fua: bool):
+        if self.state is not ClientState.ONLINE:
+            fut = self._loop.create_future()
+            fut.set_exception(OSError(errno.EIO, f"{self.name}: RPV client is {self.state.value}"
+                                      + (f" ({self.last_error})" if self.last_error else "")))
+            return fut
+        fut = self._loop.create_future()
+        rid = next(self._ids)
+        req = _Req(opcode, offset, length, data, fua, self._loop.time() + self.io_timeout,
+                   fut, rid=rid)
+        self._pending[rid] = req
+        if self._timer is None:
+            self._timer = self._loop.call_at(req.deadline, self._check_deadlines)
+        link = self._link
+        if link is not None and self._inflight < self._max_outstanding:
+            self._send(link, req)
+        elif link is None:
+            self._ensure_connecting()
+        return fut
+
+    def _send(self, link: _Link, req: _Req) -> None:
+        remaining = max(0, int((req.deadline - self._loop.time()) * 1000))
+        conn = link.conn
+        if req.opcode is Opcode.WRITE:
+            bufs = conn.send_write(req.rid, req.offset, req.data, remaining, fua=req.fua)
+        elif req.opcode is Opcode.READ:
+            bufs = conn.send_read(req.rid, req.offset, req.length, remaining)
+        else:
+            bufs = conn.send_flush(req.rid, remaining)
+        req.sent_on = link
+        self._inflight += 1
+        link.transport.writelines(bufs)
+
+    def _send_unsent(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        for req in self._pending.values():
+            if self._inflight >= self._max_outstanding:
+                break
+            if req.sent_on is not link:
+                self._send(link, req)
+
+    def _on_reply(self, link: _Link, ev) -> None:
+        req = self._pending.pop(ev.request_id, None)
+        if req is None:
+            return
+        self._inflight -= 1
+        if not req.future.done():
+            if ev.status:
+                req.future.set_exception(OSError(ev.status, f"{self.name}: remote "
+                                                 f"{req.opcode.name}: {ev.message}"))
+            elif req.opcode is Opcode.READ:
+                req.future.set_result(ev.data)
+            else:
+                req.future.set_result(None)
+        if self._pending and self._inflight < self._max_outstanding:
+            self._send_unsent()
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        now = self._loop.time()
+        earliest = min(r.deadline for r in self._pending.values())
+        if earliest <= now:
+            reason = (f"no response from RPV server {self.server_addr} within "
+                      f"{self.io_timeout:g} s")
+            self._fail(reason, ClientState.FAILED)
+            log.error("rpvc_io_timeout", device=self.name, server=self.server_addr,
+                      io_timeout=self.io_timeout)
+            if self._on_timeout:
+                self._on_timeout(self, reason)
+        else:
+            self._timer = self._loop.call_at(earliest, self._check_deadlines)
+
+    def _fail(self, reason: str, state: ClientState) -> None:
+        """Enter a non-online state: fail every outstanding request with EIO."""
+        self.state = state
+        self.last_error = reason
+        pending, self._pending = self._pending, {}
+        self._inflight = 0
+        for req in pending.values():
+            if not req.future.done():
+                req.future.set_exception(OSError(errno.EIO, reason))
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        if self._connecting:
+            self._connecting.cancel()
+            self._connecting = None
+        self._drop_link(reason)
+
+    # -- connection management ----------------------------------------------------------------
+    def _drop_link(self, reason: str) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        for req in self._pending.values():
+            req.sent_on = None
+        self._inflight = 0
+        if self._pending and self.state is ClientState.ONLINE:
+            self._ensure_connecting()
+
+    def _link_lost(self, link: _Link, reason: str) -> None:
+        if link is self._link:
+            log.warning("rpvc_link_lost", device=self.name, server=self.server_addr,
+                        reason=reason, outstanding=len(self._pending))
+            self.last_error = reason
+            self._drop_link(reason)
+
+    def _ensure_connecting(self) -> None:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = self._loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Retry connect + HELLO while requests wait; their deadlines bound the effort."""
+        for attempt in itertools.count():
+            if not self._pending or self.state is not ClientState.ONLINE or self._link:
+                return
+            budget = min(r.deadline for r in self._pending.values()) - self._loop.time()
+            try:
+                link = await asyncio.wait_for(self._connect_once(), max(0.05, min(budget, 5.0)))
+            except (OSError, TimeoutError) as e:
+                self.last_error = _reason(e)
+                if attempt == 0:
+                    log.warning("rpvc_connect_failed", device=self.name,
+                                server=self.server_addr, reason=self.last_error)
+                await asyncio.sleep(CONNECT_BACKOFF[min(attempt, len(CONNECT_BACKOFF) - 1)])
+                continue
+            if self.state is not ClientState.ONLINE:
+                link.close()
+                return
+            self._adopt(link)
+            return
+
+    def _adopt(self, link: _Link) -> None:
+        if self._link is not None and self._link is not link:
+            self._link.close()
+        self._link = link
+        self.last_error = ""
+        self._send_unsent()
+
+    async def _connect_once(self) -> _Link:
+        loop = self._loop
+        _, link = await loop.create_connection(
+            lambda: _Link(self), self.server_addr, self.server_port,
+            local_addr=(self.local_addr, 0))
+        try:
+            info = await link.hello(self.pvid, self.site, self.node)
+        except BaseException:
+            link.close()
+            raise
+        if self._size and info.disk_size != self._size:
+            link.close()
+            raise OSError(errno.ENXIO, f"server disk size changed from {self._size} "
+                                       f"to {info.disk_size}")
+        self._size = info.disk_size
+        self.server_info = info
+        self._max_payload = min(info.max_payload, 4 * 1024 * 1024)
+        self._max_outstanding = max(1, min(info.max_outstanding, 256))
+        if self._on_hello:
+            self._on_hello(self, info)
+        return link
+
+
+class _Link(asyncio.Protocol):
+    """One TCP connection of an RPV client, wrapping the sans-IO connection."""
+
+    def __init__(self, client: RPVClient):
+        self.client = client
+        self.conn = pc.Connection(pc.Role.CLIENT, max_payload=8 * 1024 * 1024,
+                                  max_outstanding=1024)
+        self.transport: asyncio.Transport | None = None
+        self._hello: asyncio.Future | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    async def hello(self, pvid: bytes, site: str, node: str) -> HelloInfo:
+        self._hello = asyncio.get_running_loop().create_future()
+        self.transport.writelines(self.conn.send_hello(0, pvid, site, node))
+        return await self._hello
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        client = self.client
+        while True:
+            ev = conn.next_event()
+            if ev is pc.NEED_DATA:
+                return
+            tp = type(ev)
+            if tp is pc.HelloReply:
+                self._hello_done(ev)
+            elif tp is pc.ProtocolError or tp is pc.ConnectionClosed:
+                reason = ev.message if tp is pc.ProtocolError else "server closed the connection"
+                self._lost(reason)
+                return
+            else:
+                client._on_reply(self, ev)
+
+    def eof_received(self):
+        self._lost("server closed the connection")
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._lost(str(exc) if exc else "connection closed")
+
+    def _hello_done(self, ev) -> None:
+        fut = self._hello
+        if fut is None or fut.done():
+            return
+        if ev.status:
+            fut.set_exception(OSError(ev.status, ev.message or errno.errorcode.get(ev.status, "")))
+        else:
+            fut.set_result(ev.info)
+
+    def _lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(OSError(errno.ECONNRESET, reason))
+        if self.transport:
+            self.transport.abort()
+        self.client._link_lost(self, reason)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._hello is not None and not self._hello.done():
+                self._hello.set_exception(OSError(errno.ECONNABORTED, "closed"))
+            if self.transport:
+                self.transport.abort()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
+async def discover(server_addr: str, local_addr: str, port: int, timeout: float):
+    """Ask an RPV server for its site name and the disks it offers this client."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    class _Discover(asyncio.Protocol):
+        def __init__(self):
+            self.conn = pc.Connection(pc.Role.CLIENT)
+
+        def connection_made(self, transport):
+            self.transport = transport
+            transport.writelines(self.conn.send_discover(1))
+
+        def data_received(self, data):
+            self.conn.receive_data(data)
+            for ev in self.conn.events():
+                if fut.done():
+                    return
+                if isinstance(ev, pc.DiscoverReply):
+                    if ev.status:
+                        fut.set_exception(OSError(ev.status, ev.message))
+                    else:
+                        fut.set_result(ev.info)
+                elif isinstance(ev, (pc.ProtocolError, pc.ConnectionClosed)):
+                    fut.set_exception(OSError(errno.EPROTO, getattr(ev, "message", "closed")))
+
+        def connection_lost(self, exc):
+            if not fut.done():
+                fut.set_exception(OSError(errno.ECONNRESET, str(exc or "connection closed")))
+
+    async def run():
+        transport, _ = await loop.create_connection(_Discover, server_addr, port,
+                                                    local_addr=(local_addr, 0))
+        try:
+            return await fut
+        finally:
+            transport.close()
+
+    return await asyncio.wait_for(run(), timeout)

@@ -1,0 +1,434 @@
+"""Device configuration: mkdev / chdev / rmdev and the runtime objects of Available devices.
+
+The device database holds what is configured; this module holds what is running (open disk
+files, RPV clients) and keeps both in step. Every command validates everything first and
+changes nothing when it refuses. State changes follow one table (:data:`TRANSITIONS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+
+import structlog
+
+from rpv.blockdev import BlockDevice, FileDisk, create_sparse_file
+from rpv.client.device import ClientState, RPVClient, discover
+from rpv.daemon import attrs as A
+from rpv.daemon.devdb import Device, DeviceDB
+from rpv.daemon.errlog import ErrorLog
+from rpv.daemon.errors import CommandError
+from rpv.protocol.frames import HelloInfo, pvid_to_bytes, pvid_to_str
+from rpv.server.server import Export, RPVServer
+
+log = structlog.get_logger("devices")
+
+DEFINED, AVAILABLE = "Defined", "Available"
+
+# (current state, command) -> new state; anything absent is refused.
+TRANSITIONS = {
+    (None, "define"): DEFINED,
+    (DEFINED, "configure"): AVAILABLE,
+    (AVAILABLE, "configure"): AVAILABLE,  # mkdev -l on an Available device is a no-op
+    (AVAILABLE, "unconfigure"): DEFINED,
+    (DEFINED, "unconfigure"): DEFINED,
+    (DEFINED, "delete"): None,
+}
+
+CONNECT_TIMEOUT_MAX = 10.0
+
+
+def new_pvid() -> str:
+    """An AIX-looking PVID: 16 significant hex digits followed by 16 zeros."""
+    return os.urandom(8).hex() + "0" * 16
+
+
+class DeviceManager:
+    def __init__(self, db: DeviceDB, errlog: ErrorLog, node: str):
+        self.db = db
+        self.errlog = errlog
+        self.node = node
+        self.disks: dict[str, BlockDevice] = {}  # Available disk devices by name
+        self.rpv_server: RPVServer | None = None
+        self._lock = asyncio.Lock()
+
+    # -- site ----------------------------------------------------------------------------------
+    def site(self) -> str:
+        return self.db.setting("site", "") or ""
+
+    def set_site(self, name: str) -> str:
+        name = name.strip()
+        if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").isalnum():
+            raise CommandError(f"site name '{name}' must be 1-64 letters, digits, - or _")
+        self.db.set_setting("site", name)
+        log.info("site_set", site=name)
+        return name
+
+    # -- views ---------------------------------------------------------------------------------
+    def get(self, name: str) -> Device:
+        dev = self.db.get(name)
+        if dev is None:
+            raise CommandError(f"device {name} is not defined")
+        return dev
+
+    def lsdev(self, dev_class: str | None = None, dev_type: str | None = None) -> list[dict]:
+        return [{"name": d.name, "state": d.state, "class": d.dev_class, "type": d.dev_type,
+                 "description": A.devtype(d.dev_class, d.dev_type).description}
+                for d in self.db.devices(dev_class, dev_type)]
+
+    def lsattr(self, name: str) -> list[dict]:
+        dev = self.get(name)
+        dt = A.devtype(dev.dev_class, dev.dev_type)
+        return [{"attribute": a.name, "value": dev.attrs.get(a.name, ""),
+                 "description": a.description, "user_settable": a.user_settable}
+                for a in dt.attrs]
+
+    def lspv(self, name: str | None = None) -> list[dict]:
+        disks = self.db.devices("disk")
+        if name is not None:
+            disks = [d for d in disks if d.name == name]
+            if not disks:
+                raise CommandError(f"physical volume {name} is not defined")
+        return [{"name": d.name, "pvid": d.attrs.get("pvid") or None, "vg": None,
+                 "state": self._pv_state(d), "type": d.dev_type,
+                 "site": d.attrs.get("site") or self.site() or "local",
+                 "size": int(d.attrs.get("size") or 0)} for d in disks]
+
+    def _pv_state(self, d: Device) -> str:
+        if d.state != AVAILABLE:
+            return "defined"
+        rt = self.disks.get(d.name)
+        if isinstance(rt, RPVClient) and rt.state is not ClientState.ONLINE:
+            return rt.state.value
+        return "active"
+
+    # -- NBD export registry -------------------------------------------------------------------
+    def get_export(self, name: str) -> BlockDevice | None:
+        return self.disks.get(name)
+
+    def list_exports(self) -> list[tuple[str, str]]:
+        out = []
+        for d in self.db.devices("disk"):
+            if d.name in self.disks:
+                out.append((d.name, f"{A.devtype(d.dev_class, d.dev_type).description} "
+                                     f"PVID {d.attrs.get('pvid', '')}"))
+        return out
+
+    # -- RPV server exports --------------------------------------------------------------------
+    def rpv_exports(self) -> list[Export]:
+        by_pvid = {d.attrs.get("pvid"): d for d in self.db.devices("disk")
+                   if d.dev_type != "rpvclient"}
+        out = []
+        for s in self.db.devices("rpvserver"):
+            disk_dev = by_pvid.get(s.attrs["rpvs_pvid"])
+            disk = self.disks.get(disk_dev.name) if disk_dev else None
+            out.append(Export(
+                server_name=s.name, disk_name=disk_dev.name if disk_dev else "",
+                pvid=pvid_to_bytes(s.attrs["rpvs_pvid"]), client_addr=s.attrs["client_addr"],
+                available=s.state == AVAILABLE and disk is not None, disk=disk,
+                size=disk.size if disk is not None else 0))
+        return out
+
+    # -- startup / shutdown --------------------------------------------------------------------
+    async def boot(self) -> None:
+        """Configure devices as at system start: disks and auto_online RPV servers only."""
+        for d in self.db.devices():
+            target = DEFINED
+            if d.dev_class == "disk" and d.dev_type in ("file", "block"):
+                target = AVAILABLE
+            elif d.dev_class == "rpvserver" and d.attrs.get("auto_online") == "y":
+                target = AVAILABLE
+            if target == AVAILABLE:
+                try:
+                    await self._configure(d)
+                except CommandError as e:
+                    log.error("boot_configure_failed", device=d.name, reason=str(e))
+                    target = DEFINED
+            if d.state != target:
+                d.state = target
+                self.db.update(d)
+            log.info("boot_device", device=d.name, state=d.state)
+
+    async def shutdown(self) -> None:
+        for name, rt in list(self.disks.items()):
+            await _close_runtime(rt)
+            self.disks.pop(name, None)
+
+    # -- mkdev ---------------------------------------------------------------------------------
+    async def mkdev(self, name: str | None = None, dev_class: str | None = None,
+                    dev_type: str | None = None, attrs: dict[str, str] | None = None,
+                    define_only: bool = False) -> dict:
+        async with self._lock:
+            if dev_class is None and dev_type is None and not attrs:
+                if name is None:
+                    raise CommandError("mkdev needs -l NAME, or -c CLASS -t TYPE -a ...")
+                dev = self.get(name)
+                self._transition(dev, "configure")
+                if dev.state != AVAILABLE:
+                    await self._configure(dev)
+                    dev.state = AVAILABLE
+                    self.db.update(dev)
+                    log.info("device_configured", device=dev.name)
+                return {"name": dev.name, "state": dev.state}
+            return await self._define(name, dev_class or "", dev_type or "", attrs or {},
+                                      define_only)
+
+    async def _define(self, name, dev_class, dev_type, given, define_only) -> dict:
+        try:
+            dt = A.devtype(dev_class, dev_type)
+            values = A.validate_new(dt, given)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        if name is None:
+            name = self.db.next_name(dt.prefix)
+        elif self.db.get(name) is not None:
+            raise CommandError(f"device {name} already exists")
+        elif not name.startswith(dt.prefix) or not name[len(dt.prefix):].isdigit():
+            raise CommandError(f"device name {name} must look like {dt.prefix}N")
+        self._check_unique(dev_class, dev_type, values)
+        dev = Device(name, dev_class, dev_type, DEFINED, values)
+        created_file = False
+        if dev_type == "file":
+            created_file = self._prepare_file(values)
+            values.setdefault("pvid", new_pvid())
+        elif dev_type == "block":
+            values["size"] = str(_block_size(values["path"]))
+            values.setdefault("pvid", new_pvid())
+        if not define_only:
+            try:
+                await self._configure(dev)
+            except CommandError:
+                if created_file:
+                    os.unlink(values["path"])
+                raise
+            dev.state = AVAILABLE
+        self.db.add(dev)
+        log.info("device_defined", device=name, dev_class=dev_class, dev_type=dev_type,
+                 state=dev.state, **{k: v for k, v in values.items() if k != "size"})
+        return {"name": name, "state": dev.state, "attrs": values}
+
+    def _check_unique(self, dev_class: str, dev_type: str, values: dict[str, str]) -> None:
+        devices = self.db.devices()
+        if dev_class == "disk" and "path" in values:
+            real = os.path.realpath(values["path"])
+            for d in devices:
+                if d.attrs.get("path") and os.path.realpath(d.attrs["path"]) == real:
+                    raise CommandError(f"{values['path']} is already used by {d.name}")
+        if dev_type == "rpvclient":
+            for d in devices:
+                if d.dev_class == "disk" and d.attrs.get("pvid") == values["pvid"]:
+                    raise CommandError(f"PVID {values['pvid']} is already known as {d.name}")
+        if dev_class == "rpvserver":
+            self._check_rpvserver_pvid(values["rpvs_pvid"],
+                                       [d for d in devices if d.dev_class == "rpvserver"])
+
+    @staticmethod
+    def _prepare_file(values: dict[str, str]) -> bool:
+        """Create the sparse backing file, or accept an existing one that is large enough."""
+        path, size = values["path"], int(values["size"])
+        if not os.path.isdir(os.path.dirname(path) or "/"):
+            raise CommandError(f"directory of {path} does not exist")
+        existed = os.path.exists(path)
+        try:
+            if existed and not os.path.isfile(path):
+                raise CommandError(f"{path} is not a regular file (use -t block for devices)")
+            create_sparse_file(path, size)
+        except OSError as e:
+            raise CommandError(f"cannot use {path}: {e.strerror or e}") from None
+        return not existed
+
+    # -- configure / unconfigure ----------------------------------------------------------------
+    def _transition(self, dev: Device, command: str) -> str | None:
+        key = (dev.state, command)
+        if key not in TRANSITIONS:
+            raise CommandError(f"{dev.name} is {dev.state}; cannot {command} it")
+        return TRANSITIONS[key]
+
+    async def _configure(self, dev: Device) -> None:
+        if dev.dev_class == "disk" and dev.dev_type in ("file", "block"):
+            try:
+                self.disks[dev.name] = FileDisk(dev.name, dev.attrs["path"],
+                                                int(dev.attrs["size"]))
+            except OSError as e:
+                raise CommandError(f"cannot open {dev.attrs['path']} for {dev.name}: "
+                                   f"{e.strerror or e}") from None
+        elif dev.dev_type == "rpvclient":
+            await self._configure_client(dev)
+        elif dev.dev_class == "rpvserver":
+            exp = next((e for e in self.rpv_exports() if e.server_name == dev.name), None)
+            if exp is None or exp.disk is None:
+                raise CommandError(f"{dev.name}: the disk with PVID {dev.attrs['rpvs_pvid']} "
+                                   f"is not Available")
+
+    async def _configure_client(self, dev: Device) -> None:
+        a = dev.attrs
+        client = RPVClient(
+            dev.name, a["pvid"], a["server_addr"], a["local_addr"],
+            server_port=int(a["server_port"]), io_timeout=float(a["io_timeout"]),
+            site=self.site(), node=self.node, size=0,
+            on_timeout=self._client_timed_out, on_hello=self._client_hello)
+        if a["server_addr"] != "none":
+            timeout = min(float(a["io_timeout"]), CONNECT_TIMEOUT_MAX)
+            try:
+                await client.open(timeout)
+            except (OSError, TimeoutError) as e:
+                await client.close()
+                raise CommandError(f"{dev.name}: cannot reach RPV server {a['server_addr']} "
+                                   f"from {a['local_addr']}: {_reason(e)}") from None
+            a["size"] = str(client.size)
+        elif int(a.get("size") or 0) == 0:
+            await client.close()
+            raise CommandError(f"{dev.name}: server_addr is none and the disk size is unknown")
+        else:
+            client._size = int(a["size"])
+        self.disks[dev.name] = client
+
+    def _client_hello(self, client: RPVClient, info: HelloInfo) -> None:
+        dev = self.db.get(client.name)
+        if dev is not None and (dev.attrs.get("site") != info.server_site
+                                or dev.attrs.get("size") != str(info.disk_size)):
+            dev.attrs["site"] = info.server_site
+            dev.attrs["size"] = str(info.disk_size)
+            self.db.update(dev)
+
+    def _client_timed_out(self, client: RPVClient, reason: str) -> None:
+        self.errlog.log("RPVC_IO_TIMEOUT", client.name, "disk", "rpvclient", reason)
+
+    async def _unconfigure(self, dev: Device) -> None:
+        if dev.dev_class == "disk":
+            for s in self.db.devices("rpvserver"):
+                if s.state == AVAILABLE and s.attrs["rpvs_pvid"] == dev.attrs.get("pvid") \
+                        and dev.dev_type != "rpvclient":
+                    raise CommandError(f"{dev.name} is busy: {s.name} is Available and "
+                                       f"serves it; run rmdev -l {s.name} first")
+            rt = self.disks.pop(dev.name, None)
+            if rt is not None:
+                await _close_runtime(rt)
+        elif dev.dev_class == "rpvserver" and self.rpv_server is not None:
+            self.rpv_server.drop_export(dev.name, "RPV server unconfigured")
+
+    # -- rmdev ---------------------------------------------------------------------------------
+    async def rmdev(self, name: str, delete: bool = False) -> dict:
+        async with self._lock:
+            dev = self.get(name)
+            self._transition(dev, "unconfigure")
+            if dev.state == AVAILABLE:
+                await self._unconfigure(dev)
+                dev.state = DEFINED
+                self.db.update(dev)
+            if delete:
+                self._transition(dev, "delete")
+                if dev.dev_class == "disk" and dev.dev_type != "rpvclient":
+                    users = [s.name for s in self.db.devices("rpvserver")
+                             if s.attrs["rpvs_pvid"] == dev.attrs.get("pvid")]
+                    if users:
+                        raise CommandError(f"{dev.name} is used by {', '.join(users)}; "
+                                           f"delete {users[0]} first (rmdev -d -l {users[0]})")
+                self.db.delete(name)
+                log.info("device_deleted", device=name)
+                return {"name": name, "state": "deleted"}
+            log.info("device_unconfigured", device=name)
+            return {"name": name, "state": dev.state}
+
+    # -- chdev ---------------------------------------------------------------------------------
+    async def chdev(self, name: str, changes: dict[str, str]) -> dict:
+        async with self._lock:
+            dev = self.get(name)
+            dt = A.devtype(dev.dev_class, dev.dev_type)
+            if not changes:
+                raise CommandError("chdev needs at least one -a attribute=value")
+            try:
+                stored, actions = A.validate_change(dt, changes)
+            except ValueError as e:
+                raise CommandError(str(e)) from None
+            rt = self.disks.get(name)
+            if dev.dev_class == "rpvserver" and "rpvs_pvid" in stored:
+                probe = dict(dev.attrs, **stored)
+                others = [d for d in self.db.devices("rpvserver") if d.name != name]
+                self._check_rpvserver_pvid(probe["rpvs_pvid"], others)
+            if isinstance(rt, RPVClient):
+                await self._apply_client_changes(dev, rt, stored, actions)
+            elif actions:
+                raise CommandError(f"{name} is not Available; resume needs an Available client")
+            if dev.dev_class == "rpvserver" and dev.state == AVAILABLE and self.rpv_server \
+                    and ({"client_addr", "rpvs_pvid"} & stored.keys()):
+                self.rpv_server.drop_export(name, "RPV server attributes changed")
+            dev.attrs.update(stored)
+            self.db.update(dev)
+            log.info("device_changed", device=name, **stored, **actions)
+            return {"name": name, "changed": stored, "actions": actions}
+
+    def _check_rpvserver_pvid(self, pvid: str, others: list[Device]) -> None:
+        """An RPV server needs a local disk with the PVID that no other RPV server serves."""
+        if not any(d.attrs.get("pvid") == pvid for d in self.db.devices("disk")
+                   if d.dev_type != "rpvclient"):
+            raise CommandError(f"no local disk has PVID {pvid} (see glvmctl lspv)")
+        for d in others:
+            if d.attrs["rpvs_pvid"] == pvid:
+                raise CommandError(f"PVID {pvid} is already served by {d.name}")
+
+    async def _apply_client_changes(self, dev: Device, rt: RPVClient,
+                                    stored: dict[str, str], actions: dict[str, str]) -> None:
+        if "io_timeout" in stored:
+            rt.set_io_timeout(float(stored["io_timeout"]))
+        if "local_addr" in stored or "server_port" in stored:
+            rt.local_addr = stored.get("local_addr", rt.local_addr)
+            rt.server_port = int(stored.get("server_port", rt.server_port))
+            if rt.state is ClientState.ONLINE:
+                rt.set_server_addr(rt.server_addr)  # reconnect from the new address
+        if "server_addr" in stored:
+            rt.set_server_addr(stored["server_addr"])
+        if actions.get("resume") == "y" or ("server_addr" in stored
+                                            and stored["server_addr"] != "none"):
+            timeout = min(rt.io_timeout, CONNECT_TIMEOUT_MAX)
+            try:
+                await rt.resume(timeout)
+            except OSError as e:
+                raise CommandError(f"{dev.name}: {e.strerror or e}") from None
+
+    # -- discovery -----------------------------------------------------------------------------
+    async def discover(self, server_addr: str, local_addr: str, port: int = A.DEFAULT_RPV_PORT,
+                       timeout: float = 10.0) -> dict:
+        try:
+            server_addr, local_addr = A.ip(server_addr), A.ip(local_addr)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        try:
+            info = await discover(server_addr, local_addr, port, timeout)
+        except (OSError, TimeoutError) as e:
+            raise CommandError(f"cannot query RPV server {server_addr} from {local_addr}: "
+                               f"{_reason(e)}") from None
+        known = {d.attrs.get("pvid"): d.name for d in self.db.devices("disk")}
+        return {"site": info.site, "node": info.node, "server_addr": server_addr,
+                "disks": [{"name": e.disk_name, "server": e.server_name,
+                           "pvid": pvid_to_str(e.pvid), "size": e.size,
+                           "state": AVAILABLE if e.state else DEFINED,
+                           "local_name": known.get(pvid_to_str(e.pvid))}
+                          for e in info.entries]}
+
+
+async def _close_runtime(rt) -> None:
+    if isinstance(rt, RPVClient):
+        await rt.close()
+    else:
+        rt.close()
+
+
+def _block_size(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise CommandError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, OSError) and e.errno and e.strerror:
+        return f"{e.strerror}" if not e.filename else str(e)
+    return str(e) or errno.errorcode.get(getattr(e, "errno", 0) or 0, type(e).__name__)

@@ -1,0 +1,160 @@
+"""``rpvd``: the per-site daemon (RPV server and clients, device database, error log, NBD)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+import structlog
+import uvloop
+
+from rpv.daemon import config as cfgmod
+from rpv.daemon import logs
+from rpv.daemon.control import ControlServer
+from rpv.daemon.devdb import DeviceDB
+from rpv.daemon.devices import DeviceManager
+from rpv.daemon.errlog import ErrorLog
+from rpv.daemon.errors import CommandError
+from rpv.nbd.server import NBDServer
+from rpv.server.server import Limits, RPVServer
+
+log = structlog.get_logger("rpvd")
+
+VERSION = "0.1.0"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="rpvd",
+        description="glvm site daemon: serves local disks to remote RPV clients (rpvserverN), "
+                    "runs RPV clients for remote disks (hdiskN), keeps the device database and "
+                    "error log, exports disks over NBD, and answers glvmctl on a control socket.")
+    p.add_argument("--state-dir", help="directory for the device database, error log and "
+                                       "rpvd.log (default /var/lib/glvm)")
+    p.add_argument("--config", help="TOML configuration file (see conf/)")
+    p.add_argument("--listen", help="RPV listen address IP:PORT (default 0.0.0.0:6192)")
+    p.add_argument("--socket", help="control socket path (default STATE_DIR/control.sock)")
+    p.add_argument("--nbd-socket", help="NBD unix socket path (default STATE_DIR/nbd.sock)")
+    p.add_argument("--nbd-listen", help="also serve NBD on TCP IP:PORT")
+    p.add_argument("--node", help="node name reported to peers (default: host name)")
+    p.add_argument("--log-format", choices=["json", "console"], help="log line format")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--ready-fd", type=int, help="write READY to this file descriptor once "
+                                                "serving, then close it")
+    p.add_argument("--version", action="version", version=f"rpvd {VERSION}")
+    return p.parse_args(argv)
+
+
+class Daemon:
+    def __init__(self, cfg: cfgmod.Config):
+        self.cfg = cfg
+        self.db = DeviceDB(os.path.join(cfg.state_dir, "devices.db"))
+        machine_id = self.db.setting("machine_id")
+        if machine_id is None:
+            machine_id = os.urandom(6).hex().upper()
+            self.db.set_setting("machine_id", machine_id)
+        self.errlog = ErrorLog(self.db, cfg.node, machine_id)
+        self.devices = DeviceManager(self.db, self.errlog, cfg.node)
+        self.rpv = RPVServer(self.devices.rpv_exports, self.devices.site, cfg.node, Limits(
+            max_connections=cfg.max_connections, max_payload=cfg.max_payload,
+            max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
+        self.devices.rpv_server = self.rpv
+        self.nbd = NBDServer(self.devices)
+        self.control = ControlServer(self.ops())
+
+    def ops(self) -> dict:
+        d = self.devices
+        return {
+            "ping": lambda: {"node": self.cfg.node, "site": d.site(), "version": VERSION},
+            "site": self.op_site,
+            "mkdev": d.mkdev, "rmdev": d.rmdev, "chdev": d.chdev,
+            "lsdev": d.lsdev, "lsattr": d.lsattr, "lspv": d.lspv,
+            "discover": d.discover,
+            "errpt": self.op_errpt, "errclear": self.db.clear_errors,
+            "errnotify_add": self.op_errnotify_add, "errnotify_list": self.op_errnotify_list,
+            "errnotify_rm": self.op_errnotify_rm,
+        }
+
+    def op_site(self, name: str | None = None) -> dict:
+        if name is not None:
+            self.devices.set_site(name)
+        return {"site": self.devices.site() or None}
+
+    def op_errpt(self, identifier: str | None = None, resource: str | None = None) -> list:
+        entries = self.errlog.entries()
+        if identifier:
+            entries = [e for e in entries if e["identifier"].upper() == identifier.upper()]
+        if resource:
+            entries = [e for e in entries if e["resource"] == resource]
+        return entries
+
+    def op_errnotify_add(self, method: str, label: str | None = None,
+                         resource: str | None = None) -> dict:
+        if not method.strip():
+            raise CommandError("errnotify needs a non-empty --method")
+        return {"id": self.db.add_notify(label, resource, method)}
+
+    def op_errnotify_list(self) -> list:
+        return [{"id": i, "label": lb, "resource": r, "method": m}
+                for i, lb, r, m in self.db.notifies()]
+
+    def op_errnotify_rm(self, id: int) -> dict:  # noqa: A002 — the wire name
+        if not self.db.delete_notify(int(id)):
+            raise CommandError(f"no notification object {id}")
+        return {"id": id}
+
+    async def run(self, ready_fd: int | None) -> None:
+        cfg = self.cfg
+        await self.devices.boot()
+        host, port = cfgmod.split_hostport(cfg.listen, "listen")
+        await self.rpv.start(host, port)
+        await self.nbd.start_unix(cfg.nbd_socket)
+        if cfg.nbd_listen:
+            await self.nbd.start_tcp(*cfgmod.split_hostport(cfg.nbd_listen, "nbd_listen"))
+        await self.control.start(cfg.socket)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("rpvd_ready", node=cfg.node, site=self.devices.site() or None,
+                 listen=cfg.listen, socket=cfg.socket, nbd_socket=cfg.nbd_socket)
+        if ready_fd is not None:
+            os.write(ready_fd, b"READY\n")
+            os.close(ready_fd)
+        await stop.wait()
+        log.info("rpvd_stopping")
+        await self.control.close()
+        await self.nbd.close()
+        await self.rpv.close()
+        await self.devices.shutdown()
+        await self.errlog.drain()
+        self.db.close()
+        log.info("rpvd_stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {k: getattr(args, k) for k in
+                 ("state_dir", "listen", "socket", "nbd_socket", "nbd_listen", "node",
+                  "log_format", "log_level")}
+    try:
+        cfg = cfgmod.load(args.config, overrides)
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+    except (cfgmod.ConfigError, OSError) as e:
+        print(f"rpvd: {e}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(os.path.join(cfg.state_dir, "rpvd.log"), cfg.log_format, cfg.log_level)
+    try:
+        daemon = Daemon(cfg)
+        uvloop.run(daemon.run(args.ready_fd))
+    except OSError as e:
+        log.error("rpvd_failed", error=str(e))
+        print(f"rpvd: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
