@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from rpv.blockdev import check_range
-from rpv.protocol import connection as pc
-from rpv.protocol.frames import HelloInfo, Opcode, pvid_to_bytes
+from rpv import protocol as pc
+from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
 
 log = structlog.get_logger("rpv.client")
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rpv.protocol.frames import pvid_to_bytes, pvid_to_str
+from rpv.protocol import pvid_to_bytes, pvid_to_str
 
 IO_TIMEOUT_MIN, IO_TIMEOUT_MAX = 1, 3600
 DEFAULT_IO_TIMEOUT = 180

@@ -19,7 +19,7 @@ from rpv.daemon import attrs as A
 from rpv.daemon.devdb import Device, DeviceDB
 from rpv.daemon.errlog import ErrorLog
 from rpv.daemon.errors import CommandError
-from rpv.protocol.frames import HelloInfo, pvid_to_bytes, pvid_to_str
+from rpv.protocol import HelloInfo, pvid_to_bytes, pvid_to_str
 from rpv.server.server import Export, RPVServer
 
 log = structlog.get_logger("devices")
@@ -116,12 +116,15 @@ class DeviceManager:
         return out
 
     # -- RPV server exports --------------------------------------------------------------------
+    def _local_disk(self, pvid: str) -> Device | None:
+        """The local (file or block) disk device with this PVID, if any."""
+        return next((d for d in self.db.devices("disk")
+                     if d.dev_type != "rpvclient" and d.attrs.get("pvid") == pvid), None)
+
     def rpv_exports(self) -> list[Export]:
-        by_pvid = {d.attrs.get("pvid"): d for d in self.db.devices("disk")
-                   if d.dev_type != "rpvclient"}
         out = []
         for s in self.db.devices("rpvserver"):
-            disk_dev = by_pvid.get(s.attrs["rpvs_pvid"])
+            disk_dev = self._local_disk(s.attrs["rpvs_pvid"])
             disk = self.disks.get(disk_dev.name) if disk_dev else None
             out.append(Export(
                 server_name=s.name, disk_name=disk_dev.name if disk_dev else "",
@@ -256,8 +259,8 @@ class DeviceManager:
         elif dev.dev_type == "rpvclient":
             await self._configure_client(dev)
         elif dev.dev_class == "rpvserver":
-            exp = next((e for e in self.rpv_exports() if e.server_name == dev.name), None)
-            if exp is None or exp.disk is None:
+            disk = self._local_disk(dev.attrs["rpvs_pvid"])
+            if disk is None or disk.name not in self.disks:
                 raise CommandError(f"{dev.name}: the disk with PVID {dev.attrs['rpvs_pvid']} "
                                    f"is not Available")
 
@@ -277,6 +280,7 @@ class DeviceManager:
                 raise CommandError(f"{dev.name}: cannot reach RPV server {a['server_addr']} "
                                    f"from {a['local_addr']}: {_reason(e)}") from None
             a["size"] = str(client.size)
+            a["site"] = client.server_info.server_site
         elif int(a.get("size") or 0) == 0:
             await client.close()
             raise CommandError(f"{dev.name}: server_addr is none and the disk size is unknown")
@@ -361,8 +365,7 @@ class DeviceManager:
 
     def _check_rpvserver_pvid(self, pvid: str, others: list[Device]) -> None:
         """An RPV server needs a local disk with the PVID that no other RPV server serves."""
-        if not any(d.attrs.get("pvid") == pvid for d in self.db.devices("disk")
-                   if d.dev_type != "rpvclient"):
+        if self._local_disk(pvid) is None:
             raise CommandError(f"no local disk has PVID {pvid} (see glvmctl lspv)")
         for d in others:
             if d.attrs["rpvs_pvid"] == pvid:

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 import structlog
 
 from rpv.blockdev import BlockDevice
-from rpv.protocol import connection as pc
-from rpv.protocol.frames import (
+from rpv import protocol as pc
+from rpv.protocol import (
     FEATURE_FLUSH,
     FEATURE_FUA,
-    PROTOCOL_VERSION,
     DiscoverEntry,
     DiscoverInfo,
     HelloInfo,
     Opcode,
     pvid_to_str,
 )
+from rpv.protocol import VERSION as PROTOCOL_VERSION
 
 log = structlog.get_logger("rpv.server")
 
@@ -255,7 +255,8 @@ class _ServerConnection(asyncio.Protocol):
                 f"no RPV server at site {srv.site()} accepts client {self.peer}"))
             return
         entries = tuple(DiscoverEntry(server_name=e.server_name, disk_name=e.disk_name,
-                                      pvid=e.pvid, size=e.size, state=int(e.available))
+                                      pvid=e.pvid, size=e.size,
+                                      state=pc.DeviceState(int(e.available)))
                         for e in exports)
         self._send(self.conn.send_discover_reply(
             ev.request_id, DiscoverInfo(site=srv.site(), node=srv.node, entries=entries)))
