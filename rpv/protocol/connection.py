@@ -1,0 +1,582 @@
+"""Sans-IO RPV connection: bytes in -> events out, method calls -> bytes out (h11 style).
+
+Parsing never raises on bad bytes; it returns a :class:`ProtocolError` event, after which
+the connection is CLOSED and yields nothing more. Limits are checked from the header before
+any payload is buffered. Misuse by the local caller raises :class:`LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from enum import Enum
+from errno import EBUSY, EMSGSIZE, EPROTO
+from types import MappingProxyType
+
+from . import frames as _f
+from .constants import (
+    DEFAULT_FEATURES,
+    FLAG_FUA,
+    FLAG_REPLY,
+    KNOWN_FLAGS,
+    MAGIC,
+    MAX_MESSAGE,
+    VERSION,
+    Opcode,
+)
+from .events import (
+    ConnectionClosed,
+    DiscoverInfo,
+    DiscoverReply,
+    DiscoverRequest,
+    Event,
+    FlushReply,
+    FlushRequest,
+    HelloInfo,
+    HelloReply,
+    HelloRequest,
+    PingReply,
+    PingRequest,
+    ProtocolError,
+    ReadReply,
+    ReadRequest,
+    WriteReply,
+    WriteRequest,
+)
+from .pvid import PVID_SIZE, pvid_to_bytes
+
+Buffer = bytes | bytearray | memoryview
+"""Bytes-like data accepted for payloads and returned for ``transport.writelines()``."""
+
+__all__ = [
+    "MIN_PAYLOAD_LIMIT",
+    "Buffer",
+    "NEED_DATA",
+    "TRANSITIONS",
+    "Connection",
+    "Kind",
+    "LocalProtocolError",
+    "Role",
+    "State",
+]
+
+
+class _FastEnum(Enum):
+    """Enum hashed by identity (members are singletons): C-speed TRANSITIONS lookups."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_FastEnum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(_FastEnum):
+    IDLE = "IDLE"  # client: no session yet
+    HELLO_SENT = "HELLO_SENT"  # client: HELLO outstanding
+    AWAIT_HELLO = "AWAIT_HELLO"  # server: no session yet
+    HELLO_RECEIVED = "HELLO_RECEIVED"  # server: HELLO received, reply not yet sent
+    READY = "READY"  # session established, I/O allowed
+    CLOSED = "CLOSED"  # after EOF or a protocol error; absorbs everything
+
+
+class Kind(_FastEnum):
+    """What happens to an opcode: a request, an OK reply, or an error reply."""
+
+    REQUEST = "request"
+    OK = "ok"
+    ERROR = "error"
+
+
+class _Sentinel(Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA = _Sentinel.NEED_DATA
+"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
+
+
+class LocalProtocolError(Exception):
+    """The local caller misused the connection (a programming error, not bad bytes)."""
+
+
+# --- the one transition table ------------------------------------------------------------
+
+_C, _S = Role.CLIENT, Role.SERVER
+_REQ, _OK, _ERR = Kind.REQUEST, Kind.OK, Kind.ERROR
+_ALL_KINDS = (_REQ, _OK, _ERR)
+_REPLIES = (_OK, _ERR)
+_SESSIONLESS = (Opcode.DISCOVER, Opcode.PING)
+_SESSION = (Opcode.DISCOVER, Opcode.PING, Opcode.READ, Opcode.WRITE, Opcode.FLUSH)
+
+
+def _stay(role: Role, state: State, ops, kinds) -> dict:
+    return {(role, state, op, kind): state for op in ops for kind in kinds}
+
+
+TRANSITIONS: dict[tuple[Role, State, Opcode, Kind], State] = {
+    # The client sends requests and receives replies.
+    (_C, State.IDLE, Opcode.HELLO, _REQ): State.HELLO_SENT,
+    (_C, State.HELLO_SENT, Opcode.HELLO, _OK): State.READY,
+    (_C, State.HELLO_SENT, Opcode.HELLO, _ERR): State.IDLE,
+    **_stay(_C, State.IDLE, _SESSIONLESS, _ALL_KINDS),
+    **_stay(_C, State.HELLO_SENT, _SESSIONLESS, _REPLIES),  # replies to requests sent in IDLE
+    **_stay(_C, State.READY, _SESSION, _ALL_KINDS),
+    # The server receives requests and sends replies.
+    (_S, State.AWAIT_HELLO, Opcode.HELLO, _REQ): State.HELLO_RECEIVED,
+    (_S, State.HELLO_RECEIVED, Opcode.HELLO, _OK): State.READY,
+    (_S, State.HELLO_RECEIVED, Opcode.HELLO, _ERR): State.AWAIT_HELLO,
+    **_stay(_S, State.AWAIT_HELLO, _SESSIONLESS, _ALL_KINDS),
+    **_stay(_S, State.HELLO_RECEIVED, _SESSIONLESS, _REPLIES),
+    **_stay(_S, State.READY, _SESSION, _ALL_KINDS),
+}
+"""(role, state, opcode, kind) -> next state. Missing keys are illegal; CLOSED has none."""
+
+MIN_PAYLOAD_LIMIT = MAX_MESSAGE
+"""Smallest allowed ``max_payload``: every HELLO payload and error message must fit."""
+
+_INITIAL = {Role.CLIENT: State.IDLE, Role.SERVER: State.AWAIT_HELLO}
+_OPCODES = {int(op): op for op in Opcode}
+_U32 = 0xFFFFFFFF
+
+
+class _Fail(Exception):
+    """Internal: carries a protocol error out of the parser."""
+
+    def __init__(self, code: int, message: str, request_id=None, opcode=None):
+        self.error = ProtocolError(code, message, request_id, opcode)
+
+
+class Connection:
+    """One end of an RPV connection.
+
+    ``max_payload`` bounds any received payload (and the caller's own reads/writes), at
+    least ``MIN_PAYLOAD_LIMIT`` (1024) so control frames always fit;
+    ``max_outstanding`` bounds requests in flight (received by a server, sent by a client).
+    """
+
+    def __init__(
+        self, role: Role, max_payload: int = 4 * 1024 * 1024, max_outstanding: int = 256
+    ) -> None:
+        if not isinstance(role, Role):
+            raise TypeError(f"role must be a Role, not {role!r}")
+        if not MIN_PAYLOAD_LIMIT <= max_payload <= _U32:
+            raise ValueError(f"max_payload must be in {MIN_PAYLOAD_LIMIT}..{_U32}")
+        if max_outstanding < 1:
+            raise ValueError("max_outstanding must be positive")
+        self.role = role
+        self.max_payload = max_payload
+        self.max_outstanding = max_outstanding
+        self._state = _INITIAL[role]
+        self._outstanding: dict[int, tuple[Opcode, int]] = {}
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._frame: tuple | None = None  # validated header waiting for its payload
+
+    # --- introspection ---------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def outstanding(self) -> Mapping[int, tuple[Opcode, int]]:
+        """Read-only view: request_id -> (opcode, length) of requests awaiting a reply."""
+        return MappingProxyType(self._outstanding)
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet turned into events."""
+        return len(self._buf) - self._pos
+
+    # --- receiving -------------------------------------------------------------------
+
+    def receive_data(self, data: Buffer) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed (EOF)."""
+        if self._state is State.CLOSED or self._eof:
+            return
+        if not data:
+            self._eof = True
+            return
+        buf = self._buf
+        if self._pos:
+            if self._pos == len(buf):
+                buf.clear()
+            else:
+                del buf[: self._pos]  # O(1) front trim in CPython
+            self._pos = 0
+        buf += data
+
+    def events(self) -> Iterator[Event]:
+        """Yield every event available now."""
+        while (event := self.next_event()) is not NEED_DATA:
+            yield event
+
+    def next_event(self) -> Event | _Sentinel:
+        """Return the next event, or NEED_DATA. Never raises on bad bytes."""
+        if self._state is State.CLOSED:
+            return NEED_DATA
+        try:
+            return self._next_event()
+        except _Fail as fail:
+            self._close()
+            return fail.error
+
+    def _close(self) -> None:
+        self._state = State.CLOSED  # ``outstanding`` is kept: the caller may fail those
+        self._buf = bytearray()
+        self._pos = 0
+        self._frame = None
+
+    def _need_data(self, avail: int) -> Event | _Sentinel:
+        if not self._eof:
+            return NEED_DATA
+        frame = self._frame
+        if frame is not None:
+            raise _Fail(EPROTO, "connection closed in the middle of a frame", frame[2], frame[1])
+        if avail:
+            raise _Fail(EPROTO, "connection closed in the middle of a frame")
+        self._close()
+        return ConnectionClosed()
+
+    def _next_event(self) -> Event | _Sentinel:
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        frame = self._frame
+        if frame is None:
+            if avail < 20:
+                if avail and not _MAGIC_PREFIX.startswith(buf[pos : pos + 5]):
+                    self._bad_prefix(buf[pos : pos + 5])
+                return self._need_data(avail)
+            magic, version, opcode, flags, rid, plen = _HEADER_UNPACK(buf, pos)
+            if magic != MAGIC:
+                raise _Fail(EPROTO, f"bad magic 0x{magic:08x}")
+            if version != VERSION:
+                raise _Fail(EPROTO, f"unsupported protocol version {version}")
+            op = _OPCODES.get(opcode)
+            if op is None:
+                raise _Fail(EPROTO, f"unknown opcode {opcode}", rid)
+            if flags & ~KNOWN_FLAGS:
+                raise _Fail(EPROTO, f"unknown flag bits 0x{flags:04x}", rid, op)
+            if plen > self.max_payload:
+                raise _Fail(
+                    EMSGSIZE, f"payload of {plen} bytes exceeds limit {self.max_payload}", rid, op
+                )
+            if flags & FLAG_REPLY:
+                if avail < 24:
+                    return self._need_data(avail)
+                (status,) = _REPLY_EXT_UNPACK(buf, pos + 20)
+                frame = self._check_reply(op, flags, rid, plen, status)
+                pos += 24
+                avail -= 24
+            else:
+                if avail < 36:
+                    return self._need_data(avail)
+                offset, length, deadline = _REQUEST_EXT_UNPACK(buf, pos + 20)
+                frame = self._check_request(op, flags, rid, plen, offset, length, deadline)
+                pos += 36
+                avail -= 36
+            self._pos = pos
+            self._frame = frame
+        plen = frame[3]
+        if avail < plen:
+            return self._need_data(avail)
+        self._frame = None
+        if plen:
+            end = pos + plen
+            with memoryview(buf) as view:
+                payload = view[pos:end].tobytes()
+            self._pos = end
+        else:
+            payload = b""
+        return self._complete(frame, payload)
+
+    def _bad_prefix(self, head: bytes) -> None:
+        if not _MAGIC_PREFIX[:4].startswith(head[:4]):
+            raise _Fail(EPROTO, f"bad magic {bytes(head[:4])!r}")
+        raise _Fail(EPROTO, f"unsupported protocol version {head[4]}")
+
+    def _check_request(self, op, flags, rid, plen, offset, length, deadline) -> tuple:
+        if self.role is not Role.SERVER:
+            raise _Fail(EPROTO, f"client received a {op.name} request", rid, op)
+        if flags & FLAG_FUA and op is not Opcode.WRITE:
+            raise _Fail(EPROTO, f"FUA flag on a {op.name} request", rid, op)
+        if (Role.SERVER, self._state, op, Kind.REQUEST) not in TRANSITIONS:
+            raise _Fail(EPROTO, f"{op.name} not allowed in state {self._state.name}", rid, op)
+        outstanding = self._outstanding
+        if rid in outstanding:
+            raise _Fail(EPROTO, f"request id {rid} already outstanding", rid, op)
+        if len(outstanding) >= self.max_outstanding:
+            raise _Fail(EBUSY, f"more than {self.max_outstanding} requests outstanding", rid, op)
+        if op is Opcode.WRITE:
+            if plen != length:
+                raise _Fail(EPROTO, f"WRITE length {length} != payload {plen}", rid, op)
+        elif op is Opcode.READ:
+            if plen:
+                raise _Fail(EPROTO, "READ request with a payload", rid, op)
+            if length > self.max_payload:
+                raise _Fail(
+                    EMSGSIZE, f"READ of {length} bytes exceeds limit {self.max_payload}", rid, op
+                )
+        else:
+            if offset or length:
+                raise _Fail(EPROTO, f"{op.name} request with offset/length", rid, op)
+            if op is Opcode.HELLO:
+                if not _f.HELLO_REQUEST_MIN <= plen <= _f.HELLO_REQUEST_MAX:
+                    raise _Fail(EPROTO, f"HELLO payload of {plen} bytes", rid, op)
+            elif plen:
+                raise _Fail(EPROTO, f"{op.name} request with a payload", rid, op)
+        return (Kind.REQUEST, op, rid, plen, offset, length, deadline, flags)
+
+    def _check_reply(self, op, flags, rid, plen, status) -> tuple:
+        if self.role is not Role.CLIENT:
+            raise _Fail(EPROTO, f"server received a {op.name} reply", rid, op)
+        if flags & FLAG_FUA:
+            raise _Fail(EPROTO, "FUA flag on a reply", rid, op)
+        entry = self._outstanding.get(rid)
+        if entry is None:
+            raise _Fail(EPROTO, f"reply to unknown request id {rid}", rid, op)
+        if entry[0] is not op:
+            raise _Fail(EPROTO, f"{op.name} reply to {entry[0].name} request {rid}", rid, op)
+        kind = Kind.ERROR if status else Kind.OK
+        if (Role.CLIENT, self._state, op, kind) not in TRANSITIONS:
+            raise _Fail(EPROTO, f"{op.name} reply not allowed in state {self._state.name}", rid, op)
+        if status:
+            if plen > MAX_MESSAGE:
+                raise _Fail(EMSGSIZE, f"error message of {plen} bytes", rid, op)
+        elif op is Opcode.READ:
+            if plen != entry[1]:
+                raise _Fail(EPROTO, f"READ reply of {plen} bytes, asked {entry[1]}", rid, op)
+        elif op is Opcode.HELLO:
+            if not _f.HELLO_REPLY_MIN <= plen <= _f.HELLO_REPLY_MAX:
+                raise _Fail(EPROTO, f"HELLO reply payload of {plen} bytes", rid, op)
+        elif op is Opcode.DISCOVER:
+            if plen < _f.DISCOVER_REPLY_MIN:
+                raise _Fail(EPROTO, f"DISCOVER reply payload of {plen} bytes", rid, op)
+        elif plen:
+            raise _Fail(EPROTO, f"{op.name} reply with a payload", rid, op)
+        return (kind, op, rid, plen, status)
+
+    def _complete(self, frame: tuple, payload: bytes) -> Event:
+        kind, op, rid = frame[0], frame[1], frame[2]
+        role = self.role
+        next_state = TRANSITIONS.get((role, self._state, op, kind))
+        if next_state is None:  # pragma: no cover - guarded at header time
+            raise _Fail(EPROTO, f"{op.name} not allowed in state {self._state.name}", rid, op)
+        if kind is Kind.REQUEST:
+            _, _, _, _, offset, length, deadline, flags = frame
+            if op is Opcode.WRITE:
+                event = WriteRequest(rid, offset, payload, deadline, bool(flags & FLAG_FUA))
+            elif op is Opcode.READ:
+                event = ReadRequest(rid, offset, length, deadline)
+            elif op is Opcode.FLUSH:
+                event = FlushRequest(rid, deadline)
+            elif op is Opcode.PING:
+                event = PingRequest(rid, deadline)
+            elif op is Opcode.DISCOVER:
+                event = DiscoverRequest(rid)
+            else:
+                event = HelloRequest(rid, **self._decode(_f.decode_hello_request, payload, op, rid))
+            self._outstanding[rid] = (op, length)
+        else:
+            status = frame[4]
+            if status:
+                try:
+                    message = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Fail(EPROTO, "error message is not UTF-8", rid, op) from None
+                event = _error_reply(op, rid, status, message)
+            elif op is Opcode.READ:
+                event = ReadReply(rid, 0, "", payload)
+            elif op is Opcode.WRITE:
+                event = WriteReply(rid, 0, "")
+            elif op is Opcode.FLUSH:
+                event = FlushReply(rid, 0, "")
+            elif op is Opcode.PING:
+                event = PingReply(rid, 0, "")
+            elif op is Opcode.DISCOVER:
+                event = DiscoverReply(
+                    rid, 0, "", self._decode(_f.decode_discover_reply, payload, op, rid)
+                )
+            else:
+                event = HelloReply(
+                    rid, 0, "", self._decode(_f.decode_hello_reply, payload, op, rid)
+                )
+            del self._outstanding[rid]
+        self._state = next_state
+        return event
+
+    @staticmethod
+    def _decode(decoder, payload: bytes, op: Opcode, rid: int):
+        try:
+            return decoder(payload)
+        except _f.PAYLOAD_ERRORS as exc:
+            raise _Fail(EPROTO, f"malformed {op.name} payload: {exc}", rid, op) from None
+
+    # --- sending: client -------------------------------------------------------------
+
+    def send_hello(
+        self,
+        request_id: int,
+        pvid: bytes | str,
+        client_site: str,
+        client_node: str,
+        features: int = DEFAULT_FEATURES,
+        *,
+        min_version: int = VERSION,
+        max_version: int = VERSION,
+        deadline_ms: int = 0,
+    ) -> list[Buffer]:
+        """HELLO: ask for the disk ``pvid`` (16 bytes or hex text)."""
+        if isinstance(pvid, str):
+            try:
+                pvid = pvid_to_bytes(pvid)
+            except ValueError as exc:
+                raise LocalProtocolError(str(exc)) from None
+        if len(pvid) != PVID_SIZE:
+            raise LocalProtocolError(f"PVID must be {PVID_SIZE} bytes")
+        payload = self._encode(
+            _f.encode_hello_request,
+            min_version,
+            max_version,
+            features,
+            bytes(pvid),
+            client_site,
+            client_node,
+        )
+        return [
+            self._request(Opcode.HELLO, 0, request_id, len(payload), 0, 0, deadline_ms) + payload
+        ]
+
+    def send_discover(self, request_id: int, deadline_ms: int = 0) -> list[Buffer]:
+        return [self._request(Opcode.DISCOVER, 0, request_id, 0, 0, 0, deadline_ms)]
+
+    def send_read(
+        self, request_id: int, offset: int, length: int, deadline_ms: int
+    ) -> list[Buffer]:
+        if not 0 <= length <= self.max_payload:
+            raise LocalProtocolError(f"READ length {length} outside 0..{self.max_payload}")
+        return [self._request(Opcode.READ, 0, request_id, 0, offset, length, deadline_ms)]
+
+    def send_write(
+        self, request_id: int, offset: int, data: Buffer, deadline_ms: int, fua: bool = False
+    ) -> list[Buffer]:
+        """WRITE: returns [header, data]; ``data`` is not copied."""
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if size > self.max_payload:
+            raise LocalProtocolError(f"WRITE of {size} bytes exceeds limit {self.max_payload}")
+        flags = FLAG_FUA if fua else 0
+        head = self._request(Opcode.WRITE, flags, request_id, size, offset, size, deadline_ms)
+        return [head, data] if size else [head]
+
+    def send_flush(self, request_id: int, deadline_ms: int) -> list[Buffer]:
+        return [self._request(Opcode.FLUSH, 0, request_id, 0, 0, 0, deadline_ms)]
+
+    def send_ping(self, request_id: int, deadline_ms: int) -> list[Buffer]:
+        return [self._request(Opcode.PING, 0, request_id, 0, 0, 0, deadline_ms)]
+
+    def _request(self, op, flags, rid, plen, offset, length, deadline) -> bytes:
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError(f"only a client sends requests ({op.name})")
+        next_state = TRANSITIONS.get((Role.CLIENT, self._state, op, Kind.REQUEST))
+        if next_state is None:
+            raise LocalProtocolError(f"cannot send {op.name} in state {self._state.name}")
+        outstanding = self._outstanding
+        if rid in outstanding:
+            raise LocalProtocolError(f"request id {rid} already outstanding")
+        if len(outstanding) >= self.max_outstanding:
+            raise LocalProtocolError(f"already {self.max_outstanding} requests outstanding")
+        try:
+            head = _f.pack_request_head(op, flags, rid, plen, offset, length, deadline)
+        except struct.error as exc:
+            raise LocalProtocolError(f"{op.name} field out of range: {exc}") from None
+        outstanding[rid] = (op, length)
+        self._state = next_state
+        return head
+
+    # --- sending: server -------------------------------------------------------------
+
+    def send_hello_reply(self, request_id: int, info: HelloInfo) -> list[Buffer]:
+        """Successful HELLO reply; the session becomes READY."""
+        payload = self._encode(_f.encode_hello_reply, info)
+        return [self._reply(Opcode.HELLO, request_id, 0, len(payload)) + payload]
+
+    def send_discover_reply(self, request_id: int, info: DiscoverInfo) -> list[Buffer]:
+        payload = self._encode(_f.encode_discover_reply, info)
+        if len(payload) > self.max_payload:
+            raise LocalProtocolError(f"DISCOVER reply of {len(payload)} bytes is too large")
+        return [self._reply(Opcode.DISCOVER, request_id, 0, len(payload)) + payload]
+
+    def send_read_reply(self, request_id: int, data: Buffer) -> list[Buffer]:
+        """Successful READ reply: returns [header, data]; ``data`` is not copied."""
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        head = self._reply(Opcode.READ, request_id, 0, size, size)
+        return [head, data] if size else [head]
+
+    def send_reply(self, request_id: int, opcode: Opcode) -> list[Buffer]:
+        """Empty OK reply to a WRITE, FLUSH or PING."""
+        if opcode not in (Opcode.WRITE, Opcode.FLUSH, Opcode.PING):
+            raise LocalProtocolError(f"send_reply cannot answer opcode {opcode!r}")
+        return [self._reply(Opcode(opcode), request_id, 0, 0)]
+
+    def send_error(
+        self, request_id: int, opcode: Opcode, status: int, message: str = ""
+    ) -> list[Buffer]:
+        """Error reply (status is an errno); ``message`` is cut to 1024 UTF-8 bytes."""
+        if not 0 < status <= _U32:
+            raise LocalProtocolError(f"error status must be a non-zero errno, not {status}")
+        if opcode not in _OPCODES:
+            raise LocalProtocolError(f"unknown opcode {opcode}")
+        msg = _f.encode_message(message)
+        return [self._reply(Opcode(opcode), request_id, status, len(msg)) + msg]
+
+    def _reply(self, op, rid, status, plen, expect_len=None) -> bytes:
+        if self.role is not Role.SERVER:
+            raise LocalProtocolError(f"only a server sends replies ({op.name})")
+        if self._state is State.CLOSED:
+            raise LocalProtocolError("connection is closed")
+        entry = self._outstanding.get(rid)
+        if entry is None:
+            raise LocalProtocolError(f"no outstanding request with id {rid}")
+        if entry[0] is not op:
+            raise LocalProtocolError(f"request {rid} is a {entry[0].name}, not {op.name}")
+        if expect_len is not None and expect_len != entry[1]:
+            raise LocalProtocolError(f"READ reply of {expect_len} bytes, asked {entry[1]}")
+        kind = Kind.ERROR if status else Kind.OK
+        next_state = TRANSITIONS.get((Role.SERVER, self._state, op, kind))
+        if next_state is None:
+            raise LocalProtocolError(f"cannot reply to {op.name} in state {self._state.name}")
+        head = _f.pack_reply_head(op, rid, status, plen)
+        del self._outstanding[rid]
+        self._state = next_state
+        return head
+
+    @staticmethod
+    def _encode(encoder, *args) -> bytes:
+        try:
+            return encoder(*args)
+        except _f.PAYLOAD_ERRORS as exc:
+            raise LocalProtocolError(f"cannot encode payload: {exc}") from None
+
+
+def _error_reply(op: Opcode, rid: int, status: int, message: str) -> Event:
+    if op is Opcode.HELLO:
+        return HelloReply(rid, status, message, None)
+    if op is Opcode.DISCOVER:
+        return DiscoverReply(rid, status, message, None)
+    if op is Opcode.READ:
+        return ReadReply(rid, status, message, b"")
+    if op is Opcode.WRITE:
+        return WriteReply(rid, status, message)
+    if op is Opcode.FLUSH:
+        return FlushReply(rid, status, message)
+    return PingReply(rid, status, message)
+
+
+_MAGIC_PREFIX = _f.HEADER_STRUCT.pack(MAGIC, VERSION, 0, 0, 0, 0)[:5]
+_HEADER_UNPACK = _f.HEADER_STRUCT.unpack_from
+_REQUEST_EXT_UNPACK = _f.REQUEST_EXT_STRUCT.unpack_from
+_REPLY_EXT_UNPACK = _f.REPLY_EXT_STRUCT.unpack_from

@@ -1,0 +1,473 @@
+"""RPV wire protocol: golden vectors, construct/struct agreement, PVID helpers.
+
+Shared helpers for the other ``test_protocol_*`` modules live here too.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+from construct import ConstructError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpv.protocol import (
+    NEED_DATA,
+    Connection,
+    DeviceState,
+    DiscoverEntry,
+    DiscoverInfo,
+    DiscoverReply,
+    DiscoverRequest,
+    FlushReply,
+    FlushRequest,
+    HelloInfo,
+    HelloReply,
+    HelloRequest,
+    Opcode,
+    PingReply,
+    PingRequest,
+    ReadReply,
+    ReadRequest,
+    Role,
+    State,
+    Status,
+    WriteReply,
+    WriteRequest,
+    build_error_reply,
+    describe_status,
+    pvid_to_bytes,
+    pvid_to_str,
+    status_name,
+)
+from rpv.protocol import frames as f
+
+# --- shared helpers ----------------------------------------------------------------------
+
+PVID = "000dd32daa568b070000000000000000"
+PVID_B = bytes.fromhex(PVID)
+PVID2 = "00f6a0b1c2d3e4f50000000000000000"
+HELLO_INFO = HelloInfo(
+    server_site="siteB",
+    server_node="nodeB",
+    disk_name="hdisk1",
+    disk_size=1 << 30,
+    block_size=512,
+    max_payload=4 << 20,
+    max_outstanding=256,
+    features=3,
+    version=1,
+)
+DISCOVER_INFO = DiscoverInfo(
+    site="siteB",
+    node="nodeB",
+    entries=(
+        DiscoverEntry("rpvserver0", "hdisk1", PVID_B, 1 << 30, DeviceState.AVAILABLE),
+        DiscoverEntry("rpvserver1", "hdisk2", bytes.fromhex(PVID2), 1 << 29, DeviceState.DEFINED),
+    ),
+)
+
+
+def join(buffers) -> bytes:
+    return b"".join(bytes(b) for b in buffers)
+
+
+def feed(conn: Connection, data: bytes) -> list:
+    conn.receive_data(data)
+    return list(conn.events())
+
+
+def ready_pair(**kwargs) -> tuple[Connection, Connection]:
+    """A client and a server that completed HELLO (request id 0 is free again)."""
+    client = Connection(Role.CLIENT, **kwargs)
+    server = Connection(Role.SERVER, **kwargs)
+    [hello] = feed(server, join(client.send_hello(0, PVID, "siteA", "nodeA")))
+    assert isinstance(hello, HelloRequest)
+    [reply] = feed(client, join(server.send_hello_reply(0, HELLO_INFO)))
+    assert isinstance(reply, HelloReply) and reply.status == 0
+    assert client.state is server.state is State.READY
+    return client, server
+
+
+def raw_request(op, rid, payload=b"", offset=0, length=0, deadline=0, flags=0, plen=None):
+    """A request frame built with struct, bypassing the Connection's checks."""
+    plen = len(payload) if plen is None else plen
+    return f.pack_request_head(op, flags, rid, plen, offset, length, deadline) + payload
+
+
+def raw_reply(op, rid, status=0, payload=b"", plen=None, flags=None):
+    plen = len(payload) if plen is None else plen
+    head = f.pack_reply_head(op, rid, status, plen)
+    if flags is not None:
+        head = head[:6] + struct.pack(">H", flags) + head[8:]
+    return head + payload
+
+
+# --- golden vectors ----------------------------------------------------------------------
+# Hand-assembled: header | extension | payload. bytes.fromhex ignores the spaces.
+
+V = {
+    "discover_req": "47525056 01 02 0000 0000000000000002 00000000"
+    " 0000000000000000 00000000 00000000",
+    "discover_rep": "47525056 01 02 0001 0000000000000002 00000064 00000000"
+    " 05 7369746542 05 6e6f646542 0002"
+    " 0a 72707673657276657230 06 686469736b31 000dd32daa568b070000000000000000"
+    " 0000000040000000 01"
+    " 0a 72707673657276657231 06 686469736b32 00f6a0b1c2d3e4f50000000000000000"
+    " 0000000020000000 00",
+    "hello_req": "47525056 01 01 0000 0000000000000001 00000022"
+    " 0000000000000000 00000000 00000000"
+    " 01 01 00000003 000dd32daa568b070000000000000000 05 7369746541 05 6e6f646541",
+    "hello_err": "47525056 01 01 0001 0000000000000001 00000000 0000000d",
+    "hello_rep": "47525056 01 01 0001 0000000000000001 0000002c 00000000"
+    " 01 00000003 05 7369746542 05 6e6f646542 06 686469736b31"
+    " 0000000040000000 00000200 00400000 00000100",
+    "read_req": "47525056 01 03 0000 0000000000000003 00000000 0000000000010000 00000008 0002bf20",
+    "read_rep": "47525056 01 03 0001 0000000000000003 00000008 00000000 0102030405060708",
+    "write_req": "47525056 01 04 0002 0000000000000004 00000004"
+    " 0000000000000200 00000004 0002bf20 61626364",
+    "write_rep": "47525056 01 04 0001 0000000000000004 00000000 00000000",
+    "flush_req": "47525056 01 05 0000 0000000000000005 00000000 0000000000000000 00000000 0002bf20",
+    "flush_rep": "47525056 01 05 0001 0000000000000005 00000000 00000000",
+    "ping_req": "47525056 01 06 0000 0123456789abcdef 00000000 0000000000000000 00000000 000003e8",
+    "ping_rep": "47525056 01 06 0001 0123456789abcdef 00000000 00000000",
+    "read_req2": "47525056 01 03 0000 0000000000000007 00000000 0000010000000000 00000008 0002bf20",
+    "read_err": "47525056 01 03 0001 0000000000000007 00000013 00000016"
+    " 6f6666736574206f7574206f662072616e6765",
+}
+VECTORS = {name: bytes.fromhex(hexstr) for name, hexstr in V.items()}
+
+# The golden conversation: (vector, sender, send call, event the peer parses).
+CONVERSATION = [
+    ("discover_req", "client", lambda c, s: c.send_discover(2), DiscoverRequest(2)),
+    (
+        "discover_rep",
+        "server",
+        lambda c, s: s.send_discover_reply(2, DISCOVER_INFO),
+        DiscoverReply(2, 0, "", DISCOVER_INFO),
+    ),
+    (
+        "hello_req",
+        "client",
+        lambda c, s: c.send_hello(1, PVID, "siteA", "nodeA"),
+        HelloRequest(1, 1, 1, 3, PVID_B, "siteA", "nodeA"),
+    ),
+    (
+        "hello_err",
+        "server",
+        lambda c, s: s.send_error(1, Opcode.HELLO, Status.EACCES),
+        HelloReply(1, errno.EACCES, "", None),
+    ),
+    (
+        "hello_req",
+        "client",
+        lambda c, s: c.send_hello(1, PVID_B, "siteA", "nodeA"),
+        HelloRequest(1, 1, 1, 3, PVID_B, "siteA", "nodeA"),
+    ),
+    (
+        "hello_rep",
+        "server",
+        lambda c, s: s.send_hello_reply(1, HELLO_INFO),
+        HelloReply(1, 0, "", HELLO_INFO),
+    ),
+    (
+        "read_req",
+        "client",
+        lambda c, s: c.send_read(3, 0x10000, 8, 180000),
+        ReadRequest(3, 0x10000, 8, 180000),
+    ),
+    (
+        "read_rep",
+        "server",
+        lambda c, s: s.send_read_reply(3, bytes(range(1, 9))),
+        ReadReply(3, 0, "", bytes(range(1, 9))),
+    ),
+    (
+        "write_req",
+        "client",
+        lambda c, s: c.send_write(4, 0x200, b"abcd", 180000, fua=True),
+        WriteRequest(4, 0x200, b"abcd", 180000, True),
+    ),
+    ("write_rep", "server", lambda c, s: s.send_reply(4, Opcode.WRITE), WriteReply(4, 0, "")),
+    ("flush_req", "client", lambda c, s: c.send_flush(5, 180000), FlushRequest(5, 180000)),
+    ("flush_rep", "server", lambda c, s: s.send_reply(5, Opcode.FLUSH), FlushReply(5, 0, "")),
+    (
+        "ping_req",
+        "client",
+        lambda c, s: c.send_ping(0x0123456789ABCDEF, 1000),
+        PingRequest(0x0123456789ABCDEF, 1000),
+    ),
+    (
+        "ping_rep",
+        "server",
+        lambda c, s: s.send_reply(0x0123456789ABCDEF, Opcode.PING),
+        PingReply(0x0123456789ABCDEF, 0, ""),
+    ),
+    (
+        "read_req2",
+        "client",
+        lambda c, s: c.send_read(7, 1 << 40, 8, 180000),
+        ReadRequest(7, 1 << 40, 8, 180000),
+    ),
+    (
+        "read_err",
+        "server",
+        lambda c, s: s.send_error(7, Opcode.READ, Status.EINVAL, "offset out of range"),
+        ReadReply(7, errno.EINVAL, "offset out of range", b""),
+    ),
+]
+
+
+def test_vectors_cover_every_frame_type():
+    kinds = set()
+    for data in VECTORS.values():
+        _, _, op, flags, _, _ = f.HEADER_STRUCT.unpack_from(data)
+        kinds.add((Opcode(op), bool(flags & 1)))
+    assert kinds == {(op, reply) for op in Opcode for reply in (False, True)}
+
+
+def test_golden_conversation():
+    """Each side builds exactly the vector and the peer parses exactly the event."""
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    for name, who, send, expected in CONVERSATION:
+        sender, receiver = (client, server) if who == "client" else (server, client)
+        built = join(send(client, server))
+        assert built.hex() == VECTORS[name].hex(), name
+        assert feed(receiver, built) == [expected], name
+        assert receiver.next_event() is NEED_DATA
+    assert client.state is server.state is State.READY
+    assert not client.outstanding and not server.outstanding
+
+
+def test_golden_conversation_one_byte_at_a_time():
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    for name, who, send, expected in CONVERSATION:
+        receiver = server if who == "client" else client
+        send(client, server)
+        data = VECTORS[name]
+        events = []
+        for i in range(len(data)):
+            receiver.receive_data(data[i : i + 1])
+            events += receiver.events()
+            if i < len(data) - 1:
+                assert events == [], name
+        assert events == [expected], name
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS))
+def test_vector_matches_construct_frame_schema(name):
+    data = VECTORS[name]
+    parsed = f.Frame.parse(data)
+    header = f.Header.parse(data)
+    fields = f.HEADER_STRUCT.unpack_from(data)
+    assert tuple(header[k] for k in header if not k.startswith("_")) == fields
+    assert (parsed.magic, parsed.version, parsed.opcode, parsed.flags) == fields[:4]
+    assert (parsed.request_id, parsed.payload_len) == fields[4:]
+    if parsed.flags & 1:
+        assert (parsed.ext.status,) == f.REPLY_EXT_STRUCT.unpack_from(data, 20)
+        assert f.REPLY_HEAD_STRUCT.unpack_from(data) == fields + (parsed.ext.status,)
+        assert len(data) == 24 + parsed.payload_len
+    else:
+        ext = f.RequestExt.parse(data[20:36])
+        assert (ext.offset, ext.length, ext.deadline_ms) == f.REQUEST_EXT_STRUCT.unpack_from(
+            data, 20
+        )
+        assert f.REQUEST_HEAD_STRUCT.unpack_from(data) == fields + (
+            ext.offset,
+            ext.length,
+            ext.deadline_ms,
+        )
+        assert len(data) == 36 + parsed.payload_len
+    # construct builds the same bytes back
+    assert f.Frame.build(parsed) == data
+
+
+def test_construct_frame_schema_rejects():
+    good = VECTORS["write_req"]
+    bad = [
+        b"XRPV" + good[4:],  # magic
+        good[:4] + b"\x02" + good[5:],  # version
+        good[:5] + b"\x09" + good[6:],  # opcode
+        good[:6] + b"\x00\x04" + good[8:],  # unknown flag
+        VECTORS["read_req"][:6] + b"\x00\x02" + VECTORS["read_req"][8:],  # FUA on READ
+        good[:-1],  # short payload
+        raw_request(Opcode.WRITE, 1, b"abcd", length=5),  # length != payload_len
+        raw_request(Opcode.PING, 1, offset=1),  # PING with offset
+        raw_request(Opcode.FLUSH, 1, b"x"),  # FLUSH with payload
+        raw_reply(Opcode.PING, 1, 5, b"x" * 1025),  # error message too long
+        raw_reply(Opcode.WRITE, 1, 0, b"x"),  # WRITE reply with payload
+        raw_reply(Opcode.READ, 1, 5, b"\xff"),  # message not UTF-8
+        raw_reply(Opcode.HELLO, 1, 0, VECTORS["hello_rep"][24:] + b"\x00"),  # trailing byte
+        raw_reply(Opcode.DISCOVER, 1, 0, VECTORS["discover_rep"][24:-1] + b"\x02"),  # state 2
+    ]
+    for data in bad:
+        with pytest.raises(ConstructError):
+            f.Frame.parse(data)
+
+
+def test_switch_default_is_an_error():
+    switch = f.Frame.subcons[-1].subcon.subcon
+    assert switch.default is not None
+    with pytest.raises(ConstructError):
+        switch.default.parse(b"")
+
+
+# --- construct and struct agree on hypothesis headers -------------------------------------
+
+header_fields = st.tuples(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 2**16 - 1),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+)
+names = ("magic", "version", "opcode", "flags", "request_id", "payload_len")
+
+
+@settings(max_examples=200)
+@given(
+    header_fields,
+    st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.integers(0, 2**32 - 1),
+)
+def test_struct_and_construct_headers_agree(fields, ext, status):
+    built = f.Header.build(dict(zip(names, fields, strict=True)))
+    assert built == f.HEADER_STRUCT.pack(*fields)
+    parsed = f.Header.parse(built)
+    assert tuple(parsed[n] for n in names) == f.HEADER_STRUCT.unpack(built) == fields
+    req = built + f.RequestExt.build(dict(offset=ext[0], length=ext[1], deadline_ms=ext[2]))
+    assert req == f.REQUEST_HEAD_STRUCT.pack(*fields, *ext)
+    rep = built + f.ReplyExt.build(dict(status=status))
+    assert rep == f.REPLY_HEAD_STRUCT.pack(*fields, status)
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=36, max_size=36))
+def test_struct_and_construct_parse_arbitrary_header_bytes_alike(data):
+    parsed = f.Header.parse(data)
+    assert tuple(parsed[n] for n in names) == f.HEADER_STRUCT.unpack_from(data)
+    ext = f.RequestExt.parse(data[20:])
+    assert (ext.offset, ext.length, ext.deadline_ms) == f.REQUEST_EXT_STRUCT.unpack_from(data, 20)
+    assert f.ReplyExt.parse(data[20:]).status == f.REPLY_EXT_STRUCT.unpack_from(data, 20)[0]
+
+
+def test_sizes():
+    assert f.Header.sizeof() == f.HEADER_STRUCT.size == 20
+    assert f.RequestExt.sizeof() == f.REQUEST_EXT_STRUCT.size == 16
+    assert f.ReplyExt.sizeof() == f.REPLY_EXT_STRUCT.size == 4
+    assert f.HEADER_STRUCT.pack(f.MAGIC, 1, 0, 0, 0, 0)[:4] == b"GRPV"
+
+
+# --- PVIDs, status -----------------------------------------------------------------------
+
+
+def test_pvid_round_trip_and_forms():
+    assert pvid_to_bytes(PVID) == PVID_B
+    assert pvid_to_bytes(PVID.upper()) == PVID_B
+    assert pvid_to_bytes("000DD32DAA568B07") == PVID_B  # AIX short form
+    assert pvid_to_str(PVID_B) == PVID
+    assert pvid_to_str(bytearray(PVID_B)) == PVID
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "000dd32daa568b0",
+        "000dd32daa568b070000000000000000ff",
+        "g" * 32,
+        " " + PVID[1:],
+        "00 0d d3 2d aa 56 8b 07",
+        "000dd32daa568b0700000000000000",
+        "０" * 32,
+    ],
+)
+def test_pvid_rejects(bad):
+    with pytest.raises(ValueError):
+        pvid_to_bytes(bad)
+
+
+def test_pvid_to_str_rejects():
+    with pytest.raises(ValueError):
+        pvid_to_str(b"\x00" * 15)
+    with pytest.raises(TypeError):
+        pvid_to_str(16)
+    with pytest.raises(TypeError):
+        pvid_to_bytes(PVID_B)
+
+
+@given(st.binary(min_size=16, max_size=16))
+@settings(max_examples=50)
+def test_pvid_hypothesis_round_trip(raw):
+    text = pvid_to_str(raw)
+    assert len(text) == 32 and text == text.lower()
+    assert pvid_to_bytes(text) == raw
+
+
+def test_status_names():
+    assert Status.ENOENT == errno.ENOENT and Status.OK == 0
+    assert status_name(0) == "OK"
+    assert status_name(errno.EIO) == "EIO"
+    assert status_name(99999) == "99999"
+    assert describe_status(errno.ENOENT) == "ENOENT (unknown PVID)"
+    assert describe_status(errno.EACCES) == "EACCES (peer address not allowed)"
+    assert describe_status(errno.ENOSPC) == "ENOSPC"
+
+
+def test_build_error_reply_helper():
+    assert (
+        build_error_reply(7, Opcode.READ, errno.EINVAL, "offset out of range")
+        == VECTORS["read_err"]
+    )
+    long = build_error_reply(1, Opcode.PING, errno.EIO, "é" * 1000)
+    assert len(long) == 24 + 1024  # cut on a character boundary
+    f.Frame.parse(long)
+
+
+def test_protocol_package_is_sans_io():
+    """No asyncio, sockets, clocks or logging in rpv/protocol."""
+    import ast
+    import pathlib
+
+    import rpv.protocol
+
+    forbidden = {
+        "asyncio",
+        "socket",
+        "time",
+        "datetime",
+        "logging",
+        "structlog",
+        "selectors",
+        "threading",
+        "uvloop",
+        "ssl",
+    }
+    for path in pathlib.Path(rpv.protocol.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""]
+            else:
+                continue
+            for mod in mods:
+                assert mod.split(".")[0] not in forbidden, (path.name, mod)
+
+
+def test_events_are_small_frozen_dataclasses():
+    import dataclasses
+
+    import rpv.protocol.events as events
+
+    for obj in vars(events).values():
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+            assert obj.__dataclass_params__.frozen, obj
+            assert "__slots__" in vars(obj), obj
+    ev = ReadRequest(1, 2, 3, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ev.offset = 5
+    assert not hasattr(ev, "__dict__")
