@@ -84,6 +84,7 @@ def client_add(
     local_addr: str = typer.Option(None, "--local-addr", help="local IP address "
                                                               "(default: by routing)"),
     io_timeout: int = typer.Option(180, "--io-timeout", help="I/O timeout interval, seconds"),
+    port: int = typer.Option(6192, "--port", help="RPV server TCP port"),
     define_only: bool = typer.Option(False, "-d", help="leave the new clients Defined"),
 ) -> None:
     """Add one RPV client per PVID (like SMIT 'Add Remote Physical Volume Clients')."""
@@ -91,5 +92,5 @@ def client_add(
     for pvid in pvids:
         r = rpc("mkdev", dev_class="disk", dev_type="rpvclient", define_only=define_only,
                 attrs={"pvid": pvid, "server_addr": server_addr, "local_addr": local,
-                       "io_timeout": str(io_timeout)})
+                       "io_timeout": str(io_timeout), "server_port": str(port)})
         typer.echo(f"{r['name']} {r['state']}")

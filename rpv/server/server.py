@@ -320,9 +320,15 @@ class _ServerConnection(asyncio.Protocol):
         self._send(self.conn.send_reply(ev.request_id, Opcode.PING))
 
     def on_protocol_error(self, ev: pc.ProtocolError) -> None:
+        """Log, send a last error reply when the header was readable, and close."""
         log.warning("rpv_protocol_error", peer=self.peer, errno=ev.code, reason=ev.message,
-                    device=self.export.server_name if self.export else None)
-        self.abort(f"protocol error: {ev.message}")
+                    device=self.export.server_name if self.export else None,
+                    request_id=ev.request_id)
+        if ev.request_id is not None and ev.opcode is not None and not self._closed:
+            self.transport.write(pc.build_error_reply(ev.request_id, ev.opcode, ev.code,
+                                                      ev.message))
+        self._closed = True
+        self.transport.close()
 
     def on_closed(self, ev) -> None:
         if not self._closed:

@@ -1,0 +1,497 @@
+"""asyncio adapter around :mod:`rpv.nbd.protocol`: an NBD server generic over BlockDevice.
+
+Each connection is an :class:`asyncio.Protocol`. Requests are pipelined: every request runs as
+its own task and its reply is written when it completes, so replies may go out of order. Per
+connection the number of requests in flight and the bytes they hold are bounded; at the bound,
+or while the transport's write buffer is above its high-water mark, the connection stops
+turning bytes into requests and pauses reading, so a client that never reads its replies
+cannot make the server buffer without limit.
+
+When a connection is lost, in-flight device operations are left to finish (a write is never
+cut in half) and their replies are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from typing import Any
+
+import structlog
+
+from rpv.blockdev import BlockDevice, ExportRegistry
+from rpv.nbd.protocol import (
+    CMD_FLUSH,
+    CMD_READ,
+    CMD_WRITE,
+    CMD_WRITE_ZEROES,
+    FLAG_FUA,
+    MAX_REQUEST_LENGTH,
+    NEED_DATA,
+    SIMPLE_REPLY_MAGIC,
+    ConnectionClosed,
+    Disconnect,
+    Err,
+    ExportOpened,
+    OptionRejected,
+    ProtocolError,
+    Request,
+    ServerConnection,
+    errno_to_nbd,
+)
+from rpv.nbd.protocol import _pack_reply as pack_reply
+
+log = structlog.get_logger("nbd")
+
+ZERO_CHUNK = 1 << 20
+_ZEROS = bytes(ZERO_CHUNK)
+_SMALL_REPLY = 64 << 10  # up to this size a READ reply is joined into one buffer
+
+
+class NBDServer:
+    """Serve every export of ``registry`` over NBD on unix and/or TCP sockets.
+
+    ``max_inflight_requests`` / ``max_inflight_bytes`` bound each connection (READ length and
+    WRITE payload count as bytes); ``max_connections`` bounds the whole server;
+    ``handshake_timeout`` drops clients that do not finish option haggling in time.
+    """
+
+    def __init__(
+        self,
+        registry: ExportRegistry,
+        *,
+        max_inflight_requests: int = 128,
+        max_inflight_bytes: int = 64 << 20,
+        max_connections: int = 256,
+        handshake_timeout: float = 30.0,
+        max_request_length: int = MAX_REQUEST_LENGTH,
+    ):
+        if max_inflight_requests < 1 or max_inflight_bytes < 1:
+            raise ValueError("in-flight limits must be positive")
+        self.registry = registry
+        self.max_inflight_requests = max_inflight_requests
+        self.max_inflight_bytes = max_inflight_bytes
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.max_request_length = max_request_length
+        self._servers: list[asyncio.AbstractServer] = []
+        self._unix_paths: list[tuple[str, int]] = []
+        self._connections: set[_Connection] = set()
+        self._closing = False
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ listeners
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a unix socket at ``path``, replacing a stale socket file left there."""
+        self._check_open()
+        _remove_stale_socket(path)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(self._make_protocol, path)
+        self._servers.append(server)
+        with contextlib.suppress(OSError):
+            self._unix_paths.append((path, os.stat(path).st_ino))
+        log.info("nbd_listen", socket=path)
+
+    async def start_tcp(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Listen on TCP; return the bound (host, port) addresses (useful with port 0)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._make_protocol, host, port, reuse_address=True)
+        self._servers.append(server)
+        addrs = [s.getsockname()[:2] for s in server.sockets]
+        log.info("nbd_listen", tcp=[f"{h}:{p}" for h, p in addrs])
+        return addrs
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("NBD server is closed")
+
+    def _make_protocol(self) -> _Connection:
+        self._next_id += 1
+        return _Connection(self, self._next_id)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """A snapshot of the open connections (for status output)."""
+        return [c.info() for c in self._connections]
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop listening, finish in-flight requests, close every connection.
+
+        Requests already running finish and are answered (the spec asks a server to service
+        in-flight requests before disconnecting). With ``grace`` set, requests still running
+        after that many seconds are cancelled instead.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        conns = list(self._connections)
+        for conn in conns:
+            conn.shutdown()
+        tasks = [t for conn in conns for t in conn.tasks]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for conn in conns:
+            conn.finish(force=True)
+            conn._maybe_forget()
+        waits = [conn.lost for conn in conns if not conn.lost.done()]
+        if waits:
+            await asyncio.wait(waits)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        for path, ino in self._unix_paths:
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+        self._unix_paths.clear()
+        log.info("nbd_closed")
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket nobody listens on; refuse to steal a live one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # stale
+    else:
+        raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
+    finally:
+        probe.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: feeds the sans-IO core and runs its requests as tasks."""
+
+    def __init__(self, server: NBDServer, cid: int):
+        self._server = server
+        self.cid = cid
+        self._loop = asyncio.get_running_loop()
+        self._max_requests = server.max_inflight_requests
+        self._max_bytes = server.max_inflight_bytes
+        self._core = ServerConnection(server.registry,
+                                      max_request_length=server.max_request_length)
+        self._transport: asyncio.Transport | None = None
+        self._device: BlockDevice | None = None
+        self._read_now: Any = None
+        self._write_now: Any = None
+        self.export: str | None = None
+        self.peer: Any = None
+        self.tasks: set[asyncio.Task] = set()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self.inflight = 0
+        self.inflight_bytes = 0
+        self.peak_inflight = 0
+        self.peak_inflight_bytes = 0
+        self.requests = 0
+        self._blocked = False  # stopped pulling requests because of a limit
+        self._read_paused = False
+        self._write_paused = False
+        self._stopped = False  # no more requests will be started
+        self._is_lost = False
+        self._reason = "closed"
+        self._timer: asyncio.TimerHandle | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"id": self.cid, "peer": self.peer, "export": self.export,
+                "inflight": self.inflight, "requests": self.requests}
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = peer if peer else "unix"
+        server = self._server
+        if server._closing or len(server._connections) >= server.max_connections:
+            log.warning("nbd_connection_refused", conn=self.cid, peer=self.peer,
+                        reason="closing" if server._closing else "too many connections")
+            self._stopped = True
+            transport.abort()
+            return
+        server._connections.add(self)
+        log.info("nbd_connect", conn=self.cid, peer=self.peer)
+        transport.write(self._core.data_to_send())
+        if server.handshake_timeout:
+            self._timer = self._loop.call_later(server.handshake_timeout,
+                                                self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        self._core.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        # Keep the transport open so replies to in-flight requests can still be sent.
+        self._core.receive_data(b"")
+        self._pump()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._blocked:
+            self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._is_lost = True
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if exc is not None and self._reason == "closed":
+            self._reason = f"connection lost: {exc}"
+        log.info("nbd_disconnect", conn=self.cid, peer=self.peer, export=self.export,
+                 reason=self._reason, requests=self.requests, inflight=self.inflight)
+        self._maybe_forget()
+
+    # ------------------------------------------------------------------ request pump
+
+    def _pump(self) -> None:
+        """Turn buffered bytes into events while under the limits."""
+        core = self._core
+        while not self._stopped:
+            if (self.inflight >= self._max_requests or self.inflight_bytes >= self._max_bytes
+                    or self._write_paused):
+                self._blocked = True
+                if not self._read_paused:
+                    self._read_paused = True
+                    self._transport.pause_reading()
+                break
+            ev = core.next_event()
+            if type(ev) is Request:
+                kind = ev.kind
+                if kind == CMD_READ and self._read_now is not None:
+                    self._inline_read(ev)
+                elif (kind == CMD_WRITE and self._write_now is not None
+                      and not ev.flags & FLAG_FUA):
+                    self._inline_write(ev)
+                else:
+                    self._start(ev)
+                continue
+            if ev is NEED_DATA:
+                self._blocked = False
+                if self._read_paused:
+                    self._read_paused = False
+                    self._transport.resume_reading()
+                break
+            self._on_event(ev)
+        if core.has_data_to_send and not self._transport.is_closing():
+            self._transport.write(core.data_to_send())
+        if self._stopped:
+            self.finish()
+
+    def _on_event(self, ev: Any) -> None:
+        if type(ev) is ExportOpened:
+            self._device = ev.device
+            # Devices with synchronous page-cache I/O (FileDisk) are served inline: no task.
+            self._read_now = getattr(ev.device, "read_now", None)
+            self._write_now = getattr(ev.device, "write_now", None)
+            self.export = ev.name
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            log.info("nbd_export_opened", conn=self.cid, export=ev.name, size=ev.size,
+                     flags=ev.flags)
+        elif type(ev) is OptionRejected:
+            log.info("nbd_option_rejected", conn=self.cid, option=ev.option,
+                     reply=ev.reply, message=ev.message)
+        elif type(ev) is Disconnect:
+            self._reason = ev.reason
+            self._stop()
+        elif type(ev) is ConnectionClosed:
+            self._reason = f"client closed during {ev.phase}"
+            self._stop()
+        elif type(ev) is ProtocolError:
+            self._reason = f"protocol error: {ev.reason}"
+            log.warning("nbd_protocol_error", conn=self.cid, peer=self.peer,
+                        export=self.export, error=ev.reason)
+            self._stop()
+            # Hard disconnect: pending option replies are flushed, in-flight replies dropped.
+            transport = self._transport
+            if self._core.has_data_to_send:
+                transport.write(self._core.data_to_send())
+            transport.close()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        if not self._read_paused and not self._transport.is_closing():
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _start(self, req: Request) -> None:
+        nbytes = req.length if req.kind <= CMD_WRITE else 0  # READ=0, WRITE=1
+        self.inflight += 1
+        self.inflight_bytes += nbytes
+        self.requests += 1
+        if self.inflight > self.peak_inflight:
+            self.peak_inflight = self.inflight
+        if self.inflight_bytes > self.peak_inflight_bytes:
+            self.peak_inflight_bytes = self.inflight_bytes
+        task = self._loop.create_task(self._execute(req, nbytes))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _inline_read(self, req: Request) -> None:
+        self.requests += 1
+        try:
+            data = self._read_now(req.offset, req.length)
+            if len(data) != req.length:
+                raise OSError(errno.EIO, "short read")
+        except OSError as exc:
+            self._transport.write(pack_reply(SIMPLE_REPLY_MAGIC, errno_to_nbd(exc.errno),
+                                             req.handle))
+            return
+        except Exception:
+            log.exception("nbd_device_failure", conn=self.cid, export=self.export, cmd=req.kind,
+                          offset=req.offset, length=req.length)
+            self._transport.write(pack_reply(SIMPLE_REPLY_MAGIC, Err.EIO, req.handle))
+            return
+        header = pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle)
+        if len(data) <= _SMALL_REPLY:
+            self._transport.write(header + data)
+        else:
+            self._transport.writelines((header, data))
+
+    def _inline_write(self, req: Request) -> None:
+        self.requests += 1
+        err = 0
+        try:
+            self._write_now(req.offset, req.data)
+        except OSError as exc:
+            err = errno_to_nbd(exc.errno)
+        except Exception:
+            log.exception("nbd_device_failure", conn=self.cid, export=self.export, cmd=req.kind,
+                          offset=req.offset, length=req.length)
+            err = Err.EIO
+        self._transport.write(pack_reply(SIMPLE_REPLY_MAGIC, err, req.handle))
+
+    async def _execute(self, req: Request, nbytes: int) -> None:
+        kind = req.kind
+        device = self._device
+        data = None
+        err = 0
+        try:
+            try:
+                if kind == CMD_READ:
+                    data = await device.read(req.offset, req.length)
+                    if len(data) != req.length:
+                        raise OSError(errno.EIO, f"device returned {len(data)} bytes, "
+                                                 f"{req.length} asked")
+                elif kind == CMD_WRITE:
+                    await device.write(req.offset, req.data, (req.flags & FLAG_FUA) != 0)
+                elif kind == CMD_FLUSH:
+                    await device.flush()
+                elif kind == CMD_WRITE_ZEROES:
+                    await _write_zeroes(device, req.offset, req.length,
+                                        (req.flags & FLAG_FUA) != 0)
+                # CMD_TRIM: a hint the spec lets us ignore.
+            except OSError as exc:
+                data = None
+                err = errno_to_nbd(exc.errno)
+                log.debug("nbd_io_error", conn=self.cid, export=self.export, cmd=kind,
+                          offset=req.offset, length=req.length, errno=exc.errno, error=str(exc))
+            except Exception:
+                data = None
+                err = Err.EIO
+                log.exception("nbd_device_failure", conn=self.cid, export=self.export,
+                              cmd=kind, offset=req.offset, length=req.length)
+        finally:
+            self.inflight -= 1
+            self.inflight_bytes -= nbytes
+        transport = self._transport
+        if not transport.is_closing():
+            header = pack_reply(SIMPLE_REPLY_MAGIC, err, req.handle)
+            if data is None:
+                transport.write(header)
+            elif len(data) <= _SMALL_REPLY:
+                transport.write(header + data)
+            else:
+                transport.writelines((header, data))
+        if self._stopped:
+            self.finish()
+            self._maybe_forget()
+        elif self._blocked:
+            self._pump()
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        """Server shutdown: start no more requests; close once in-flight ones are answered."""
+        if self._transport is None or self._is_lost:
+            return
+        self._reason = "server shutdown"
+        if self._device is None:  # still haggling: nothing to finish
+            self._stopped = True
+            self._transport.abort()
+            return
+        self._stop()
+        self.finish()
+
+    def finish(self, force: bool = False) -> None:
+        """Close the transport once nothing is in flight (``force``: even with unsent data)."""
+        transport = self._transport
+        if transport is None or self.inflight:
+            return
+        if force and transport.get_write_buffer_size():
+            transport.abort()  # a client that stopped reading must not stall shutdown
+        elif not transport.is_closing():
+            transport.close()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._device is None and not self._is_lost:
+            self._reason = "handshake timeout"
+            log.warning("nbd_protocol_error", conn=self.cid, peer=self.peer,
+                        error="handshake timeout")
+            self._stopped = True
+            self._transport.abort()
+
+    def _maybe_forget(self) -> None:
+        if self._is_lost and not self.inflight:
+            self._server._forget(self)
+            if not self.lost.done():
+                self.lost.set_result(None)
+
+
+async def _write_zeroes(device: BlockDevice, offset: int, length: int, fua: bool) -> None:
+    """WRITE_ZEROES on a device without a native zeroing call: bounded chunks of zeros."""
+    if length <= ZERO_CHUNK:
+        await device.write(offset, _ZEROS if length == ZERO_CHUNK else bytes(length), fua)
+        return
+    end = offset + length
+    while offset < end:
+        n = min(ZERO_CHUNK, end - offset)
+        await device.write(offset, _ZEROS if n == ZERO_CHUNK else bytes(n), False)
+        offset += n
+    if fua:
+        await device.flush()

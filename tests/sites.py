@@ -1,0 +1,166 @@
+"""Real rpvd processes for tests: start, wait for readiness, run glvmctl against them, stop.
+
+A site's daemon is started with ``--ready-fd`` and the test waits on that pipe, so there is no
+polling and no fixed sleep. glvmctl runs as a real subprocess, exactly as an administrator
+would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+RPVD = str(BIN / "rpvd")
+GLVMCTL = str(BIN / "glvmctl")
+READY_TIMEOUT = 20.0
+
+
+class CommandFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Site:
+    """One site: a state directory, an rpvd process and glvmctl bound to its socket."""
+
+    name: str
+    addr: str
+    root: Path
+    node: str
+    port: int = 6192
+    proc: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def socket(self) -> str:
+        return str(self.state_dir / "control.sock")
+
+    @property
+    def nbd_socket(self) -> str:
+        return str(self.state_dir / "nbd.sock")
+
+    def nbd_uri(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.nbd_socket}"
+
+    def disk_path(self, name: str) -> str:
+        return str(self.root / name)
+
+    # -- process control -------------------------------------------------------------------
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        rfd, wfd = os.pipe()
+        log = open(self.root / "rpvd.stderr", "ab")  # noqa: SIM115 — kept for the process
+        try:
+            self.proc = subprocess.Popen(
+                [RPVD, "--state-dir", str(self.state_dir), "--listen", f"{self.addr}:{self.port}",
+                 "--node", self.node, "--ready-fd", str(wfd), *self.extra_args],
+                pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=log)
+        finally:
+            os.close(wfd)
+            log.close()
+        try:
+            ready, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
+            line = os.read(rfd, 64) if ready else b""
+        finally:
+            os.close(rfd)
+        if line != b"READY\n":
+            self.kill()
+            raise RuntimeError(f"rpvd for site {self.name} did not become ready:\n"
+                               + self.stderr()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def cont(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stderr(self) -> str:
+        p = self.root / "rpvd.stderr"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def log_events(self) -> list[dict]:
+        """The daemon's structured log (state-dir/rpvd.log), parsed."""
+        p = self.state_dir / "rpvd.log"
+        out = []
+        for line in p.read_text().splitlines() if p.exists() else []:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    # -- glvmctl ---------------------------------------------------------------------------
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = dict(os.environ, GLVM_SOCKET=self.socket)
+        return subprocess.run([GLVMCTL, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """Run glvmctl; fail the test with its stderr unless it exits 0."""
+        r = self.run(*args, timeout=timeout)
+        if r.returncode != 0:
+            raise CommandFailed(f"glvmctl {' '.join(args)} exited {r.returncode}: {r.stderr}")
+        return r.stdout
+
+    def fails(self, *args: str) -> str:
+        """Run glvmctl expecting refusal: non-zero exit, one line on stderr, no traceback."""
+        r = self.run(*args)
+        assert r.returncode != 0, f"glvmctl {' '.join(args)} unexpectedly succeeded: {r.stdout}"
+        assert "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("glvmctl: "), r.stderr
+        return lines[0]
+
+    def json(self, *args: str):
+        return json.loads(self.ctl(*args, "--json"))
+
+    # -- common set-up steps ---------------------------------------------------------------
+    def make_disk(self, name: str, size: str = "64M") -> str:
+        """mkdev a file disk; return its PVID."""
+        self.ctl("mkdev", "-c", "disk", "-t", "file", "-a", f"path={self.disk_path(name)}.img",
+                 "-a", f"size={size}", "-l", name)
+        return self.json("lspv", name)[0]["pvid"]
+
+    def serve(self, pvid: str, client_addr: str) -> str:
+        out = self.ctl("mkdev", "-c", "rpvserver", "-t", "rpvstype", "-a", f"rpvs_pvid={pvid}",
+                       "-a", f"client_addr={client_addr}", "-a", "auto_online=y")
+        return out.split()[0]
+
+    def add_client(self, name: str, pvid: str, server: Site, io_timeout: int = 5,
+                   server_addr: str | None = None) -> None:
+        self.ctl("mkdev", "-c", "disk", "-t", "rpvclient", "-a", f"pvid={pvid}",
+                 "-a", f"server_addr={server_addr or server.addr}",
+                 "-a", f"local_addr={self.addr}", "-a", f"io_timeout={io_timeout}",
+                 "-a", f"server_port={server.port}", "-l", name)
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
