@@ -142,7 +142,7 @@ CMD_WRITE_ZEROES = int(Cmd.WRITE_ZEROES)
 FLAG_FUA = int(CmdFlag.FUA)
 
 SERVER_HANDSHAKE_FLAGS = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES
-KNOWN_CLIENT_FLAGS = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES
+KNOWN_CLIENT_FLAGS = int(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES)
 
 #: Flags advertised for a writable export. CAN_MULTI_CONN holds because a device's flush()
 #: makes every completed write durable, whichever connection issued it.

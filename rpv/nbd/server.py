@@ -39,6 +39,7 @@ from rpv.nbd.protocol import (
     ExportOpened,
     OptionRejected,
     ProtocolError,
+    Rep,
     Request,
     ServerConnection,
     errno_to_nbd,
@@ -255,7 +256,7 @@ class _Connection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        pass
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -323,8 +324,10 @@ class _Connection(asyncio.Protocol):
             log.info("nbd_export_opened", conn=self.cid, export=ev.name, size=ev.size,
                      flags=ev.flags)
         elif type(ev) is OptionRejected:
-            log.info("nbd_option_rejected", conn=self.cid, option=ev.option,
-                     reply=ev.reply, message=ev.message)
+            # Clients probe for extensions we lack on every connect: not worth an info line.
+            level = log.debug if ev.reply == Rep.ERR_UNSUP else log.info
+            level("nbd_option_rejected", conn=self.cid, option=ev.option, reply=ev.reply,
+                  message=ev.message)
         elif type(ev) is Disconnect:
             self._reason = ev.reason
             self._stop()
@@ -404,6 +407,8 @@ class _Connection(asyncio.Protocol):
             try:
                 if kind == CMD_READ:
                     data = await device.read(req.offset, req.length)
+                    if type(data) is not bytes:
+                        data = bytes(data)
                     if len(data) != req.length:
                         raise OSError(errno.EIO, f"device returned {len(data)} bytes, "
                                                  f"{req.length} asked")

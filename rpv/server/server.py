@@ -149,20 +149,26 @@ class _ServerConnection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Handle buffered frames until none is complete or back-pressure pauses us.
+
+        Stopping while paused matters: one read may hold thousands of small requests, and
+        each READ reply can be large, so replies must not be produced faster than the peer
+        takes them.
+        """
         conn = self.conn
-        conn.receive_data(data)
-        while not self._closed:
+        while not self._closed and not self._reading_paused:
             ev = conn.next_event()
             if ev is pc.NEED_DATA:
                 break
-            handler = _HANDLERS.get(type(ev))
-            if handler is None:
-                break
-            handler(self, ev)
+            _HANDLERS[type(ev)](self, ev)
 
     def eof_received(self):
         self.conn.receive_data(b"")
-        self.data_received(b"")
+        self._process()
         return False
 
     # -- helpers -----------------------------------------------------------------------------
@@ -186,7 +192,11 @@ class _ServerConnection(asyncio.Protocol):
         want_pause = self._paused_writing or len(self._tasks) >= self.server.limits.max_outstanding
         if want_pause != self._reading_paused and not self._closed:
             self._reading_paused = want_pause
-            (self.transport.pause_reading if want_pause else self.transport.resume_reading)()
+            if want_pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+                asyncio.get_running_loop().call_soon(self._process)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,0 +1,502 @@
+"""In-process tests of the asyncio NBD server with fake devices and a raw socket client.
+
+Every test runs on both the stdlib event loop and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import struct
+
+import pytest
+import uvloop
+
+from rpv.blockdev import FileDisk, check_range, create_sparse_file
+from rpv.nbd import NBDServer
+from rpv.nbd.protocol import IHAVEOPT, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, Cmd, CmdFlag, Opt, Rep
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------- fakes
+
+
+class MemDisk:
+    """An async-only device (no read_now/write_now), so every request runs as a task."""
+
+    def __init__(self, name: str, size: int = 8 * MiB):
+        self.name = name
+        self.buf = bytearray(size)
+        self.writes: list[tuple[int, int, bool]] = []
+        self.flushes = 0
+        self.started: list[tuple[str, int]] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        check_range(self.size, offset, length)
+        self.started.append(("read", offset))
+        await self._delay("read", offset)
+        return bytes(self.buf[offset : offset + length])
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        check_range(self.size, offset, len(data))
+        self.started.append(("write", offset))
+        await self._delay("write", offset)
+        self.buf[offset : offset + len(data)] = data
+        self.writes.append((offset, len(data), fua))
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    async def _delay(self, op: str, offset: int) -> None:
+        await asyncio.sleep(0)
+
+
+class GatedDisk(MemDisk):
+    """Operations at offset 0 wait for ``gate``; everything else completes at once."""
+
+    def __init__(self, name: str, size: int = 8 * MiB):
+        super().__init__(name, size)
+        self.gate = asyncio.Event()
+
+    async def _delay(self, op: str, offset: int) -> None:
+        if offset == 0:
+            await self.gate.wait()
+
+
+class FailingDisk(MemDisk):
+    def __init__(self, name: str, exc_by_offset: dict[int, BaseException]):
+        super().__init__(name)
+        self.exc_by_offset = exc_by_offset
+
+    async def read(self, offset: int, length: int) -> bytes:
+        exc = self.exc_by_offset.get(offset)
+        if exc is not None:
+            raise exc
+        if offset == 8192:
+            return b"short"
+        return await super().read(offset, length)
+
+
+class Registry:
+    def __init__(self, *devs):
+        self.devs = {d.name: d for d in devs}
+
+    def get_export(self, name):
+        return self.devs.get(name)
+
+    def list_exports(self):
+        return [(n, "") for n in sorted(self.devs)]
+
+
+# --------------------------------------------------------------------------- client
+
+
+def option(opt: int, data: bytes = b"") -> bytes:
+    return struct.pack(">QII", IHAVEOPT, opt, len(data)) + data
+
+
+def go_data(name: str) -> bytes:
+    return struct.pack(">I", len(name)) + name.encode() + b"\x00\x00"
+
+
+def request(cmd: int, handle: int, offset: int = 0, length: int = 0, flags: int = 0,
+            payload: bytes = b"") -> bytes:
+    return struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, handle, offset, length) + payload
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, target, export: str = "hdisk1") -> Client:
+        if isinstance(target, tuple):
+            reader, writer = await asyncio.open_connection(*target)
+        else:
+            reader, writer = await asyncio.open_unix_connection(target)
+        client = cls(reader, writer)
+        assert (await reader.readexactly(18))[:16] == b"NBDMAGICIHAVEOPT"
+        writer.write(struct.pack(">I", 3) + option(Opt.GO, go_data(export)))
+        while True:
+            _, _, rep, length = struct.unpack(">QIII", await reader.readexactly(20))
+            await reader.readexactly(length)
+            if rep == Rep.ACK:
+                return client
+            assert rep == Rep.INFO, hex(rep)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def reply(self, lengths: dict[int, int] | None = None) -> tuple[int, int, bytes]:
+        magic, err, handle = struct.unpack(">IIQ", await self.reader.readexactly(16))
+        assert magic == SIMPLE_REPLY_MAGIC
+        data = b""
+        if not err and lengths and lengths.get(handle):
+            data = await self.reader.readexactly(lengths[handle])
+        return handle, err, data
+
+    async def at_eof(self) -> bool:
+        return await self.reader.read(1) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# --------------------------------------------------------------------------- harness
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(fn, *args, timeout: float = 10):
+        async def main():
+            result = await asyncio.wait_for(fn(*args), timeout)
+            # Nothing may be left running once the test closed its server.
+            leftover = asyncio.all_tasks() - {asyncio.current_task()}
+            assert not leftover, leftover
+            return result
+
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(main())
+
+    return runner
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` (for server state there is no event to await)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def settled(value, quiet: float = 0.05) -> int:
+    """Wait until ``value()`` stops changing for ``quiet`` seconds; return it."""
+    last = value()
+    while True:
+        await asyncio.sleep(quiet)
+        now = value()
+        if now == last:
+            return now
+        last = now
+
+
+def only_connection(server: NBDServer):
+    [conn] = server._connections
+    return conn
+
+
+@pytest.fixture
+def sock(tmp_path):
+    return str(tmp_path / "nbd.sock")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_out_of_order_replies(run, sock):
+    async def body():
+        dev = GatedDisk("hdisk1")
+        dev.buf[4096:8192] = b"B" * 4096
+        dev.buf[0:4096] = b"A" * 4096
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(request(Cmd.READ, 1, 0, 4096) + request(Cmd.READ, 2, 4096, 4096))
+        lengths = {1: 4096, 2: 4096}
+        assert await c.reply(lengths) == (2, 0, b"B" * 4096)  # the later request, first
+        assert ("read", 0) in dev.started  # the earlier one is still in flight
+        dev.gate.set()
+        assert await c.reply(lengths) == (1, 0, b"A" * 4096)
+        c.close()
+        await server.close()
+
+    run(body)
+
+
+def test_pipelined_writes_then_flush(run, sock):
+    async def body():
+        dev = MemDisk("hdisk1")
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        stream = b"".join(request(Cmd.WRITE, h, h * 4096, 4096, 0, bytes([h]) * 4096)
+                          for h in range(1, 33))
+        c.send(stream + request(Cmd.WRITE, 40, 0, 512, CmdFlag.FUA, b"F" * 512))
+        got = {(await c.reply())[:2] for _ in range(33)}
+        assert got == {(h, 0) for h in [*range(1, 33), 40]}
+        c.send(request(Cmd.FLUSH, 41))
+        assert await c.reply() == (41, 0, b"")
+        assert dev.flushes == 1
+        assert (0, 512, True) in dev.writes and (4096, 4096, False) in dev.writes
+        assert dev.buf[32 * 4096 : 33 * 4096] == bytes([32]) * 4096
+        c.send(request(Cmd.DISC, 42))
+        assert await c.at_eof()
+        await server.close()
+
+    run(body)
+
+
+def test_write_zeroes_chunked_with_fua(run, sock):
+    async def body():
+        dev = MemDisk("hdisk1")
+        dev.buf[:] = b"\xff" * len(dev.buf)
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(request(Cmd.WRITE_ZEROES, 1, 512, 3 * MiB, CmdFlag.FUA))
+        assert await c.reply() == (1, 0, b"")
+        assert dev.buf[512 : 512 + 3 * MiB] == bytes(3 * MiB)
+        assert dev.buf[:512] == b"\xff" * 512 and dev.buf[512 + 3 * MiB] == 0xFF
+        assert max(n for _, n, _ in dev.writes) <= MiB and len(dev.writes) == 3
+        assert dev.flushes == 1  # FUA over several chunks = a flush at the end
+        c.send(request(Cmd.TRIM, 2, 0, 4096))
+        assert await c.reply() == (2, 0, b"")
+        c.close()
+        await server.close()
+
+    run(body)
+
+
+def test_device_errors_are_mapped(run, sock):
+    async def body():
+        dev = FailingDisk("hdisk1", {
+            0: OSError(errno.EIO, "disk failed"),
+            512: OSError(errno.EROFS, "read-only"),
+            1024: OSError(errno.ETIMEDOUT, "deadline"),
+            1536: RuntimeError("bug"),
+        })
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        for handle, offset in enumerate([0, 512, 1024, 1536, 8192, 4096], start=1):
+            c.send(request(Cmd.READ, handle, offset, 512))
+        got = {}
+        for _ in range(6):
+            handle, err, _ = await c.reply({6: 512})
+            got[handle] = err
+        assert got == {1: 5, 2: 1, 3: 5, 4: 5, 5: 5, 6: 0}  # 5: short read from the device
+        c.close()
+        await server.close()
+
+    run(body)
+
+
+def test_backpressure_async_device(run, sock):
+    """A client that never reads replies: in-flight work and buffers stay bounded."""
+
+    async def body():
+        dev = MemDisk("hdisk1", 8 * MiB)
+        server = NBDServer(Registry(dev), max_inflight_requests=4,
+                           max_inflight_bytes=256 * KiB)
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        n = 2000
+        c.send(b"".join(request(Cmd.READ, h, (h % 64) * 64 * KiB, 64 * KiB)
+                        for h in range(n)))
+        conn = only_connection(server)
+        served = await settled(lambda: conn.requests)
+        transport = conn._transport
+        assert served < n // 4, served  # it stalled instead of buffering 125 MiB of replies
+        assert conn.peak_inflight <= 4
+        assert conn.peak_inflight_bytes <= 256 * KiB + 64 * KiB
+        # Requests already in flight when writing paused still complete into the buffer.
+        _, high = transport.get_write_buffer_limits()
+        assert transport.get_write_buffer_size() <= high + 4 * (64 * KiB + 16)
+        assert conn._read_paused
+        # Reading the replies lets everything complete.
+        handles = set()
+        for _ in range(n):
+            handle, err, _ = await c.reply(dict.fromkeys(range(n), 64 * KiB))
+            assert err == 0
+            handles.add(handle)
+        assert handles == set(range(n))
+        assert conn.peak_inflight <= 4
+        c.close()
+        await server.close()
+
+    run(body, timeout=30)
+
+
+def test_backpressure_inline_file_disk(run, sock, tmp_path):
+    async def body():
+        path = str(tmp_path / "disk")
+        create_sparse_file(path, 64 * MiB)
+        dev = FileDisk("hdisk1", path)
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        n = 2000
+        c.send(b"".join(request(Cmd.READ, h, (h % 64) * MiB, MiB) for h in range(n)))
+        conn = only_connection(server)
+        served = await settled(lambda: conn.requests)
+        assert served < 50, served  # not 2 GiB of replies
+        _, high = conn._transport.get_write_buffer_limits()
+        assert conn._transport.get_write_buffer_size() <= high + MiB + 16
+        assert conn._core.buffered <= 2 * MiB
+        c.close()
+        await server.close()
+        dev.close()
+
+    run(body, timeout=30)
+
+
+def test_close_waits_for_inflight_requests(run, sock):
+    async def body():
+        dev = GatedDisk("hdisk1")
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(request(Cmd.WRITE, 1, 0, 4, 0, b"data"))
+        await until(lambda: ("write", 0) in dev.started)
+        closing = asyncio.create_task(server.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        dev.gate.set()
+        assert await c.reply() == (1, 0, b"")  # answered before the disconnect
+        assert await c.at_eof()
+        await closing
+        assert dev.buf[:4] == b"data"
+        assert not os.path.exists(sock)
+        c.close()
+
+    run(body)
+
+
+def test_connection_lost_lets_inflight_write_finish(run, sock):
+    async def body():
+        dev = GatedDisk("hdisk1")
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(request(Cmd.WRITE, 1, 0, 4, 0, b"kept"))
+        await until(lambda: ("write", 0) in dev.started)
+        conn = only_connection(server)
+        c.writer.transport.abort()
+        await until(lambda: conn._stopped)  # EOF seen; the request stays in flight
+        assert dev.writes == []
+        dev.gate.set()
+        await until(lambda: dev.writes == [(0, 4, False)])  # not cancelled half-way
+        assert dev.buf[:4] == b"kept"
+        await until(lambda: server.connection_count == 0)
+        await server.close()
+
+    run(body)
+
+
+def test_disc_answers_outstanding_then_closes(run, sock):
+    async def body():
+        dev = GatedDisk("hdisk1")
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(request(Cmd.WRITE, 1, 0, 4, 0, b"last") + request(Cmd.DISC, 2))
+        await until(lambda: ("write", 0) in dev.started)
+        dev.gate.set()
+        assert await c.reply() == (1, 0, b"")
+        assert await c.at_eof()
+        await server.close()
+
+    run(body)
+
+
+def test_protocol_error_drops_only_that_connection(run, sock):
+    async def body():
+        dev = MemDisk("hdisk1")
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        bad = await Client.connect(sock)
+        bad.send(b"\xde\xad" * 14)
+        assert await bad.at_eof()
+        good = await Client.connect(sock)
+        good.send(request(Cmd.READ, 7, 0, 512))
+        assert await good.reply({7: 512}) == (7, 0, bytes(512))
+        bad.close()
+        good.close()
+        await server.close()
+
+    run(body)
+
+
+def test_unknown_export_then_known(run, sock):
+    async def body():
+        server = NBDServer(Registry(MemDisk("hdisk1")))
+        await server.start_unix(sock)
+        reader, writer = await asyncio.open_unix_connection(sock)
+        await reader.readexactly(18)
+        writer.write(struct.pack(">I", 3) + option(Opt.GO, go_data("nope")))
+        _, _, rep, length = struct.unpack(">QIII", await reader.readexactly(20))
+        assert rep == Rep.ERR_UNKNOWN
+        await reader.readexactly(length)
+        writer.write(option(Opt.EXPORT_NAME, b"nope"))  # legacy: the server must hang up
+        assert await reader.read(1) == b""
+        writer.close()
+        await server.close()
+
+    run(body)
+
+
+def test_tcp_listener(run):
+    async def body():
+        server = NBDServer(Registry(MemDisk("hdisk1")))
+        [(host, port)] = await server.start_tcp("127.0.0.1", 0)
+        c = await Client.connect((host, port))
+        c.send(request(Cmd.WRITE, 1, 512, 3, 0, b"tcp"))
+        assert await c.reply() == (1, 0, b"")
+        c.send(request(Cmd.READ, 2, 512, 3))
+        assert await c.reply({2: 3}) == (2, 0, b"tcp")
+        c.close()
+        await server.close()
+
+    run(body)
+
+
+def test_stale_socket_replaced_live_socket_refused(run, sock):
+    async def body():
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(sock)
+        stale.close()  # leaves a socket file nobody listens on
+        server = NBDServer(Registry(MemDisk("hdisk1")))
+        await server.start_unix(sock)
+        other = NBDServer(Registry(MemDisk("hdisk1")))
+        with pytest.raises(OSError) as info:
+            await other.start_unix(sock)
+        assert info.value.errno == errno.EADDRINUSE
+        await other.close()
+        c = await Client.connect(sock)  # the first server still owns the path
+        c.close()
+        await server.close()
+        assert not os.path.exists(sock)
+
+    run(body)
+
+
+def test_connection_limit_and_handshake_timeout(run, sock):
+    async def body():
+        server = NBDServer(Registry(MemDisk("hdisk1")), max_connections=1,
+                           handshake_timeout=0.3)
+        await server.start_unix(sock)
+        r1, w1 = await asyncio.open_unix_connection(sock)
+        assert (await r1.readexactly(18))[:8] == b"NBDMAGIC"
+        r2, w2 = await asyncio.open_unix_connection(sock)
+        assert await r2.read(1) == b""  # over the limit: dropped without a greeting
+        assert await r1.read(1) == b""  # silent client: dropped after the timeout
+        w1.close()
+        w2.close()
+        await until(lambda: server.connection_count == 0)
+        c = await Client.connect(sock)  # a slot is free again
+        c.close()
+        await server.close()
+
+    run(body)
