@@ -256,7 +256,7 @@ class _Connection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        pass
+        self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
