@@ -23,6 +23,7 @@ from rpv.nbd.protocol import (
     ExportOpened,
     Info,
     Opt,
+    OptionAnswered,
     OptionRejected,
     ProtocolError,
     Rep,
@@ -177,7 +178,7 @@ def test_go_vector():
 def test_info_then_go():
     conn = handshaken()
     conn.receive_data(option(Opt.INFO, go_data("hdisk2")))
-    assert events(conn) == []
+    assert events(conn) == [OptionAnswered(Opt.INFO)]
     reps = parse_option_replies(conn.data_to_send())
     assert [r[1] for r in reps] == [Rep.INFO, Rep.INFO, Rep.ACK]
     assert struct.unpack(">HQH", reps[0][2]) == (Info.EXPORT, 8 * MiB, 0x16D)
@@ -225,7 +226,7 @@ def test_go_malformed(data):
 def test_list():
     conn = handshaken()
     conn.receive_data(option(Opt.LIST))
-    assert events(conn) == []
+    assert events(conn) == [OptionAnswered(Opt.LIST)]
     reps = parse_option_replies(conn.data_to_send())
     assert [r[1] for r in reps] == [Rep.SERVER] * 3 + [Rep.ACK]
     assert reps[0][2] == b"\x00\x00\x00\x06hdisk1disk hdisk1"
@@ -255,6 +256,15 @@ def test_unsupported_options(opt):
     reps = parse_option_replies(conn.data_to_send())
     assert reps[0][:2] == (opt, Rep.ERR_UNSUP)
     assert reps[-1][:2] == (Opt.LIST, Rep.ACK)  # the option data was skipped cleanly
+
+
+def test_one_event_per_option():
+    """Options come out one at a time, so a caller can stop between them (back-pressure)."""
+    conn = handshaken()
+    conn.receive_data(option(Opt.LIST) * 1000)
+    assert conn.next_event() == OptionAnswered(Opt.LIST)
+    assert len(parse_option_replies(conn.data_to_send())) == 4
+    assert conn.buffered == 999 * 16
 
 
 def test_option_length_limit_checked_before_buffering():

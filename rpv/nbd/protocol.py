@@ -264,6 +264,16 @@ class ExportOpened:
 
 
 @dataclass(frozen=True, slots=True)
+class OptionAnswered:
+    """An option was answered successfully and haggling goes on (NBD_OPT_LIST, NBD_OPT_INFO).
+
+    One event per option lets the caller apply back-pressure between options.
+    """
+
+    option: int
+
+
+@dataclass(frozen=True, slots=True)
 class OptionRejected:
     """An option got an error reply (informational, for logging)."""
 
@@ -297,7 +307,8 @@ class ConnectionClosed:
     phase: str
 
 
-Event = Request | ExportOpened | OptionRejected | Disconnect | ProtocolError | ConnectionClosed
+Event = (Request | ExportOpened | OptionAnswered | OptionRejected | Disconnect | ProtocolError
+         | ConnectionClosed)
 
 
 class ExportLookup(Protocol):
@@ -548,9 +559,7 @@ class ServerConnection:
                 return NEED_DATA
             data = bytes(buf[16 : 16 + length])
             del buf[: 16 + length]
-            ev = self._handle_option(option, data)
-            if ev is not None:
-                return ev
+            return self._handle_option(option, data)
         return NEED_DATA
 
     def _reply(self, option: int, rep: int, payload: bytes = b"") -> None:
@@ -562,7 +571,7 @@ class ServerConnection:
         self._reply(option, rep, message.encode()[:MAX_STRING])
         return OptionRejected(option, int(rep), message)
 
-    def _handle_option(self, option: int, data: bytes) -> Event | None:
+    def _handle_option(self, option: int, data: bytes) -> Event:
         if option == Opt.EXPORT_NAME:
             return self._opt_export_name(data)
         if option == Opt.GO or option == Opt.INFO:
@@ -574,7 +583,7 @@ class ServerConnection:
                 raw = name.encode()
                 self._reply(option, Rep.SERVER, _U32.pack(len(raw)) + raw + description.encode())
             self._reply(option, Rep.ACK)
-            return None
+            return OptionAnswered(option)
         if option == Opt.ABORT:
             self._reply(option, Rep.ACK)
             self.state = State.CLOSED
@@ -625,7 +634,7 @@ class ServerConnection:
         self._out.append(reply)
         return self._enter_transmission(name, device, size, flags)
 
-    def _opt_info_go(self, option: int, data: bytes) -> Event | None:
+    def _opt_info_go(self, option: int, data: bytes) -> Event:
         if len(data) < 6:
             return self._reject(option, Rep.ERR_INVALID, "option data too short")
         (namelen,) = _U32.unpack_from(data)
@@ -661,7 +670,7 @@ class ServerConnection:
         self._reply(option, Rep.ACK)
         if option == Opt.GO:
             return self._enter_transmission(name, device, size, flags)
-        return None
+        return OptionAnswered(option)
 
     def _description(self, name: str) -> str:
         try:

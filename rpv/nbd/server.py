@@ -37,6 +37,7 @@ from rpv.nbd.protocol import (
     Disconnect,
     Err,
     ExportOpened,
+    OptionAnswered,
     OptionRejected,
     ProtocolError,
     Rep,
@@ -51,6 +52,7 @@ log = structlog.get_logger("nbd")
 ZERO_CHUNK = 1 << 20
 _ZEROS = bytes(ZERO_CHUNK)
 _SMALL_REPLY = 64 << 10  # up to this size a READ reply is joined into one buffer
+_BATCH_LIMIT = 256 << 10  # replies are batched into one transport write up to this size
 
 
 class NBDServer:
@@ -220,6 +222,10 @@ class _Connection(asyncio.Protocol):
         self._is_lost = False
         self._reason = "closed"
         self._timer: asyncio.TimerHandle | None = None
+        # Replies produced in one pass (or one loop iteration) go out in one write.
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     def info(self) -> dict[str, Any]:
         return {"id": self.cid, "peer": self.peer, "export": self.export,
@@ -281,6 +287,8 @@ class _Connection(asyncio.Protocol):
         """Turn buffered bytes into events while under the limits."""
         core = self._core
         while not self._stopped:
+            if self._batch_bytes >= _BATCH_LIMIT:
+                self._flush()  # may call pause_writing()
             if (self.inflight >= self._max_requests or self.inflight_bytes >= self._max_bytes
                     or self._write_paused):
                 self._blocked = True
@@ -306,13 +314,39 @@ class _Connection(asyncio.Protocol):
                     self._transport.resume_reading()
                 break
             self._on_event(ev)
-        if core.has_data_to_send and not self._transport.is_closing():
-            self._transport.write(core.data_to_send())
+        if core.has_data_to_send:
+            self._batch.append(core.data_to_send())
+        self._flush()
         if self._stopped:
             self.finish()
 
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._batch_bytes = 0
+        transport = self._transport
+        if transport.is_closing():
+            return
+        if len(batch) == 1:
+            transport.write(batch[0])
+        else:
+            transport.writelines(batch)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_handle = None
+        self._flush()
+
     def _on_event(self, ev: Any) -> None:
-        if type(ev) is ExportOpened:
+        core = self._core
+        if core.has_data_to_send:  # option replies count against the batch limit
+            out = core.data_to_send()
+            self._batch.append(out)
+            self._batch_bytes += len(out)
+        if type(ev) is OptionAnswered:
+            pass
+        elif type(ev) is ExportOpened:
             self._device = ev.device
             # Devices with synchronous page-cache I/O (FileDisk) are served inline: no task.
             self._read_now = getattr(ev.device, "read_now", None)
@@ -340,10 +374,10 @@ class _Connection(asyncio.Protocol):
                         export=self.export, error=ev.reason)
             self._stop()
             # Hard disconnect: pending option replies are flushed, in-flight replies dropped.
-            transport = self._transport
             if self._core.has_data_to_send:
-                transport.write(self._core.data_to_send())
-            transport.close()
+                self._batch.append(self._core.data_to_send())
+            self._flush()
+            self._transport.close()
 
     def _stop(self) -> None:
         self._stopped = True
@@ -370,83 +404,89 @@ class _Connection(asyncio.Protocol):
             data = self._read_now(req.offset, req.length)
             if len(data) != req.length:
                 raise OSError(errno.EIO, "short read")
-        except OSError as exc:
-            self._transport.write(pack_reply(SIMPLE_REPLY_MAGIC, errno_to_nbd(exc.errno),
-                                             req.handle))
+        except Exception as exc:
+            self._queue_error(req, exc)
             return
-        except Exception:
-            log.exception("nbd_device_failure", conn=self.cid, export=self.export, cmd=req.kind,
-                          offset=req.offset, length=req.length)
-            self._transport.write(pack_reply(SIMPLE_REPLY_MAGIC, Err.EIO, req.handle))
-            return
-        header = pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle)
-        if len(data) <= _SMALL_REPLY:
-            self._transport.write(header + data)
-        else:
-            self._transport.writelines((header, data))
+        self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
 
     def _inline_write(self, req: Request) -> None:
         self.requests += 1
-        err = 0
         try:
             self._write_now(req.offset, req.data)
-        except OSError as exc:
+        except Exception as exc:
+            self._queue_error(req, exc)
+            return
+        self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle))
+        self._batch_bytes += 16
+
+    def _queue_data(self, header: bytes, data: bytes) -> None:
+        if len(data) <= _SMALL_REPLY:
+            self._batch.append(header + data)
+        else:
+            self._batch.append(header)
+            self._batch.append(data)
+        self._batch_bytes += 16 + len(data)
+
+    def _queue_error(self, req: Request, exc: BaseException) -> None:
+        if isinstance(exc, OSError):
             err = errno_to_nbd(exc.errno)
-        except Exception:
-            log.exception("nbd_device_failure", conn=self.cid, export=self.export, cmd=req.kind,
-                          offset=req.offset, length=req.length)
+            log.debug("nbd_io_error", conn=self.cid, export=self.export, cmd=req.kind,
+                      offset=req.offset, length=req.length, errno=exc.errno, error=str(exc))
+        else:
             err = Err.EIO
-        self._transport.write(pack_reply(SIMPLE_REPLY_MAGIC, err, req.handle))
+            log.error("nbd_device_failure", conn=self.cid, export=self.export, cmd=req.kind,
+                      offset=req.offset, length=req.length, exc_info=exc)
+        self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, err, req.handle))
+        self._batch_bytes += 16
 
     async def _execute(self, req: Request, nbytes: int) -> None:
         kind = req.kind
         device = self._device
         data = None
-        err = 0
+        failure = None
         try:
-            try:
-                if kind == CMD_READ:
-                    data = await device.read(req.offset, req.length)
-                    if type(data) is not bytes:
-                        data = bytes(data)
-                    if len(data) != req.length:
-                        raise OSError(errno.EIO, f"device returned {len(data)} bytes, "
-                                                 f"{req.length} asked")
-                elif kind == CMD_WRITE:
-                    await device.write(req.offset, req.data, (req.flags & FLAG_FUA) != 0)
-                elif kind == CMD_FLUSH:
-                    await device.flush()
-                elif kind == CMD_WRITE_ZEROES:
-                    await _write_zeroes(device, req.offset, req.length,
-                                        (req.flags & FLAG_FUA) != 0)
-                # CMD_TRIM: a hint the spec lets us ignore.
-            except OSError as exc:
-                data = None
-                err = errno_to_nbd(exc.errno)
-                log.debug("nbd_io_error", conn=self.cid, export=self.export, cmd=kind,
-                          offset=req.offset, length=req.length, errno=exc.errno, error=str(exc))
-            except Exception:
-                data = None
-                err = Err.EIO
-                log.exception("nbd_device_failure", conn=self.cid, export=self.export,
-                              cmd=kind, offset=req.offset, length=req.length)
-        finally:
+            if kind == CMD_READ:
+                data = await device.read(req.offset, req.length)
+                if type(data) is not bytes:
+                    data = bytes(data)
+                if len(data) != req.length:
+                    raise OSError(errno.EIO, f"device returned {len(data)} bytes, "
+                                             f"{req.length} asked")
+            elif kind == CMD_WRITE:
+                await device.write(req.offset, req.data, (req.flags & FLAG_FUA) != 0)
+            elif kind == CMD_FLUSH:
+                await device.flush()
+            elif kind == CMD_WRITE_ZEROES:
+                await _write_zeroes(device, req.offset, req.length, (req.flags & FLAG_FUA) != 0)
+            # CMD_TRIM: a hint the spec lets us ignore.
+        except Exception as exc:
+            failure = exc
+        except BaseException:  # cancelled by close(grace=...): keep the books right
             self.inflight -= 1
             self.inflight_bytes -= nbytes
-        transport = self._transport
-        if not transport.is_closing():
-            header = pack_reply(SIMPLE_REPLY_MAGIC, err, req.handle)
-            if data is None:
-                transport.write(header)
-            elif len(data) <= _SMALL_REPLY:
-                transport.write(header + data)
-            else:
-                transport.writelines((header, data))
-        if self._stopped:
-            self.finish()
             self._maybe_forget()
-        elif self._blocked:
-            self._pump()
+            raise
+        self.inflight -= 1
+        self.inflight_bytes -= nbytes
+        if self._is_lost:
+            self._maybe_forget()
+            return  # nobody to answer
+        if failure is not None:
+            self._queue_error(req, failure)
+        elif data is not None:
+            self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
+        else:
+            self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle))
+            self._batch_bytes += 16
+        if self._blocked and not self._stopped:
+            self._pump()  # flushes too
+        elif self._stopped:
+            self._flush()
+            self.finish()
+        elif self._batch_bytes >= _BATCH_LIMIT:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._scheduled_flush)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -467,6 +507,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self.inflight:
             return
+        self._flush()
         if force and transport.get_write_buffer_size():
             transport.abort()  # a client that stopped reading must not stall shutdown
         elif not transport.is_closing():
