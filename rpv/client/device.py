@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from rpv.blockdev import check_range
 from rpv import protocol as pc
+from rpv.blockdev import check_range
 from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
 
 log = structlog.get_logger("rpv.client")

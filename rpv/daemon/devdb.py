@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS errlog (
     sequence INTEGER PRIMARY KEY AUTOINCREMENT,
     entry TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vgs (
+    name TEXT PRIMARY KEY,
+    vgid TEXT NOT NULL UNIQUE,
+    pvids TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS errnotify (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     label TEXT,
@@ -111,6 +116,22 @@ class DeviceDB:
 
     def clear_errors(self) -> int:
         return self._db.execute("DELETE FROM errlog").rowcount
+
+    # -- volume groups (the ODM's CuAt for VGs: name, VGID, member PVIDs) -------------------
+    def vgs(self) -> list[tuple[str, str, list[str]]]:
+        rows = self._db.execute("SELECT name, vgid, pvids FROM vgs ORDER BY name")
+        return [(n, v, json.loads(p)) for n, v, p in rows]
+
+    def get_vg(self, name: str) -> tuple[str, str, list[str]] | None:
+        return next((r for r in self.vgs() if r[0] == name), None)
+
+    def put_vg(self, name: str, vgid: str, pvids: list[str]) -> None:
+        self._db.execute(
+            "INSERT INTO vgs (name, vgid, pvids) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+            "SET vgid = excluded.vgid, pvids = excluded.pvids", (name, vgid, json.dumps(pvids)))
+
+    def delete_vg(self, name: str) -> None:
+        self._db.execute("DELETE FROM vgs WHERE name = ?", (name,))
 
     # -- error notification ------------------------------------------------------------------
     def add_notify(self, label: str | None, resource: str | None, method: str) -> int:

@@ -51,6 +51,7 @@ class DeviceManager:
         self.node = node
         self.disks: dict[str, BlockDevice] = {}  # Available disk devices by name
         self.rpv_server: RPVServer | None = None
+        self.lvm = None  # lvm.manager.LVMManager, set by the daemon
         self._lock = asyncio.Lock()
 
     # -- site ----------------------------------------------------------------------------------
@@ -90,7 +91,8 @@ class DeviceManager:
             disks = [d for d in disks if d.name == name]
             if not disks:
                 raise CommandError(f"physical volume {name} is not defined")
-        return [{"name": d.name, "pvid": d.attrs.get("pvid") or None, "vg": None,
+        return [{"name": d.name, "pvid": d.attrs.get("pvid") or None,
+                 "vg": self.lvm.vg_of_pvid(d.attrs.get("pvid")) if self.lvm else None,
                  "state": self._pv_state(d), "type": d.dev_type,
                  "site": d.attrs.get("site") or self.site() or "local",
                  "size": int(d.attrs.get("size") or 0)} for d in disks]
@@ -105,7 +107,10 @@ class DeviceManager:
 
     # -- NBD export registry -------------------------------------------------------------------
     def get_export(self, name: str) -> BlockDevice | None:
-        return self.disks.get(name)
+        disk = self.disks.get(name)
+        if disk is None and self.lvm is not None:
+            return self.lvm.get_lv(name)
+        return disk
 
     def list_exports(self) -> list[tuple[str, str]]:
         out = []
@@ -113,7 +118,7 @@ class DeviceManager:
             if d.name in self.disks:
                 out.append((d.name, f"{A.devtype(d.dev_class, d.dev_type).description} "
                                      f"PVID {d.attrs.get('pvid', '')}"))
-        return out
+        return out + (self.lvm.list_lvs() if self.lvm is not None else [])
 
     # -- RPV server exports --------------------------------------------------------------------
     def _local_disk(self, pvid: str) -> Device | None:
@@ -301,6 +306,10 @@ class DeviceManager:
 
     async def _unconfigure(self, dev: Device) -> None:
         if dev.dev_class == "disk":
+            vg = self.lvm.disk_in_use(dev.name) if self.lvm else None
+            if vg is not None:
+                raise CommandError(f"{dev.name} is busy: volume group {vg} is varied on; "
+                                   f"run varyoffvg {vg} first")
             for s in self.db.devices("rpvserver"):
                 if s.state == AVAILABLE and s.attrs["rpvs_pvid"] == dev.attrs.get("pvid") \
                         and dev.dev_type != "rpvclient":

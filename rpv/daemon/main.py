@@ -11,6 +11,7 @@ import sys
 import structlog
 import uvloop
 
+from lvm.manager import LVMManager
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs
 from rpv.daemon.control import ControlServer
@@ -62,6 +63,8 @@ class Daemon:
             max_connections=cfg.max_connections, max_payload=cfg.max_payload,
             max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
         self.devices.rpv_server = self.rpv
+        self.lvm = LVMManager(self.devices, self.errlog)
+        self.devices.lvm = self.lvm
         self.nbd = NBDServer(self.devices)
         self.control = ControlServer(self.ops())
 
@@ -76,6 +79,10 @@ class Daemon:
             "errpt": self.op_errpt, "errclear": self.db.clear_errors,
             "errnotify_add": self.op_errnotify_add, "errnotify_list": self.op_errnotify_list,
             "errnotify_rm": self.op_errnotify_rm,
+            **{op: getattr(self.lvm, op) for op in (
+                "mkvg", "extendvg", "reducevg", "mklv", "chlv", "rmlv", "lslv", "mirrorvg",
+                "unmirrorvg", "syncvg", "varyonvg", "varyoffvg", "importvg", "exportvg",
+                "chvg", "chpv", "lsvg")},
         }
 
     def op_site(self, name: str | None = None) -> dict:
@@ -129,6 +136,7 @@ class Daemon:
         await self.control.close()
         await self.nbd.close()
         await self.rpv.close()
+        await self.lvm.shutdown()
         await self.devices.shutdown()
         await self.errlog.drain()
         self.db.close()

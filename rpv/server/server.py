@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from rpv.blockdev import BlockDevice
 from rpv import protocol as pc
+from rpv.blockdev import BlockDevice
 from rpv.protocol import (
     FEATURE_FLUSH,
     FEATURE_FUA,

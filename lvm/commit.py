@@ -1,0 +1,81 @@
+"""Group commit and range locks: the two concurrency primitives of the LVM core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+class GroupCommit:
+    """Coalesce many 'make this durable' requests into few flushes.
+
+    ``await commit()`` returns once a flush that *started after the call* has completed, so
+    every change made before the call is covered. Concurrent callers share one flush. A
+    failed flush raises in every caller waiting for it.
+    """
+
+    def __init__(self, flush: Callable[[], Awaitable[None]]):
+        self._flush = flush
+        self._requested = 0
+        self._done = 0
+        self._task: asyncio.Task | None = None
+
+    async def commit(self) -> None:
+        self._requested += 1
+        target = self._requested
+        while self._done < target:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._run())
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        generation = self._requested
+        try:
+            await self._flush()
+            self._done = generation
+        finally:
+            self._task = None
+
+
+class RangeLock:
+    """Serialises overlapping byte ranges in arrival order; disjoint ranges run in parallel."""
+
+    def __init__(self):
+        self._active: list[tuple[int, int, asyncio.Future]] = []
+
+    def acquire(self, start: int, end: int):
+        return _Held(self, start, end)
+
+    async def _enter(self, start: int, end: int) -> asyncio.Future:
+        blockers = [f for s, e, f in self._active if s < end and start < e]
+        me = asyncio.get_running_loop().create_future()
+        entry = (start, end, me)
+        self._active.append(entry)  # registered now, so later arrivals wait for us
+        try:
+            for f in blockers:
+                await asyncio.shield(f)
+        except BaseException:
+            self._release(entry)
+            raise
+        return entry
+
+    def _release(self, entry) -> None:
+        self._active.remove(entry)
+        if not entry[2].done():
+            entry[2].set_result(None)
+
+    def busy(self) -> int:
+        return len(self._active)
+
+
+class _Held:
+    __slots__ = ("_lock", "_start", "_end", "_entry")
+
+    def __init__(self, lock: RangeLock, start: int, end: int):
+        self._lock, self._start, self._end = lock, start, end
+
+    async def __aenter__(self):
+        self._entry = await self._lock._enter(self._start, self._end)
+
+    async def __aexit__(self, *exc):
+        self._lock._release(self._entry)

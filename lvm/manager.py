@@ -1,0 +1,857 @@
+"""LVM commands (mkvg, mklv, mirrorvg, varyonvg, importvg, ...) over the site's disks.
+
+Physical volumes are the site's Available disk devices: local file disks and RPV clients. The
+device database remembers which VGs this site knows (name, VGID, PVIDs); everything else is
+read from the PVs' own metadata, so ``importvg`` at another site rebuilds a VG from its disks
+alone. Every command validates first and refuses with one clear line, changing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable
+
+import structlog
+
+from lvm import layout, policy
+from lvm.layout import Kind
+from lvm.metadata import (
+    DRL_REGION,
+    PV_ACTIVE,
+    PV_MISSING,
+    PV_REMOVED,
+    VGDA,
+    VGSA,
+    LVEntry,
+    PVEntry,
+    chunks_of,
+)
+from lvm.resync import resync
+from lvm.vg import PVMeta, VolumeGroup, read_pv_meta, read_record, write_record
+from lvm.volume import LogicalVolume
+from rpv.blockdev import BlockDevice, FileDisk
+from rpv.daemon.errors import CommandError
+
+log = structlog.get_logger("lvm")
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
+MiB = 1 << 20
+
+
+def is_local(dev: BlockDevice) -> bool:
+    return isinstance(dev, FileDisk)
+
+
+class LVMManager:
+    def __init__(self, devices, errlog):
+        self.devices = devices  # rpv.daemon.devices.DeviceManager
+        self.db = devices.db
+        self.errlog = errlog
+        self.vgs: dict[str, VolumeGroup] = {}
+        self._lock = asyncio.Lock()
+        self._resync_locks: dict[str, asyncio.Lock] = {}
+
+    # -- lookups -------------------------------------------------------------------------------
+    def _disk(self, name: str) -> tuple[str, BlockDevice]:
+        """(pvid, device) of an Available disk."""
+        dev = self.db.get(name)
+        if dev is None or dev.dev_class != "disk":
+            raise CommandError(f"physical volume {name} is not defined (see glvmctl lspv)")
+        rt = self.devices.disks.get(name)
+        if rt is None:
+            raise CommandError(f"physical volume {name} is Defined, not Available "
+                               f"(run mkdev -l {name})")
+        return dev.attrs["pvid"], rt
+
+    def _device_for_pvid(self, pvid: str) -> BlockDevice | None:
+        for d in self.db.devices("disk"):
+            if d.attrs.get("pvid") == pvid:
+                return self.devices.disks.get(d.name)
+        return None
+
+    def _name_for_pvid(self, pvid: str) -> str | None:
+        return next((d.name for d in self.db.devices("disk") if d.attrs.get("pvid") == pvid),
+                    None)
+
+    def vg_of_pvid(self, pvid: str) -> str | None:
+        return next((n for n, _, pvids in self.db.vgs() if pvid in pvids), None)
+
+    def _online(self, name: str) -> VolumeGroup:
+        vg = self.vgs.get(name)
+        if vg is None:
+            if self.db.get_vg(name) is None:
+                raise CommandError(f"volume group {name} does not exist")
+            raise CommandError(f"volume group {name} is not varied on")
+        return vg
+
+    def _find_lv(self, name: str) -> tuple[VolumeGroup, LogicalVolume]:
+        for vg in self.vgs.values():
+            if name in vg.lvs:
+                return vg, vg.lvs[name]
+        raise CommandError(f"logical volume {name} does not exist in any varied-on "
+                           f"volume group")
+
+    def get_lv(self, name: str) -> LogicalVolume | None:
+        for vg in self.vgs.values():
+            lv = vg.lvs.get(name)
+            if lv is not None and vg.online and not vg.maintenance:
+                return lv
+        return None
+
+    def list_lvs(self) -> list[tuple[str, str]]:
+        return [(n, f"logical volume of {vg.name}") for vg in self.vgs.values()
+                if vg.online and not vg.maintenance for n in vg.lvs]
+
+    def disk_in_use(self, name: str) -> str | None:
+        dev = self.db.get(name)
+        pvid = dev.attrs.get("pvid") if dev else None
+        vg = self.vg_of_pvid(pvid) if pvid else None
+        return vg if vg in self.vgs else None
+
+    def _resync_lock(self, vg: str) -> asyncio.Lock:
+        return self._resync_locks.setdefault(vg, asyncio.Lock())
+
+    # -- creating and changing VGs ------------------------------------------------------------
+    async def _check_new_pvs(self, names: list[str], force: bool) -> list[tuple[str, str,
+                                                                              BlockDevice]]:
+        if not names:
+            raise CommandError("name at least one physical volume")
+        if len(set(names)) != len(names):
+            raise CommandError("a physical volume is named twice")
+        out = []
+        for n in names:
+            pvid, dev = self._disk(n)
+            owner = self.vg_of_pvid(pvid)
+            if owner is not None:
+                raise CommandError(f"{n} already belongs to volume group {owner}")
+            try:
+                header = await read_record(dev, Kind.PVHEADER)
+            except OSError as e:
+                raise CommandError(f"cannot read {n}: {e.strerror or e}") from None
+            if header is not None and not force:
+                raise CommandError(f"{n} holds metadata of volume group "
+                                   f"{header[1].get('vg_name')} (VGID {header[1].get('vgid')}); "
+                                   f"use -f to overwrite it")
+            out.append((n, pvid, dev))
+        return out
+
+    async def mkvg(self, vg: str, pvs: list[str], pp_size_mb: int | None = None,
+                   force: bool = False) -> dict:
+        async with self._lock:
+            if not NAME_RE.match(vg or ""):
+                raise CommandError(f"volume group name '{vg}' must be 1-15 letters, digits "
+                                   f"or _, starting with a letter")
+            if self.db.get_vg(vg) is not None or self._name_taken(vg):
+                raise CommandError(f"the name {vg} is already used")
+            disks = await self._check_new_pvs(pvs, force)
+            sizes = [d.size for _, _, d in disks]
+            if pp_size_mb is None:
+                pp = layout.default_pp_size(sizes)
+            else:
+                if pp_size_mb < 1 or pp_size_mb > 1024 or pp_size_mb & (pp_size_mb - 1):
+                    raise CommandError(f"PP size {pp_size_mb} MB must be a power of 2 "
+                                       f"between 1 and 1024")
+                pp = pp_size_mb * MiB
+            for (n, _, d) in disks:
+                if layout.pp_count(d.size, pp) < 1:
+                    raise CommandError(f"{n} ({d.size // MiB} MB) is too small for one "
+                                       f"{pp // MiB} MB partition after the "
+                                       f"{layout.DATA_START // MiB} MB metadata area")
+                if layout.pp_count(d.size, pp) > 65536:
+                    raise CommandError(f"{n} would have more than 65536 partitions of "
+                                       f"{pp // MiB} MB; choose a larger -s")
+            now = time.time()
+            vgda = VGDA(vgid=os.urandom(8).hex() + "0" * 16, name=vg, pp_size=pp,
+                        pvs=[PVEntry(pvid, i + 1, layout.pp_count(d.size, pp))
+                             for i, (_, pvid, d) in enumerate(disks)],
+                        created=now, modified=now, last_site=self.devices.site())
+            vgsa = VGSA({pvid: PV_ACTIVE for _, pvid, _ in disks})
+            devmap = {i + 1: d for i, (_, _, d) in enumerate(disks)}
+            try:
+                for i, d in devmap.items():
+                    await self._write_header(d, vgda, i)
+            except OSError as e:
+                raise CommandError(f"cannot write to {d.name}: {e.strerror or e}") from None
+            group = self._activate(vgda, vgsa, devmap, {k: 0 for k in Kind}, quorum=True)
+            await group.write_vgda()
+            await group.commit_vgsa()
+            await group.drl_clear()
+            self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
+            log.info("lvm_mkvg", vg=vg, pvs=pvs, pp_size=pp)
+            return {"vg": vg, "pp_size_mb": pp // MiB}
+
+    def _name_taken(self, name: str) -> bool:
+        return self.db.get(name) is not None or any(name in g.lvs or name == g.name
+                                                    for g in self.vgs.values())
+
+    @staticmethod
+    async def _write_header(dev: BlockDevice, vgda: VGDA, index: int) -> None:
+        pvid = vgda.pv(index).pvid
+        body = {"pvid": pvid, "vgid": vgda.vgid, "vg_name": vgda.name, "index": index}
+        for seq in (1, 2):  # both slots, so no older header survives
+            await write_record(dev, Kind.PVHEADER, seq, body)
+
+    def _activate(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
+                  maintenance: bool = False) -> VolumeGroup:
+        group = VolumeGroup(vgda, vgsa, devmap, seqs, is_local=is_local, errlog=self.errlog,
+                            quorum_active=quorum, maintenance=maintenance)
+        group.lvs = {n: LogicalVolume(group, e) for n, e in vgda.lvs.items()}
+        self.vgs[vgda.name] = group
+        return group
+
+    async def extendvg(self, vg: str, pvs: list[str], force: bool = False) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            disks = await self._check_new_pvs(pvs, force)
+            vgda = group.vgda
+            for n, _pvid, d in disks:
+                count = layout.pp_count(d.size, vgda.pp_size)
+                if count < 1:
+                    raise CommandError(f"{n} is too small for one {vgda.pp_size // MiB} MB "
+                                       f"partition")
+            for _n, pvid, d in disks:
+                index = max(p.index for p in vgda.pvs) + 1
+                vgda.pvs.append(PVEntry(pvid, index, layout.pp_count(d.size, vgda.pp_size)))
+                group.devices[index] = d
+                group.vgsa.pv_state[pvid] = PV_ACTIVE
+                await self._write_header(d, vgda, index)
+            await group.write_vgda()
+            await group.commit_vgsa()
+            await group._drl_commit.commit()
+            self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
+            return {"vg": vg}
+
+    async def reducevg(self, vg: str, pv: str, delete_lvs: bool = False) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            pvid, dev = self._disk(pv)
+            entry = group.vgda.pv_by_pvid(pvid)
+            if entry is None:
+                raise CommandError(f"{pv} is not in volume group {vg}")
+            if len(group.vgda.pvs) == 1:
+                raise CommandError(f"{pv} is the last physical volume of {vg}; use "
+                                   f"varyoffvg and exportvg to remove the volume group")
+            holders = {n for (p, _), (n, _, _) in group.owners.items() if p == entry.index}
+            if holders and not delete_lvs:
+                raise CommandError(f"{pv} holds partitions of {', '.join(sorted(holders))}; "
+                                   f"move them or use reducevg -d")
+            plan = self._copies_on(group, {entry.index})
+            self._refuse_last_copy(group, plan)
+            self._drop_copies(group, plan)
+            group.vgda.pvs.remove(entry)
+            group.devices.pop(entry.index, None)
+            group.vgsa.pv_state.pop(pvid, None)
+            await group.commit_vgsa()
+            await group.write_vgda()
+            try:
+                for seq in (1, 2):
+                    await dev.write(layout.AREAS[Kind.PVHEADER].slot_offset(seq),
+                                    bytes(layout.AREAS[Kind.PVHEADER].slot_size), fua=True)
+            except OSError as e:
+                log.warning("lvm_reducevg_header_clear_failed", pv=pv, error=str(e))
+            self.db.put_vg(vg, group.vgda.vgid, [p.pvid for p in group.vgda.pvs])
+            return {"vg": vg, "pv": pv}
+
+    @staticmethod
+    def _copies_on(group: VolumeGroup, pv_indexes: set[int]) -> dict[str, list[int]]:
+        """LV name -> copies (indexes) having any partition on ``pv_indexes``."""
+        plan: dict[str, list[int]] = {}
+        for lv in group.vgda.lvs.values():
+            hit = [c for c in range(lv.copies) if lv.pvs_of_copy(c) & pv_indexes]
+            if hit:
+                plan[lv.name] = hit
+        return plan
+
+    @staticmethod
+    def _refuse_last_copy(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
+        for name, copies in plan.items():
+            if len(copies) >= group.vgda.lvs[name].copies:
+                raise CommandError(f"that would remove the last copy of logical volume {name}")
+
+    @staticmethod
+    def _drop_copies(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
+        for name, copies in plan.items():
+            lv = group.vgda.lvs[name]
+            for c in sorted(copies, reverse=True):
+                for loc in lv.maps[c]:
+                    group.vgsa.stale.pop(loc, None)
+                del lv.maps[c]
+
+    # -- logical volumes ------------------------------------------------------------------------
+    async def mklv(self, lv: str, vg: str, lps: int, copies: int = 1, strictness: str = "y",
+                   upperbound: int = 0, pvs: list[str] | None = None) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            group.check_online()
+            if not NAME_RE.match(lv or ""):
+                raise CommandError(f"logical volume name '{lv}' must be 1-15 letters, digits "
+                                   f"or _, starting with a letter")
+            if self._name_taken(lv):
+                raise CommandError(f"the name {lv} is already used")
+            if not 1 <= copies <= 3:
+                raise CommandError("copies must be 1, 2 or 3")
+            if strictness not in ("y", "s", "n"):
+                raise CommandError("strictness (-s) must be y, s or n")
+            if lps < 1:
+                raise CommandError("the number of logical partitions must be at least 1")
+            if upperbound < 0:
+                raise CommandError("upper bound (-u) must not be negative")
+            candidates = self._candidates(group, pvs)
+            if strictness != "n" and copies > len(candidates):
+                raise CommandError(f"{copies} copies need at least {copies} physical volumes; "
+                                   f"{len(candidates)} available")
+            vgda = group.vgda
+            entry = LVEntry(lv, vgda.next_lvid, lps, strictness, upperbound)
+            self._allocate(group, entry, range(copies), candidates)
+            vgda.lvs[lv] = entry
+            vgda.next_lvid += 1
+            await group.write_vgda()
+            group.lvs[lv] = LogicalVolume(group, entry)
+            log.info("lvm_mklv", vg=vg, lv=lv, lps=lps, copies=copies, strictness=strictness)
+            return {"lv": lv}
+
+    def _candidates(self, group: VolumeGroup, pvs: list[str] | None) -> list[int]:
+        if not pvs:
+            return group.usable_pvs()
+        out = []
+        for n in pvs:
+            pvid, _ = self._disk(n)
+            entry = group.vgda.pv_by_pvid(pvid)
+            if entry is None:
+                raise CommandError(f"{n} is not in volume group {group.name}")
+            if not group.usable(entry.index):
+                raise CommandError(f"{n} is {group.pv_state(entry.index)}, not active")
+            out.append(entry.index)
+        return out
+
+    @staticmethod
+    def _allocate(group: VolumeGroup, entry: LVEntry, copies: range,
+                  candidates: list[int]) -> list:
+        """Allocate whole copies; on failure nothing is taken and CommandError is raised."""
+        used = group.vgda.used()
+        added = []
+        try:
+            for c in copies:
+                m = policy.allocate_copy(group.vgda, entry, candidates, range(entry.lps),
+                                         c, used)
+                entry.maps.append(m)
+                added.append(m)
+        except policy.AllocationError as e:
+            for m in added:
+                entry.maps.remove(m)
+            raise CommandError(str(e)) from None
+        return added
+
+    async def chlv(self, lv: str, strictness: str | None = None,
+                   upperbound: int | None = None) -> dict:
+        async with self._lock:
+            group, vol = self._find_lv(lv)
+            if strictness is None and upperbound is None:
+                raise CommandError("chlv needs -s or -u")
+            if strictness is not None and strictness not in ("y", "s", "n"):
+                raise CommandError("strictness (-s) must be y, s or n")
+            if upperbound is not None and upperbound < 0:
+                raise CommandError("upper bound (-u) must not be negative")
+            why = policy.check_strictness(vol.entry, strictness, upperbound)
+            if why:
+                raise CommandError(f"cannot change {lv}: {why}")
+            if strictness is not None:
+                vol.entry.strictness = strictness
+            if upperbound is not None:
+                vol.entry.upperbound = upperbound
+            await group.write_vgda()
+            return {"lv": lv}
+
+    async def rmlv(self, lv: str) -> dict:
+        async with self._lock:
+            group, vol = self._find_lv(lv)
+            entry = group.vgda.lvs.pop(lv)
+            for m in entry.maps:
+                for loc in m:
+                    group.vgsa.stale.pop(loc, None)
+            group.lvs.pop(lv, None)
+            await group.write_vgda()
+            await group.commit_vgsa()
+            return {"lv": lv}
+
+    def lslv(self, lv: str, map: bool = False) -> dict:  # noqa: A002 — the wire name
+        group, vol = self._find_lv(lv)
+        e = vol.entry
+        stale = [loc for m in e.maps for loc in m if loc in group.vgsa.stale]
+        out = {"name": lv, "vg": group.name, "copies": e.copies, "lps": e.lps,
+               "pps": e.lps * e.copies, "stale_pps": len(stale), "strictness": e.strictness,
+               "upperbound": e.upperbound, "pp_size_mb": group.vgda.pp_size // MiB,
+               "size_bytes": vol.size,
+               "state": ("opened" if group.online else "closed") + ("/stale" if stale
+                                                                      else "/syncd")}
+        if map:
+            out["map"] = [{"lp": lp + 1, "copies": [
+                {"pv": group.pv_name(m[lp][0]), "pp": m[lp][1] + 1,
+                 "stale": m[lp] in group.vgsa.stale} for m in e.maps]} for lp in range(e.lps)]
+        return out
+
+    # -- mirroring --------------------------------------------------------------------------------
+    async def mirrorvg(self, vg: str, pvs: list[str], copies: int = 2, sync: str = "foreground",
+                       keep_quorum: bool = False,
+                       progress: Callable[[dict], None] | None = None) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            group.check_online()
+            if copies not in (2, 3):
+                raise CommandError("mirrorvg -c must be 2 or 3")
+            if sync not in ("foreground", "background", "none"):
+                raise CommandError("sync must be foreground, background or none")
+            candidates = self._candidates(group, pvs)
+            new_locs = []
+            lvs = [e for e in group.vgda.lvs.values() if e.copies < copies]
+            if not lvs:
+                raise CommandError(f"every logical volume of {vg} already has {copies} copies")
+            snapshot = {e.name: len(e.maps) for e in lvs}
+            try:
+                for e in lvs:
+                    for m in self._allocate(group, e, range(e.copies, copies), candidates):
+                        new_locs.extend(m)
+            except CommandError:
+                for e in lvs:
+                    del e.maps[snapshot[e.name]:]
+                raise
+            messages = []
+            for loc in new_locs:  # stale before the VGDA makes the copies visible
+                group.vgsa.mark(loc, None)
+            await group.commit_vgsa()
+            if not keep_quorum and group.vgda.quorum:
+                group.vgda.quorum = False
+                messages.append("0516-1125 mirrorvg: Quorum requirement turned off, varyoff "
+                                "and varyon volume group for this to take effect.")
+            await group.write_vgda()
+            for loc in new_locs:
+                group.note_stale(loc[0])
+        result = None
+        if sync == "foreground":
+            result = await self._run_resync(group, None, 1, 0.0, progress)
+        elif sync == "background":
+            self._start_background_resync(group)
+        return {"messages": messages, "resync": result}
+
+    async def unmirrorvg(self, vg: str, pvs: list[str]) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            indexes = set(self._candidates_any(group, pvs))
+            plan = self._copies_on(group, indexes)
+            if not plan:
+                raise CommandError(f"no copy of any logical volume of {vg} lies on "
+                                   f"{' '.join(pvs)}")
+            self._refuse_last_copy(group, plan)
+            self._drop_copies(group, plan)
+            await group.write_vgda()
+            await group.commit_vgsa()
+            return {"vg": vg, "lvs": sorted(plan)}
+
+    def _candidates_any(self, group: VolumeGroup, pvs: list[str]) -> list[int]:
+        out = []
+        for n in pvs:
+            pvid = self.db.get(n).attrs["pvid"] if self.db.get(n) else None
+            entry = group.vgda.pv_by_pvid(pvid) if pvid else None
+            if entry is None:
+                raise CommandError(f"{n} is not in volume group {group.name}")
+            out.append(entry.index)
+        return out
+
+    # -- resync -----------------------------------------------------------------------------------
+    async def _run_resync(self, group: VolumeGroup, want, parallel: int, rate: float,
+                          progress) -> dict:
+        async with self._resync_lock(group.name):
+            return await resync(group, want, parallel, rate, progress)
+
+    def _start_background_resync(self, group: VolumeGroup) -> None:
+        if group.resync_task and not group.resync_task.done():
+            return
+        if not group.stale_locs():
+            return
+
+        async def run():
+            try:
+                await self._run_resync(group, None, 2, 0.0, None)
+            except OSError as e:
+                log.warning("lvm_background_resync_stopped", vg=group.name, error=str(e))
+
+        group.resync_task = asyncio.get_running_loop().create_task(run())
+
+    async def syncvg(self, lv: str | None = None, pv: str | None = None, vg: str | None = None,
+                     parallel: int = 1, force: bool = False, rate_mb: float = 0.0,
+                     progress: Callable[[dict], None] | None = None) -> dict:
+        if sum(x is not None for x in (lv, pv, vg)) != 1:
+            raise CommandError("syncvg needs exactly one of -l LV, -p PV, -v VG")
+        if not 1 <= parallel <= 32:
+            raise CommandError("-P must be between 1 and 32")
+        if rate_mb < 0:
+            raise CommandError("--rate must not be negative")
+        if lv is not None:
+            group, vol = self._find_lv(lv)
+            locs = {loc for m in vol.entry.maps for loc in m}
+            want = locs.__contains__
+            scope_lvs = [vol.entry]
+        elif pv is not None:
+            pvid, _ = self._disk(pv)
+            vgname = self.vg_of_pvid(pvid)
+            if vgname is None:
+                raise CommandError(f"{pv} is not in a volume group")
+            group = self._online(vgname)
+            index = group.vgda.pv_by_pvid(pvid).index
+            want = lambda loc: loc[0] == index  # noqa: E731
+            scope_lvs = list(group.vgda.lvs.values())
+        else:
+            group = self._online(vg)
+            want = None
+            scope_lvs = list(group.vgda.lvs.values())
+        group.check_online()
+        if force:
+            self._force_stale(group, scope_lvs, want)
+            await group.commit_vgsa()
+        return await self._run_resync(group, want, parallel, rate_mb * MiB, progress)
+
+    @staticmethod
+    def _force_stale(group: VolumeGroup, lvs: list[LVEntry], want) -> None:
+        """syncvg -f: every copy but the preferred good one of each LP is recopied."""
+        for e in lvs:
+            vol = group.lvs[e.name]
+            for lp in range(e.lps):
+                src = group.source_for(vol, lp, exclude=set())
+                for m in e.maps:
+                    if src is not None and m[lp] != src[0] and (want is None or want(m[lp])):
+                        group.vgsa.mark(m[lp], None)
+
+    # -- varyon / varyoff / import / export -------------------------------------------------------
+    async def _scan(self, pvids: list[str], vgid: str) -> dict[str, tuple[BlockDevice, PVMeta]]:
+        """Read the metadata of every Available disk among ``pvids`` that belongs to ``vgid``."""
+        found = {}
+        for pvid in pvids:
+            dev = self._device_for_pvid(pvid)
+            if dev is None:
+                continue
+            try:
+                meta = await read_pv_meta(dev)
+            except OSError as e:
+                log.warning("lvm_pv_unreadable", pv=dev.name, error=str(e))
+                continue
+            if meta.header and meta.header.get("vgid") == vgid and meta.vgda:
+                found[pvid] = (dev, meta)
+        return found
+
+    async def varyonvg(self, vg: str, force: bool = False, nosync: bool = False,
+                       maintenance: bool = False) -> dict:
+        async with self._lock:
+            if vg in self.vgs:
+                return await self._reactivate(self.vgs[vg], nosync)
+            rec = self.db.get_vg(vg)
+            if rec is None:
+                raise CommandError(f"volume group {vg} does not exist (see importvg)")
+            return await self._varyon(vg, rec[1], rec[2], force, nosync, maintenance)
+
+    async def _varyon(self, name: str, vgid: str, pvids: list[str], force: bool, nosync: bool,
+                      maintenance: bool) -> dict:
+        found = await self._scan(pvids, vgid)
+        if not found:
+            raise CommandError(f"0516-013 varyonvg: no physical volume of {name} is "
+                               f"reachable")
+        # the newest descriptor names the full PV set; look for any PV we did not know about
+        seq_vgda, best = max((m.vgda for _, m in found.values()), key=lambda r: r[0])
+        vgda = VGDA.from_json(best)
+        extra = [p.pvid for p in vgda.pvs if p.pvid not in found]
+        found.update(await self._scan(extra, vgid))
+        vgda.name = name
+        metas = {p.index: found.get(p.pvid) for p in vgda.pvs}
+        reachable = {i for i, f in metas.items() if f is not None}
+        all_pvs = [p.index for p in vgda.pvs]
+        if vgda.quorum:
+            if not policy.has_quorum(all_pvs, reachable) and not force:
+                raise CommandError(
+                    f"0516-052 varyonvg: Volume group {name} cannot be varied on without a "
+                    f"quorum: {len(reachable)} of {len(all_pvs)} physical volumes reachable; "
+                    f"use -f to force")
+        elif len(reachable) < len(all_pvs) and not force:
+            raise CommandError(
+                f"0516-052 varyonvg: quorum is off, so all {len(all_pvs)} physical volumes of "
+                f"{name} must be reachable ({len(reachable)} are); use -f to force")
+        vgsa_rec = max((f[1].vgsa for f in metas.values() if f and f[1].vgsa),
+                       key=lambda r: r[0], default=(0, VGSA().to_json()))
+        drl_rec = max((f[1].drl for f in metas.values() if f and f[1].drl),
+                      key=lambda r: r[0], default=(0, {"regions": []}))
+        vgsa = VGSA.from_json(vgsa_rec[1])
+        pv_status = []
+        for p in vgda.pvs:
+            recorded = vgsa.pv_state.get(p.pvid, PV_ACTIVE)
+            if p.index not in reachable:
+                vgsa.pv_state[p.pvid] = PV_MISSING if recorded == PV_ACTIVE else recorded
+            elif recorded != PV_ACTIVE:
+                # another varyon saw this PV fail: it missed updates; the administrator
+                # returns it with chpv -v a
+                vgsa.pv_state[p.pvid] = PV_REMOVED
+            pv_status.append(self._pv_status(p.pvid, vgsa.pv_state[p.pvid],
+                                              p.index in reachable))
+        devmap = {i: (f[0] if f else None) for i, f in metas.items()}
+        seqs = {Kind.PVHEADER: 0, Kind.VGDA: seq_vgda, Kind.VGSA: vgsa_rec[0],
+                Kind.DRL: drl_rec[0]}
+        vgda.last_site = self.devices.site()
+        group = self._activate(vgda, vgsa, devmap, seqs, quorum=vgda.quorum,
+                               maintenance=maintenance)
+        try:
+            if not group.usable_pvs():
+                raise CommandError(f"varyonvg: no active physical volume left in {name}")
+            await group.commit_vgsa()
+            await group.write_vgda()
+            await self._recover_dirty_regions(group, drl_rec[1].get("regions", []))
+        except (OSError, CommandError) as e:
+            self.vgs.pop(name, None)
+            raise CommandError(f"varyonvg {name} failed: {e}") from None
+        if not nosync:
+            self._start_background_resync(group)
+        log.info("lvm_varyon", vg=name, reachable=len(reachable), total=len(all_pvs),
+                 forced=force, maintenance=maintenance)
+        return {"pv_status": pv_status,
+                "messages": [f"varyonvg: Volume group {name} is varied on."]}
+
+    def _pv_status(self, pvid: str, state: str, reachable: bool) -> dict:
+        name = self._name_for_pvid(pvid)
+        if state == PV_REMOVED:
+            status = "PVREMOVED"
+        elif reachable and state == PV_ACTIVE:
+            status = "PVACTIVE"
+        else:
+            status = "NONAME" if name is None else "PVMISSING"
+        return {"name": name, "pvid": pvid, "status": status}
+
+    async def _recover_dirty_regions(self, group: VolumeGroup, regions: list) -> None:
+        """Make the copies of every region logged dirty identical again (from one copy), or
+        mark the copies that cannot be written stale; then clear the log."""
+        by_id = {e.lvid: group.lvs[e.name] for e in group.vgda.lvs.values()}
+        pp = group.vgda.pp_size
+        copied = 0
+        for lvid, region in regions:
+            vol = by_id.get(lvid)
+            if vol is None:
+                continue
+            start = region * DRL_REGION
+            end = min(start + DRL_REGION, vol.size)
+            for lp, within, _, n in vol._segments(start, max(0, end - start)):
+                src = group.source_for(vol, lp, exclude=set())
+                for m in vol.entry.maps:
+                    loc = m[lp]
+                    if src is not None and loc == src[0]:
+                        continue
+                    if src is None or loc in group.vgsa.stale or not group.usable(loc[0]):
+                        group.mark_stale(loc, chunks_of(within, n))
+                        continue
+                    data = await src[1].read(layout.pp_offset(src[0][1], pp) + within, n)
+                    try:
+                        await group.devices[loc[0]].write(layout.pp_offset(loc[1], pp) + within,
+                                                          data)
+                        copied += n
+                    except OSError as e:
+                        group.pv_failed(loc[0], f"dirty-region recovery failed: {e}")
+                        group.mark_stale(loc, chunks_of(within, n))
+        if regions:
+            await group.flush_pvs()
+            await group.commit_vgsa()
+            log.info("lvm_drl_recovered", vg=group.name, regions=len(regions), bytes=copied)
+        await group.drl_clear()
+
+    async def _reactivate(self, group: VolumeGroup, nosync: bool) -> dict:
+        """varyonvg on a varied-on VG: take back PVs that failed and are reachable again."""
+        if not group.online:
+            raise CommandError(f"volume group {group.name} was closed ({group.closed_reason}); "
+                               f"run varyoffvg {group.name} first")
+        returned = await self._probe_back(group, [p.index for p in group.vgda.pvs
+                                                   if group.pv_state(p.index) == PV_MISSING],
+                                           "LVM_MISSPVRET")
+        if returned:
+            await self._bring_current(group)
+        if not nosync:
+            self._start_background_resync(group)
+        status = [self._pv_status(p.pvid, group.pv_state(p.index), group.usable(p.index))
+                  for p in group.vgda.pvs]
+        return {"pv_status": status, "returned": returned,
+                "messages": [f"varyonvg: Volume group {group.name} is varied on."]}
+
+    async def _probe_back(self, group: VolumeGroup, indexes: list[int], label: str) -> list:
+        back = []
+        for i in indexes:
+            pvid = group.vgda.pv(i).pvid
+            dev = self._device_for_pvid(pvid)
+            if dev is None:
+                continue
+            try:
+                header = await read_record(dev, Kind.PVHEADER)
+            except OSError:
+                continue
+            if header is None or header[1].get("vgid") != group.vgda.vgid:
+                continue
+            group.devices[i] = dev
+            group.pv_returned(i, label)
+            back.append(dev.name)
+        return back
+
+    @staticmethod
+    async def _bring_current(group: VolumeGroup) -> None:
+        await group.commit_vgsa()
+        await group.write_vgda()
+        await group._drl_commit.commit()
+
+    async def varyoffvg(self, vg: str) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            await self._close(group)
+            return {"vg": vg}
+
+    async def _close(self, group: VolumeGroup) -> None:
+        if group.resync_task:
+            group.resync_task.cancel()
+            await asyncio.gather(group.resync_task, return_exceptions=True)
+        if group.online:
+            try:
+                await group.flush_pvs()
+                await group.drl_clear()
+            except OSError as e:
+                log.warning("lvm_varyoff_unclean", vg=group.name, error=str(e))
+        group.online = False
+        group.closed_reason = "varied off"
+        self.vgs.pop(group.name, None)
+        log.info("lvm_varyoff", vg=group.name)
+
+    async def importvg(self, vg: str, pv: str, force: bool = False) -> dict:
+        async with self._lock:
+            if not NAME_RE.match(vg or ""):
+                raise CommandError(f"volume group name '{vg}' is not valid")
+            if self.db.get_vg(vg) is not None or self._name_taken(vg):
+                raise CommandError(f"the name {vg} is already used")
+            pvid, dev = self._disk(pv)
+            try:
+                meta = await read_pv_meta(dev)
+            except OSError as e:
+                raise CommandError(f"cannot read {pv}: {e.strerror or e}") from None
+            if meta.header is None or meta.vgda is None:
+                raise CommandError(f"{pv} does not hold volume group metadata")
+            vgid = meta.header["vgid"]
+            known = next((n for n, v, _ in self.db.vgs() if v == vgid), None)
+            if known:
+                raise CommandError(f"{pv} belongs to volume group {known}, already known here")
+            pvids = [p[0] for p in meta.vgda[1]["pvs"]]
+            self.db.put_vg(vg, vgid, pvids)
+            try:
+                result = await self._varyon(vg, vgid, pvids, force, False, False)
+            except CommandError:
+                self.db.delete_vg(vg)
+                raise
+            group = self.vgs[vg]
+            self.db.put_vg(vg, vgid, [p.pvid for p in group.vgda.pvs])
+            return result
+
+    async def exportvg(self, vg: str) -> dict:
+        async with self._lock:
+            if self.db.get_vg(vg) is None:
+                raise CommandError(f"volume group {vg} does not exist")
+            if vg in self.vgs:
+                raise CommandError(f"volume group {vg} is varied on; run varyoffvg first")
+            self.db.delete_vg(vg)
+            return {"vg": vg}
+
+    async def chvg(self, vg: str, auto_on: str | None = None, quorum: str | None = None) -> dict:
+        async with self._lock:
+            group = self._online(vg)
+            if auto_on is None and quorum is None:
+                raise CommandError("chvg needs -a or -Q")
+            for flag, v in (("-a", auto_on), ("-Q", quorum)):
+                if v is not None and v not in ("y", "n"):
+                    raise CommandError(f"chvg {flag} must be y or n")
+            messages = []
+            if auto_on is not None:
+                group.vgda.auto_on = auto_on == "y"
+            if quorum is not None and (quorum == "y") != group.vgda.quorum:
+                group.vgda.quorum = quorum == "y"
+                messages.append(f"0516-1011 chvg: Quorum requirement turned "
+                                f"{'on' if quorum == 'y' else 'off'}, varyoff and varyon "
+                                f"volume group for this to take effect.")
+            await group.write_vgda()
+            return {"messages": messages}
+
+    async def chpv(self, pv: str, state: str) -> dict:
+        async with self._lock:
+            dev = self.db.get(pv)
+            pvid = dev.attrs.get("pvid") if dev is not None else None
+            vgname = self.vg_of_pvid(pvid) if pvid else None
+            if vgname is None:
+                raise CommandError(f"{pv} is not in a volume group")
+            group = self._online(vgname)
+            index = group.vgda.pv_by_pvid(pvid).index
+            if state == "r":
+                group.vgsa.pv_state[pvid] = PV_REMOVED
+                await group.commit_vgsa()
+            elif state == "a":
+                if group.pv_state(index) == PV_ACTIVE:
+                    return {"pv": pv}
+                if not await self._probe_back(group, [index], "LVM_MISSPVADDED"):
+                    raise CommandError(f"{pv} cannot be read; it stays "
+                                       f"{group.pv_state(index)}")
+                await self._bring_current(group)
+            else:
+                raise CommandError("chpv -v must be a or r")
+            return {"pv": pv}
+
+    # -- listing ---------------------------------------------------------------------------------
+    async def lsvg(self, vg: str | None = None) -> object:
+        if vg is None:
+            return [n for n, _, _ in self.db.vgs()]
+        rec = self.db.get_vg(vg)
+        if rec is None:
+            raise CommandError(f"volume group {vg} does not exist")
+        group = self.vgs.get(vg)
+        if group is None:
+            return {"name": vg, "vgid": rec[1], "state": "inactive", "pvs": [
+                {"name": self._name_for_pvid(p), "pvid": p} for p in rec[2]], "lvs": []}
+        return self._describe(group)
+
+    def _describe(self, group: VolumeGroup) -> dict:
+        vgda, vgsa = group.vgda, group.vgsa
+        used = vgda.used()
+        pvs = []
+        for p in vgda.pvs:
+            free = p.pp_count - sum(1 for loc in used if loc[0] == p.index)
+            dev = group.devices.get(p.index)
+            pvs.append({"name": self._name_for_pvid(p.pvid), "pvid": p.pvid,
+                        "state": group.pv_state(p.index) if dev is not None or
+                        group.pv_state(p.index) != PV_ACTIVE else PV_MISSING,
+                        "total_pps": p.pp_count, "free_pps": free,
+                        "stale_pps": vgsa.stale_count(p.index),
+                        "site": self._site_of(dev)})
+        total = sum(p.pp_count for p in vgda.pvs)
+        lvs = [{"name": e.name, "type": "lv", "lps": e.lps, "pps": e.lps * e.copies,
+                "pvs": len({pv for m in e.maps for pv, _ in m}), "copies": e.copies,
+                "state": ("open" if group.online else "closed") + (
+                    "/stale" if any(loc in vgsa.stale for m in e.maps for loc in m)
+                    else "/syncd")} for e in vgda.lvs.values()]
+        return {"name": group.name, "vgid": vgda.vgid,
+                "state": "active" if group.online else "closed",
+                "quorum": vgda.quorum, "quorum_active": group.quorum_active,
+                "auto_on": vgda.auto_on, "pp_size_mb": vgda.pp_size // MiB,
+                "total_pps": total, "free_pps": total - len(used), "used_pps": len(used),
+                "stale_pps": vgsa.stale_count(),
+                "stale_pvs": len({pv for pv, _ in vgsa.stale}),
+                "active_pvs": len(group.usable_pvs()), "total_pvs": len(vgda.pvs),
+                "lvs_count": len(lvs), "open_lvs": len(lvs) if group.online else 0,
+                "maintenance": group.maintenance,
+                "resyncing": bool(group.resync_task and not group.resync_task.done()),
+                "pvs": pvs, "lvs": lvs}
+
+    def _site_of(self, dev: BlockDevice | None) -> str:
+        if dev is None:
+            return ""
+        if is_local(dev):
+            return self.devices.site() or "local"
+        return getattr(dev, "site", "") or self.db.get(dev.name).attrs.get("site", "")
+
+    async def shutdown(self) -> None:
+        for group in list(self.vgs.values()):
+            await self._close(group)
