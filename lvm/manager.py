@@ -427,8 +427,6 @@ class LVMManager:
                 messages.append("0516-1125 mirrorvg: Quorum requirement turned off, varyoff "
                                 "and varyon volume group for this to take effect.")
             await group.write_vgda()
-            for loc in new_locs:
-                group.note_stale(loc[0])
         result = None
         if sync == "foreground":
             result = await self._run_resync(group, None, 1, 0.0, progress)
