@@ -1,6 +1,10 @@
 """Serve FileDisk exports over NBD in a separate process, for interop tests and benchmarks.
 
-    python tests/nbd_serve_helper.py --socket PATH [--tcp HOST:PORT] [--ro NAME] NAME=FILE...
+    python tests/nbd_serve_helper.py --socket PATH [--tcp HOST:PORT] [--ro NAME] [--async NAME]
+                                     NAME=FILE...
+
+``--async NAME`` hides FileDisk's synchronous fast path for that export, so every request
+runs as a task (the path logical volumes and RPV disks take).
 
 Prints ``READY`` (and, with ``--tcp``, ``TCP host port``) on stdout once listening; logs go to
 stderr. SIGTERM/SIGINT close the server cleanly.
@@ -20,11 +24,37 @@ from rpv.blockdev import FileDisk
 from rpv.nbd import NBDServer
 
 
+class AsyncOnly:
+    """A FileDisk seen only through the async BlockDevice interface."""
+
+    def __init__(self, disk: FileDisk):
+        self._disk = disk
+        self.name = disk.name
+        self.path = disk.path
+        self.readonly = disk.readonly
+
+    @property
+    def size(self) -> int:
+        return self._disk.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self._disk.read(offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        await self._disk.write(offset, data, fua)
+
+    async def flush(self) -> None:
+        await self._disk.flush()
+
+    def close(self) -> None:
+        self._disk.close()
+
+
 class DictRegistry:
-    def __init__(self, devices: dict[str, FileDisk]):
+    def __init__(self, devices: dict):
         self.devices = devices
 
-    def get_export(self, name: str) -> FileDisk | None:
+    def get_export(self, name: str):
         return self.devices.get(name)
 
     def list_exports(self) -> list[tuple[str, str]]:
@@ -35,7 +65,8 @@ async def serve(args: argparse.Namespace) -> None:
     devices = {}
     for spec in args.exports:
         name, _, path = spec.partition("=")
-        devices[name] = FileDisk(name, path, readonly=name in args.ro)
+        disk = FileDisk(name, path, readonly=name in args.ro)
+        devices[name] = AsyncOnly(disk) if name in args.async_exports else disk
     server = NBDServer(DictRegistry(devices),
                        max_inflight_requests=args.max_inflight_requests,
                        max_inflight_bytes=args.max_inflight_bytes)
@@ -60,6 +91,7 @@ def main() -> None:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--tcp")
     parser.add_argument("--ro", action="append", default=[])
+    parser.add_argument("--async", dest="async_exports", action="append", default=[])
     parser.add_argument("--max-inflight-requests", type=int, default=128)
     parser.add_argument("--max-inflight-bytes", type=int, default=64 << 20)
     parser.add_argument("--log-level", default="info")

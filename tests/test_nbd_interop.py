@@ -72,7 +72,7 @@ def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("nbd")
     disks = {"hdisk1": (root / "hdisk1.img", 64 * MiB), "hdisk2": (root / "hdisk2.img", 16 * MiB),
-             "hdisk9": (root / "hdisk9.img", 4 * MiB)}
+             "hdisk9": (root / "hdisk9.img", 4 * MiB), "lv00": (root / "lv00.img", 16 * MiB)}
     for path, size in disks.values():
         with open(path, "wb") as f:
             f.truncate(size)
@@ -83,6 +83,7 @@ def served(tmp_path_factory):
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             [sys.executable, str(HELPER), "--socket", str(sock), "--ro", "hdisk9",
+             "--async", "lv00",
              *(f"{name}={path}" for name, (path, _) in disks.items())],
             stdout=subprocess.PIPE, stderr=logf, text=True)
     try:
@@ -112,7 +113,7 @@ def test_nbdinfo_list(served):
     out = json.loads(run("nbdinfo", "--list", "--json", served.uri("")).stdout)
     assert out["protocol"] == "newstyle-fixed"
     exports = {e["export-name"]: e for e in out["exports"]}
-    assert sorted(exports) == ["hdisk1", "hdisk2", "hdisk9"]
+    assert sorted(exports) == ["hdisk1", "hdisk2", "hdisk9", "lv00"]
     assert exports["hdisk1"]["description"].startswith("file disk ")
     assert exports["hdisk2"]["export-size"] == 16 * MiB
 
@@ -130,33 +131,36 @@ def test_nbdinfo_export(served):
     assert ro["is_read_only"] is True and ro["export-size"] == 4 * MiB
 
 
-def test_nbdcopy_roundtrip_multi_conn(served):
-    src = served.root / "random.bin"
+@pytest.mark.parametrize("export", ["hdisk2", "lv00"])  # inline fast path / task per request
+def test_nbdcopy_roundtrip_multi_conn(served, export):
+    src = served.root / f"random-{export}.bin"
     payload = os.urandom(8 * MiB)
     src.write_bytes(payload)
-    before = served.opened("hdisk2")
-    run("nbdcopy", "--connections=4", "--requests=16", str(src), served.uri("hdisk2"))
-    assert served.opened("hdisk2") - before >= 2  # several connections at once
-    out = served.root / "out.bin"
-    run("nbdcopy", served.uri("hdisk2"), str(out))
+    before = served.opened(export)
+    run("nbdcopy", "--connections=4", "--requests=16", str(src), served.uri(export))
+    assert served.opened(export) - before >= 2  # several connections at once
+    out = served.root / f"out-{export}.bin"
+    run("nbdcopy", served.uri(export), str(out))
     data = out.read_bytes()
     assert len(data) == 16 * MiB
     assert data[: 8 * MiB] == payload
-    with open(served.disks["hdisk2"], "rb") as f:  # and straight from the backing file
+    with open(served.disks[export], "rb") as f:  # and straight from the backing file
         assert f.read(8 * MiB) == payload
 
 
-def test_qemu_io_pattern(served):
+@pytest.mark.parametrize("export", ["hdisk1", "lv00"])
+def test_qemu_io_pattern(served, export):
     r = run("qemu-io", "-f", "raw", "-c", "write -P 0xab 0 64k", "-c", "read -P 0xab 0 64k",
-            served.uri("hdisk1"))
+            served.uri(export))
     assert "read 65536/65536 bytes at offset 0" in r.stdout
     assert "verification failed" not in r.stdout + r.stderr
-    with open(served.disks["hdisk1"], "rb") as f:
+    with open(served.disks[export], "rb") as f:
         assert f.read(65536) == b"\xab" * 65536
 
 
-def test_qemu_io_fua_flush_zero_discard(served):
-    uri = served.uri("hdisk1")
+@pytest.mark.parametrize("export", ["hdisk1", "lv00"])
+def test_qemu_io_fua_flush_zero_discard(served, export):
+    uri = served.uri(export)
     r = run("qemu-io", "-f", "raw",
             "-c", "write -f -P 0xcd 1M 64k",  # FUA
             "-c", "flush",
@@ -168,7 +172,7 @@ def test_qemu_io_fua_flush_zero_discard(served):
             "-c", "read -P 0x11 2112k 64k", uri)
     assert "verification failed" not in r.stdout + r.stderr
     assert r.stdout.count("read 65536/65536") == 3
-    with open(served.disks["hdisk1"], "rb") as f:
+    with open(served.disks[export], "rb") as f:
         f.seek(1 * MiB)
         assert f.read(65536) == b"\xcd" * 65536
 

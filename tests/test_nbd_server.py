@@ -525,3 +525,29 @@ def test_option_flood_is_back_pressured(run, sock):
         await server.close()
 
     run(body)
+
+
+def test_disconnect_export(run, sock):
+    async def body():
+        lv = GatedDisk("lv01")
+        other = MemDisk("lv02")
+        server = NBDServer(Registry(lv, other))
+        await server.start_unix(sock)
+        a = await Client.connect(sock, "lv01")
+        b = await Client.connect(sock, "lv01")
+        c = await Client.connect(sock, "lv02")
+        a.send(request(Cmd.WRITE, 1, 0, 4, 0, b"last"))
+        await until(lambda: ("write", 0) in lv.started)
+        dropping = asyncio.create_task(server.disconnect_export("lv01"))
+        assert await b.at_eof()
+        lv.gate.set()
+        assert await a.reply() == (1, 0, b"")  # the in-flight write is answered first
+        assert await a.at_eof()
+        assert await dropping == 2
+        c.send(request(Cmd.READ, 2, 0, 512))  # other exports are untouched
+        assert await c.reply({2: 512}) == (2, 0, bytes(512))
+        for cl in (a, b, c):
+            cl.close()
+        await server.close()
+
+    run(body)

@@ -1,10 +1,14 @@
 """asyncio adapter around :mod:`rpv.nbd.protocol`: an NBD server generic over BlockDevice.
 
 Each connection is an :class:`asyncio.Protocol`. Requests are pipelined: every request runs as
-its own task and its reply is written when it completes, so replies may go out of order. Per
-connection the number of requests in flight and the bytes they hold are bounded; at the bound,
-or while the transport's write buffer is above its high-water mark, the connection stops
-turning bytes into requests and pauses reading, so a client that never reads its replies
+its own task and its reply is written when it completes, so replies may go out of order. A
+device that also offers synchronous page-cache I/O (``read_now(offset, length)`` and
+``write_now(offset, data)``, as FileDisk does) has its READs and non-FUA WRITEs served inline,
+without a task. Replies produced in one pass are written with one system call.
+
+Per connection the number of requests in flight and the bytes they hold are bounded; at the
+bound, or while the transport's write buffer is above its high-water mark, the connection
+stops turning bytes into requests and pauses reading, so a client that never reads its replies
 cannot make the server buffer without limit.
 
 When a connection is lost, in-flight device operations are left to finish (a write is never
@@ -129,6 +133,20 @@ class NBDServer:
         return [c.info() for c in self._connections]
 
     # ------------------------------------------------------------------ shutdown
+
+    async def disconnect_export(self, name: str) -> int:
+        """Close every connection serving export ``name`` (e.g. before varyoffvg or rmdev).
+
+        In-flight requests finish and are answered first. Returns how many connections were
+        closed. New connections are the registry's business: stop returning the device first.
+        """
+        conns = [c for c in self._connections if c.export == name]
+        for conn in conns:
+            conn.shutdown(reason="export withdrawn")
+        waits = [conn.lost for conn in conns if not conn.lost.done()]
+        if waits:
+            await asyncio.wait(waits)
+        return len(conns)
 
     async def close(self, grace: float | None = None) -> None:
         """Stop listening, finish in-flight requests, close every connection.
@@ -373,11 +391,13 @@ class _Connection(asyncio.Protocol):
             log.warning("nbd_protocol_error", conn=self.cid, peer=self.peer,
                         export=self.export, error=ev.reason)
             self._stop()
-            # Hard disconnect: pending option replies are flushed, in-flight replies dropped.
-            if self._core.has_data_to_send:
-                self._batch.append(self._core.data_to_send())
+            # Hard disconnect: replies already queued go out if the client is reading,
+            # replies of in-flight requests are dropped.
             self._flush()
-            self._transport.close()
+            if self._transport.get_write_buffer_size():
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def _stop(self) -> None:
         self._stopped = True
@@ -490,11 +510,11 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ shutdown
 
-    def shutdown(self) -> None:
-        """Server shutdown: start no more requests; close once in-flight ones are answered."""
+    def shutdown(self, reason: str = "server shutdown") -> None:
+        """Start no more requests; close once the in-flight ones are answered."""
         if self._transport is None or self._is_lost:
             return
-        self._reason = "server shutdown"
+        self._reason = reason
         if self._device is None:  # still haggling: nothing to finish
             self._stopped = True
             self._transport.abort()
