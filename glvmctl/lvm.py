@@ -1,0 +1,375 @@
+"""LVM commands with AIX 5L syntax: volume groups, logical volumes, mirroring, resync."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import typer
+
+from glvmctl.context import rpc
+from glvmctl.devices import JSON
+from glvmctl.output import columns, emit_json, fail
+
+YesNo = Literal["y", "n"]
+Strictness = Literal["y", "s", "n"]
+STRICTNESS = {"y": "strict", "s": "superstrict", "n": "off"}
+
+# Fixed column widths of AIX's lsvg -p, lsvg -l and lslv -m tables.
+LSVG_P = (("PV_NAME", 18), ("PV STATE", 18), ("TOTAL PPs", 12), ("FREE PPs", 12),
+          ("STALE PPs", 0))
+LSVG_L = (("LV NAME", 20), ("TYPE", 11), ("LPs", 8), ("PPs", 8), ("PVs", 5),
+          ("LV STATE", 14), ("COPIES", 0))
+MAP_LP, MAP_PP, MAP_PV = 6, 5, 18
+
+
+def fixed(cells: list, widths: list[int]) -> str:
+    """One row of a fixed-width table; a cell always keeps one space before the next."""
+    return "".join(f"{c!s:<{w - 1}} " if w else str(c)
+                   for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def table(spec: tuple, rows: list[list]) -> None:
+    widths = [w for _, w in spec]
+    typer.echo(fixed([h for h, _ in spec], widths))
+    for r in rows:
+        typer.echo(fixed(r, widths))
+
+
+def pairs(items: list[tuple[str, object]]) -> None:
+    """AIX's two-column key/value block (lsvg VG, lslv LV): two pairs per line."""
+    left, right = items[0::2], items[1::2]
+    kw, rw = (max(len(k) for k, _ in side) + 1 for side in (left, right))
+    vw = max(len(str(v)) for _, v in left) + 3
+    for i, (k, v) in enumerate(left):
+        rk, rv = right[i] if i < len(right) else ("", "")
+        typer.echo(f"{k:<{kw}}{v!s:<{vw}}{rk:<{rw}}{rv}".rstrip())
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def megabytes(mb: int) -> str:
+    return f"{mb} megabyte(s)"
+
+
+def pv_status(rows: list[dict]) -> None:
+    """The ``PV Status:`` table varyonvg and importvg print (name, PVID, state)."""
+    typer.echo("PV Status:")
+    columns([[p["name"] or "", p["pvid"][:16], p["status"]] for p in rows])
+
+
+def messages(result: dict) -> None:
+    for m in result.get("messages") or []:
+        typer.echo(m)
+
+
+def report_failed(failed: list[str] | None) -> None:
+    """Print partitions/volumes a resync could not fix to stderr and exit 1."""
+    if failed:
+        for f in failed:
+            typer.echo(f, err=True)
+        raise typer.Exit(1)
+
+
+def json_line(obj) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def json_line_event(ev: dict) -> None:
+    json_line({"event": "progress", **ev})
+
+
+@contextmanager
+def progress_bar(title: str, show: bool = True) -> Iterator[Callable[[dict], None] | None]:
+    """An ``on_event`` callback drawing resync progress on stderr; None unless it is a TTY."""
+    if not (show and sys.stderr.isatty()):
+        yield None
+        return
+    from rich import progress as rp
+    from rich.console import Console
+    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
+                     rp.MofNCompleteColumn(), rp.TextColumn("PPs, {task.fields[mb]:.1f} MB"),
+                     rp.TimeElapsedColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task(title, total=None, mb=0.0)
+
+        def on_event(ev: dict) -> None:
+            bar.update(task, total=ev.get("pps_total"), completed=ev.get("pps_done", 0),
+                       mb=ev.get("bytes", 0) / (1 << 20))
+        yield on_event
+
+
+def lv_map(r: dict) -> None:
+    """lslv -m: ``LP PP1 PV1 PP2 PV2 ...`` with one PP/PV pair per copy."""
+    typer.echo(f"{r['name']}:N/A")
+    n = max([r["copies"]] + [len(row["copies"]) for row in r["map"]])
+    widths = [MAP_LP] + [MAP_PP, MAP_PV] * n
+    typer.echo(fixed(["LP"] + [h for i in range(1, n + 1)
+                               for h in (f"PP{i}", f"PV{i}")], widths))
+    for row in r["map"]:
+        cells = [f"{row['lp']:04d}"]
+        for c in row["copies"]:
+            cells += [f"{c['pp']:04d}", c["pv"] + (" (stale)" if c["stale"] else "")]
+        typer.echo(fixed(cells, widths[:len(cells)]))
+
+
+def register(app: typer.Typer) -> None:
+    # ---- volume groups ---------------------------------------------------------------------
+
+    @app.command()
+    def mkvg(
+        vg: str = typer.Option(..., "-y", help="volume group name"),
+        pp_size: int = typer.Option(None, "-s", help="physical partition size, MB "
+                                                     "(power of 2)"),
+        force: bool = typer.Option(False, "-f", help="take PVs that look like they belong "
+                                                     "to another volume group"),
+        pvs: list[str] = typer.Argument(..., help="physical volumes"),
+    ) -> None:
+        """Create a volume group on one or more physical volumes."""
+        r = rpc("mkvg", vg=vg, pvs=pvs, pp_size_mb=pp_size, force=force)
+        typer.echo(r["vg"])
+
+    @app.command()
+    def extendvg(
+        force: bool = typer.Option(False, "-f", help="take PVs that look like they belong "
+                                                     "to another volume group"),
+        vg: str = typer.Argument(..., help="volume group"),
+        pvs: list[str] = typer.Argument(..., help="physical volumes to add"),
+    ) -> None:
+        """Add physical volumes to a volume group."""
+        rpc("extendvg", vg=vg, pvs=pvs, force=force)
+
+    @app.command()
+    def reducevg(
+        delete_lvs: bool = typer.Option(False, "-d", help="also delete logical volumes "
+                                                          "with partitions on the PV"),
+        vg: str = typer.Argument(..., help="volume group"),
+        pv: str = typer.Argument(..., help="physical volume to remove"),
+    ) -> None:
+        """Remove a physical volume from a volume group."""
+        rpc("reducevg", vg=vg, pv=pv, delete_lvs=delete_lvs)
+
+    @app.command()
+    def mirrorvg(
+        background: bool = typer.Option(False, "-S", help="synchronize in the background"),
+        no_sync: bool = typer.Option(False, "-s", help="do not synchronize; the new copy "
+                                                       "stays stale until syncvg"),
+        copies: int = typer.Option(2, "-c", min=2, max=3, help="copies after mirroring "
+                                                               "(2 or 3)"),
+        keep_quorum: bool = typer.Option(False, "-Q", help="keep quorum checking on"),
+        vg: str = typer.Argument(..., help="volume group"),
+        pvs: list[str] = typer.Argument(..., help="physical volumes for the new copy"),
+    ) -> None:
+        """Add a mirror copy of every logical volume in a volume group."""
+        if background and no_sync:
+            fail("give at most one of -S and -s")
+        sync = "background" if background else "none" if no_sync else "foreground"
+        with progress_bar(f"mirrorvg {vg}", sync == "foreground") as on_event:
+            r = rpc("mirrorvg", on_event=on_event, vg=vg, pvs=pvs, copies=copies, sync=sync,
+                    keep_quorum=keep_quorum)
+        messages(r)
+        report_failed((r.get("resync") or {}).get("failed"))
+
+    @app.command()
+    def unmirrorvg(
+        vg: str = typer.Argument(..., help="volume group"),
+        pvs: list[str] = typer.Argument(..., help="physical volumes whose copy to remove"),
+    ) -> None:
+        """Remove the mirror copy on the given physical volumes."""
+        rpc("unmirrorvg", vg=vg, pvs=pvs)
+
+    @app.command()
+    def varyonvg(
+        force: bool = typer.Option(False, "-f", help="vary on without a quorum"),
+        nosync: bool = typer.Option(False, "-n", help="do not resynchronize stale "
+                                                      "partitions"),
+        maintenance: bool = typer.Option(False, "-s", help="systems management mode: "
+                                                           "logical volumes stay closed"),
+        vg: str = typer.Argument(..., help="volume group"),
+    ) -> None:
+        """Activate a volume group (also returns missing PVs that came back)."""
+        r = rpc("varyonvg", vg=vg, force=force, nosync=nosync, maintenance=maintenance)
+        if nosync or maintenance or any(p["status"] != "PVACTIVE" for p in r["pv_status"]):
+            pv_status(r["pv_status"])
+        messages(r)
+
+    @app.command()
+    def varyoffvg(vg: str = typer.Argument(..., help="volume group")) -> None:
+        """Deactivate a volume group."""
+        rpc("varyoffvg", vg=vg)
+
+    @app.command()
+    def importvg(
+        vg: str = typer.Option(..., "-y", help="name for the imported volume group"),
+        force: bool = typer.Option(False, "-f", help="vary on without a quorum"),
+        pv: str = typer.Argument(..., help="any one physical volume of the group"),
+    ) -> None:
+        """Import a volume group from a physical volume's metadata and vary it on."""
+        r = rpc("importvg", vg=vg, pv=pv, force=force)
+        pv_status(r["pv_status"])
+        messages(r)
+        typer.echo(vg)
+
+    @app.command()
+    def exportvg(vg: str = typer.Argument(..., help="volume group (varied off)")) -> None:
+        """Remove a volume group's definition from this system (the disks keep it)."""
+        rpc("exportvg", vg=vg)
+
+    @app.command()
+    def chvg(
+        auto_on: YesNo = typer.Option(None, "-a", help="vary on at daemon start (y/n)"),
+        quorum: YesNo = typer.Option(None, "-Q", help="quorum checking (y/n)"),
+        vg: str = typer.Argument(..., help="volume group"),
+    ) -> None:
+        """Change a volume group's auto-varyon or quorum setting."""
+        if auto_on is None and quorum is None:
+            fail("give -a y|n and/or -Q y|n")
+        messages(rpc("chvg", vg=vg, auto_on=auto_on, quorum=quorum))
+
+    @app.command()
+    def chpv(
+        state: Literal["a", "r"] = typer.Option(..., "-v", help="a: return a removed PV "
+                                                               "to use; r: remove it"),
+        pv: str = typer.Argument(..., help="physical volume"),
+    ) -> None:
+        """Make a physical volume available to (a) or removed from (r) its volume group."""
+        rpc("chpv", pv=pv, state=state)
+
+    @app.command()
+    def lsvg(
+        vg: str = typer.Argument(None, help="volume group; omit to list all"),
+        pvs: bool = typer.Option(False, "-p", help="list the group's physical volumes"),
+        lvs: bool = typer.Option(False, "-l", help="list the group's logical volumes"),
+        as_json: bool = JSON,
+    ) -> None:
+        """List volume groups, or show one (its PVs with -p, its LVs with -l)."""
+        if pvs and lvs:
+            fail("give at most one of -p and -l")
+        if vg is None and (pvs or lvs):
+            fail("-p and -l need a volume group")
+        r = rpc("lsvg", vg=vg)
+        if as_json:
+            emit_json(r)
+        elif vg is None:
+            for name in r:
+                typer.echo(name)
+        elif pvs:
+            typer.echo(f"{r['name']}:")
+            table(LSVG_P, [[p["name"], p["state"], p["total_pps"], p["free_pps"],
+                            p["stale_pps"]] for p in r["pvs"]])
+        elif lvs:
+            typer.echo(f"{r['name']}:")
+            table(LSVG_L, [[v["name"], v["type"], v["lps"], v["pps"], v["pvs"], v["state"],
+                            v["copies"]] for v in r["lvs"]])
+        else:
+            mb = r["pp_size_mb"]
+            pairs([("VOLUME GROUP:", r["name"]), ("VG IDENTIFIER:", r["vgid"]),
+                   ("VG STATE:", r["state"]), ("PP SIZE:", megabytes(mb)),
+                   ("LVs:", r["lvs_count"]),
+                   ("TOTAL PPs:", f"{r['total_pps']} ({r['total_pps'] * mb} megabytes)"),
+                   ("OPEN LVs:", r["open_lvs"]),
+                   ("FREE PPs:", f"{r['free_pps']} ({r['free_pps'] * mb} megabytes)"),
+                   ("TOTAL PVs:", r["total_pvs"]),
+                   ("USED PPs:", f"{r['used_pps']} ({r['used_pps'] * mb} megabytes)"),
+                   ("STALE PVs:", r["stale_pvs"]), ("STALE PPs:", r["stale_pps"]),
+                   ("ACTIVE PVs:", r["active_pvs"]), ("QUORUM:", on_off(r["quorum"])),
+                   ("AUTO ON:", yes_no(r["auto_on"]))])
+
+    # ---- logical volumes -------------------------------------------------------------------
+
+    @app.command()
+    def mklv(
+        lv: str = typer.Option(..., "-y", help="logical volume name"),
+        copies: int = typer.Option(1, "-c", min=1, max=3, help="copies of each logical "
+                                                               "partition (1-3)"),
+        strictness: Strictness = typer.Option("y", "-s", help="y: strict, s: super strict, "
+                                                              "n: copies may share a PV"),
+        upperbound: int = typer.Option(0, "-u", min=0, help="most PVs one copy may span "
+                                                            "(0: no limit)"),
+        vg: str = typer.Argument(..., help="volume group"),
+        lps: int = typer.Argument(..., min=1, help="number of logical partitions"),
+        pvs: list[str] = typer.Argument(None, help="physical volumes to allocate from"),
+    ) -> None:
+        """Create a logical volume."""
+        r = rpc("mklv", lv=lv, vg=vg, lps=lps, copies=copies, strictness=strictness,
+                upperbound=upperbound, pvs=pvs or [])
+        typer.echo(r["lv"])
+
+    @app.command()
+    def chlv(
+        strictness: Strictness = typer.Option(None, "-s", help="y: strict, s: super strict, "
+                                                               "n: copies may share a PV"),
+        upperbound: int = typer.Option(None, "-u", min=0, help="most PVs one copy may span"),
+        lv: str = typer.Argument(..., help="logical volume"),
+    ) -> None:
+        """Change a logical volume's allocation policy (strictness, upper bound)."""
+        if strictness is None and upperbound is None:
+            fail("give -s y|s|n and/or -u N")
+        rpc("chlv", lv=lv, strictness=strictness, upperbound=upperbound)
+
+    @app.command()
+    def rmlv(
+        force: bool = typer.Option(False, "-f", help="do not ask (glvmctl never asks)"),
+        lv: str = typer.Argument(..., help="logical volume"),
+    ) -> None:
+        """Remove a logical volume."""
+        rpc("rmlv", lv=lv)
+        typer.echo(f"rmlv: Logical volume {lv} is removed.")
+
+    @app.command()
+    def lslv(
+        show_map: bool = typer.Option(False, "-m", help="show each logical partition's "
+                                                        "physical partitions"),
+        lv: str = typer.Argument(..., help="logical volume"),
+        as_json: bool = JSON,
+    ) -> None:
+        """Show a logical volume, or with -m its logical-to-physical partition map."""
+        r = rpc("lslv", lv=lv, map=show_map)
+        if as_json:
+            emit_json(r)
+        elif show_map:
+            lv_map(r)
+        else:
+            pairs([("LOGICAL VOLUME:", r["name"]), ("VOLUME GROUP:", r["vg"]),
+                   ("LV STATE:", r["state"]), ("PP SIZE:", megabytes(r["pp_size_mb"])),
+                   ("COPIES:", r["copies"]), ("SIZE:", f"{r['size_bytes']} bytes"),
+                   ("LPs:", r["lps"]), ("PPs:", r["pps"]),
+                   ("STALE PPs:", r["stale_pps"]), ("UPPER BOUND:", r["upperbound"]),
+                   ("STRICTNESS:", STRICTNESS.get(r["strictness"], r["strictness"]))])
+
+    @app.command()
+    def syncvg(
+        force: bool = typer.Option(False, "-f", help="resynchronize every partition, "
+                                                     "stale or not"),
+        parallel: int = typer.Option(1, "-P", min=1, help="partitions to copy at once"),
+        rate: float = typer.Option(0.0, "--rate", min=0, help="copy rate limit, MB/s "
+                                                              "(0: unlimited)"),
+        lv: str = typer.Option(None, "-l", help="resynchronize this logical volume"),
+        pv: str = typer.Option(None, "-p", help="resynchronize partitions on this PV"),
+        vg: str = typer.Option(None, "-v", help="resynchronize this volume group"),
+        as_json: bool = typer.Option(False, "--json", help="print each progress event and "
+                                                           "the result as JSON lines"),
+    ) -> None:
+        """Resynchronize stale partitions of a logical volume, physical volume or VG."""
+        if sum(x is not None for x in (lv, pv, vg)) != 1:
+            fail("give exactly one of -l LV, -p PV, -v VG")
+        args = dict(lv=lv, pv=pv, vg=vg, parallel=parallel, force=force, rate_mb=rate)
+        if as_json:
+            r = rpc("syncvg", on_event=json_line_event, **args)
+            json_line(r)
+        else:
+            with progress_bar(f"syncvg {lv or pv or vg}") as on_event:
+                r = rpc("syncvg", on_event=on_event, **args)
+            typer.echo(f"syncvg: {r['pps_done']} stale partitions resynchronized, "
+                       f"{r['bytes']} bytes copied in {r['seconds']:.1f} s")
+        report_failed(r.get("failed"))
+
