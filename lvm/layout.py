@@ -9,7 +9,8 @@ Every PV starts with a metadata area; logical-volume data begins at :data:`DATA_
     8 MiB    physical partitions, pp_size each
 
 A record is written to slot ``seq % 2``, so the previous generation stays intact in the other
-slot. A slot is ``MAGIC | kind | seq | length | crc32`` followed by a zlib-compressed JSON
+slot. A slot is ``MAGIC | kind | seq | length | crc32`` (the CRC covers kind, seq, length
+and body) followed by a zlib-compressed JSON
 payload; a torn or corrupt slot fails its checksum and the other slot is used.
 """
 
@@ -26,6 +27,7 @@ KiB, MiB = 1 << 10, 1 << 20
 MAGIC = b"GLVMMD01"
 SLOT_HEADER = struct.Struct(">8sIQII")  # magic, kind, seq, payload length, crc32
 DATA_START = 8 * MiB
+MAX_PAYLOAD = 64 * MiB  # inflated size cap: a corrupt slot cannot balloon memory
 
 
 class Kind(enum.IntEnum):
@@ -63,7 +65,7 @@ def encode(kind: Kind, seq: int, payload: dict) -> bytes:
     if SLOT_HEADER.size + len(body) > area.slot_size:
         raise RecordTooLarge(f"{kind.name} record of {len(body)} bytes exceeds its "
                              f"{area.slot_size}-byte slot")
-    raw = SLOT_HEADER.pack(MAGIC, kind, seq, len(body), zlib.crc32(body)) + body
+    raw = SLOT_HEADER.pack(MAGIC, kind, seq, len(body), _crc(kind, seq, body)) + body
     pad = -len(raw) % (4 * KiB)
     return raw + bytes(pad)
 
@@ -76,13 +78,23 @@ def decode(kind: Kind, raw: bytes) -> tuple[int, dict] | None:
     if magic != MAGIC or k != kind or SLOT_HEADER.size + length > len(raw):
         return None
     body = raw[SLOT_HEADER.size:SLOT_HEADER.size + length]
-    if zlib.crc32(body) != crc:
+    if _crc(k, seq, body) != crc:
         return None
     try:
-        payload = json.loads(zlib.decompress(body))
-    except (zlib.error, ValueError):
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(body, MAX_PAYLOAD)
+        if inflater.unconsumed_tail:
+            return None
+        payload = json.loads(text)
+    except (zlib.error, ValueError, RecursionError):
         return None
     return (seq, payload) if isinstance(payload, dict) else None
+
+
+def _crc(kind: int, seq: int, body: bytes) -> int:
+    """Checksum over the kind, the sequence number and the body, so a flipped header bit
+    cannot promote an old slot."""
+    return zlib.crc32(body, zlib.crc32(struct.pack(">IQI", kind, seq, len(body))))
 
 
 def newest(kind: Kind, slot_a: bytes, slot_b: bytes) -> tuple[int, dict] | None:

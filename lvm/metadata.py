@@ -147,6 +147,8 @@ class VGSA:
 
         Returns True when this is new information that must be made durable.
         """
+        if chunks is not None and not chunks:
+            return False
         if loc in self.stale:
             cur = self.stale[loc]
             if cur is None or (chunks is not None and chunks <= cur):

@@ -61,9 +61,26 @@ def allocate_copy(vg: VGDA, lv: LVEntry, candidates: list[int], lps: range,
                   copy: int, used: set[Loc]) -> list[Loc]:
     """Partitions for LPs ``lps`` of copy ``copy`` of ``lv`` on ``candidates`` (in order).
 
-    ``used`` is updated with what is taken. Raises AllocationError (and takes nothing) when the
-    policy cannot be met.
+    ``used`` is updated with what is taken. Raises AllocationError (and takes nothing) when
+    no placement is found. The greedy pass follows the candidate order; when that fails it
+    tries again preferring PVs that no other copy uses, which keeps strict copies apart.
     """
+    try:
+        return _allocate_greedy(vg, lv, candidates, lps, copy, used)
+    except AllocationError:
+        others = set()
+        for c in range(lv.copies):
+            if c != copy:
+                others |= lv.pvs_of_copy(c)
+        reordered = ([pv for pv in candidates if pv not in others]
+                     + [pv for pv in candidates if pv in others])
+        if reordered == candidates:
+            raise
+        return _allocate_greedy(vg, lv, reordered, lps, copy, used)
+
+
+def _allocate_greedy(vg: VGDA, lv: LVEntry, candidates: list[int], lps: range,
+                     copy: int, used: set[Loc]) -> list[Loc]:
     strict = lv.strictness
     # PVs this copy may not use at all (super strict) and PVs it already uses
     forbidden_all: set[int] = set()
@@ -73,8 +90,7 @@ def allocate_copy(vg: VGDA, lv: LVEntry, candidates: list[int], lps: range,
                 forbidden_all |= lv.pvs_of_copy(c)
     own: list[int] = []
     if copy < lv.copies:
-        own = sorted(lv.pvs_of_copy(copy), key=lambda pv: candidates.index(pv)
-                     if pv in candidates else -1)
+        own = [pv for pv in candidates if pv in lv.pvs_of_copy(copy)]
     order = own + [pv for pv in candidates if pv not in own and pv not in forbidden_all]
     free = {pv: [pp for pp in vg.free_pps(pv, used)] for pv in order}
     taken: list[Loc] = []
