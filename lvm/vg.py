@@ -255,6 +255,7 @@ class VolumeGroup:
                 for _, r in idle[:excess]:
                     del self.drl_active[r]
         await self._write_everywhere(Kind.DRL, lambda: {"regions": sorted(self.drl_active)})
+        log.info("lvm_drl_commit", vg=self.name, regions=len(self.drl_active))
 
     async def drl_clear(self) -> None:
         self.drl_active.clear()

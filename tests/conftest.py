@@ -46,3 +46,28 @@ def run(*cmd: str, timeout: float = 120, check: bool = True) -> subprocess.Compl
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
     return r
+
+
+class Geo:
+    """The white paper's airline topology: site A has hdisk1/hdisk2 (local files) and RPV
+    clients hdisk3/hdisk4 for site B's hdisk2/hdisk3, served by rpvserver0/rpvserver1."""
+
+    def __init__(self, a, b, size: str):
+        self.a, self.b = a, b
+        for n in ("hdisk1", "hdisk2"):
+            a.make_disk(n, size)
+        self.remote_pvids = [b.make_disk(n, size) for n in ("hdisk2", "hdisk3")]
+        for p in self.remote_pvids:
+            b.serve(p, a.addr)
+        for n, p in zip(("hdisk3", "hdisk4"), self.remote_pvids, strict=True):
+            a.add_client(n, p, b, io_timeout=2)
+        # where each of A's PVs really lives
+        self.files = {"hdisk1": a.disk_path("hdisk1") + ".img",
+                      "hdisk2": a.disk_path("hdisk2") + ".img",
+                      "hdisk3": b.disk_path("hdisk2") + ".img",
+                      "hdisk4": b.disk_path("hdisk3") + ".img"}
+
+
+@pytest.fixture
+def geo(site_a, site_b):
+    return Geo(site_a, site_b, "256M")
