@@ -373,6 +373,7 @@ class LVMManager:
                 for loc in m:
                     group.vgsa.stale.pop(loc, None)
             group.lvs.pop(lv, None)
+            await self._disconnect(lv)
             await group.write_vgda()
             await group.commit_vgsa()
             return {"lv": lv}
@@ -705,6 +706,11 @@ class LVMManager:
             return {"vg": vg}
 
     async def _close(self, group: VolumeGroup) -> None:
+        """Stop exporting the LVs (in-flight requests finish), stop resync, flush, and mark
+        the dirty-region log clean."""
+        self.vgs.pop(group.name, None)
+        for name in list(group.lvs):
+            await self._disconnect(name)
         if group.resync_task:
             group.resync_task.cancel()
             await asyncio.gather(group.resync_task, return_exceptions=True)
@@ -716,8 +722,12 @@ class LVMManager:
                 log.warning("lvm_varyoff_unclean", vg=group.name, error=str(e))
         group.online = False
         group.closed_reason = "varied off"
-        self.vgs.pop(group.name, None)
         log.info("lvm_varyoff", vg=group.name)
+
+    async def _disconnect(self, lv: str) -> None:
+        nbd = getattr(self.devices, "nbd", None)
+        if nbd is not None:
+            await nbd.disconnect_export(lv)
 
     async def importvg(self, vg: str, pv: str, force: bool = False) -> dict:
         async with self._lock:

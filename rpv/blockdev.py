@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 from typing import Protocol, runtime_checkable
 
@@ -64,6 +65,11 @@ class FileDisk:
         self.path = path
         flags = os.O_RDONLY if readonly else os.O_RDWR
         self._fd = os.open(path, flags | os.O_CLOEXEC)
+        try:  # one owner per disk: a second daemon (or site) must not write the same file
+            fcntl.flock(self._fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise OSError(errno.EBUSY, f"{path} is in use by another process") from None
         actual = os.lseek(self._fd, 0, os.SEEK_END)
         self._size = (size if size is not None else actual) // SECTOR * SECTOR
         if self._size > actual:

@@ -250,6 +250,18 @@ def test_rpvd_help_and_bad_config(tmp_path):
     bad.write_text('[rpvd]\nlisten = "nowhere"\n')
     r = run(RPVD, "--state-dir", str(tmp_path / "s"), "--config", str(bad), check=False)
     assert r.returncode == 2 and "listen 'nowhere' must be IP:PORT" in r.stderr
-    bad.write_text('[rpvd]\nlisten = "127.0.0.1:1"\nfrobnicate = 1\n')
-    r = run(RPVD, "--state-dir", str(tmp_path / "s"), "--config", str(bad), check=False)
-    assert r.returncode == 2 and "unknown setting 'frobnicate'" in r.stderr
+    for body, message in [('frobnicate = 1', "unknown setting 'frobnicate'"),
+                          ('max_connections = "many"', "max_connections must be a int"),
+                          ('listen = 6192', "listen must be a str"),
+                          ('log_level = "verbose"', "log_level must be debug, info")]:
+        bad.write_text(f'[rpvd]\n{body}\n')
+        r = run(RPVD, "--state-dir", str(tmp_path / "s"), "--config", str(bad), check=False)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_disk_file_has_one_owner(site_a, site_b):
+    site_b.make_disk("hdisk2")
+    err = site_a.fails("mkdev", "-c", "disk", "-t", "file", "-a",
+                       f"path={site_b.disk_path('hdisk2')}.img", "-a", "size=64M")
+    assert "in use by another process" in err
+    assert site_a.json("lsdev") == []

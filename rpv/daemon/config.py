@@ -32,6 +32,17 @@ class Config:
 
     def finish(self) -> Config:
         """Fill derived defaults and check values; raise ConfigError with one clear line."""
+        for f in fields(self):
+            value, want = getattr(self, f.name), type(f.default)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = (numeric if want is float else
+                  numeric and isinstance(value, int) if want is int else
+                  isinstance(value, want))
+            if not ok:
+                raise ConfigError(f"{f.name} must be a {want.__name__}, not {value!r}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, "
+                              f"not {self.log_level!r}")
         self.state_dir = os.path.abspath(self.state_dir)
         self.socket = self.socket or os.path.join(self.state_dir, "control.sock")
         self.nbd_socket = self.nbd_socket or os.path.join(self.state_dir, "nbd.sock")

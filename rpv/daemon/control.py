@@ -33,6 +33,7 @@ class ControlServer:
         self._clients: set[asyncio.Task] = set()
 
     async def start(self, path: str) -> None:
+        self._path = path
         if os.path.exists(path):
             os.unlink(path)
         old = os.umask(0o177)
@@ -46,6 +47,10 @@ class ControlServer:
     async def close(self) -> None:
         if self._server:
             self._server.close()
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
         for t in list(self._clients):
             t.cancel()
         if self._clients:

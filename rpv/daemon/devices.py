@@ -13,6 +13,7 @@ import os
 
 import structlog
 
+from lvm import layout
 from rpv.blockdev import BlockDevice, FileDisk, create_sparse_file
 from rpv.client.device import ClientState, RPVClient, discover
 from rpv.daemon import attrs as A
@@ -52,6 +53,7 @@ class DeviceManager:
         self.disks: dict[str, BlockDevice] = {}  # Available disk devices by name
         self.rpv_server: RPVServer | None = None
         self.lvm = None  # lvm.manager.LVMManager, set by the daemon
+        self.nbd = None  # rpv.nbd.NBDServer, set by the daemon
         self._lock = asyncio.Lock()
 
     # -- site ----------------------------------------------------------------------------------
@@ -199,10 +201,10 @@ class DeviceManager:
         created_file = False
         if dev_type == "file":
             created_file = self._prepare_file(values)
-            values.setdefault("pvid", new_pvid())
         elif dev_type == "block":
             values["size"] = str(_block_size(values["path"]))
-            values.setdefault("pvid", new_pvid())
+        if dev_type in ("file", "block"):
+            values["pvid"] = _pvid_on_disk(values["path"]) or new_pvid()
         if not define_only:
             try:
                 await self._configure(dev)
@@ -315,8 +317,10 @@ class DeviceManager:
                         and dev.dev_type != "rpvclient":
                     raise CommandError(f"{dev.name} is busy: {s.name} is Available and "
                                        f"serves it; run rmdev -l {s.name} first")
-            rt = self.disks.pop(dev.name, None)
+            rt = self.disks.pop(dev.name, None)  # no new NBD opens from here on
             if rt is not None:
+                if self.nbd is not None:
+                    await self.nbd.disconnect_export(dev.name)
                 await _close_runtime(rt)
         elif dev.dev_class == "rpvserver" and self.rpv_server is not None:
             self.rpv_server.drop_export(dev.name, "RPV server unconfigured")
@@ -425,6 +429,19 @@ async def _close_runtime(rt) -> None:
         await rt.close()
     else:
         rt.close()
+
+
+def _pvid_on_disk(path: str) -> str | None:
+    """The PVID in a glvm PV header at the start of the disk, so a disk keeps its identity
+    when it is defined again (as AIX keeps the PVID in the disk's boot record)."""
+    area = layout.AREAS[layout.Kind.PVHEADER]
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(2 * area.slot_size)
+    except OSError:
+        return None
+    rec = layout.newest(layout.Kind.PVHEADER, raw[:area.slot_size], raw[area.slot_size:])
+    return rec[1].get("pvid") if rec else None
 
 
 def _block_size(path: str) -> int:

@@ -66,6 +66,7 @@ class Daemon:
         self.lvm = LVMManager(self.devices, self.errlog)
         self.devices.lvm = self.lvm
         self.nbd = NBDServer(self.devices)
+        self.devices.nbd = self.nbd
         self.control = ControlServer(self.ops())
 
     def ops(self) -> dict:
@@ -134,7 +135,7 @@ class Daemon:
         await stop.wait()
         log.info("rpvd_stopping")
         await self.control.close()
-        await self.nbd.close()
+        await self.nbd.close(grace=5.0)
         await self.rpv.close()
         await self.lvm.shutdown()
         await self.devices.shutdown()
