@@ -158,9 +158,10 @@ def test_super_strict_refusals(geo):
                                                    "datavg", "80")
 
 
-def test_mirror_failure_resync_and_failover(geo, tmp_path):
+def test_mirror_failure_resync_failover_and_failback(geo, tmp_path):
     """The issue's walk-through: stale partitions while site B is stopped, resume, resync
-    to zero, then failover reads back every byte written, including during the outage."""
+    to zero, then failover reads back every byte written, including during the outage;
+    then the seed's failback (varyonvg -n -s, chpv -v a) brings B's writes home."""
     a, b = geo.a, geo.b
     build_datavg(geo, lps=10)
     data = bytearray(os.urandom(40 * MiB))
@@ -205,6 +206,32 @@ def test_mirror_failure_resync_and_failover(geo, tmp_path):
     back = tmp_path / "back.bin"
     run("nbdcopy", b.nbd_uri("datafslv"), str(back))
     assert back.read_bytes() == bytes(data)
+    # production runs at B for a while
+    qemu_io(b.nbd_uri("datafslv"), "write -P 0x63 8M 192k")
+    data[8 * MiB:8 * MiB + 192 * 1024] = b"\x63" * 192 * 1024
+    assert [p["state"] for p in b.json("lsvg", "datavg")["pvs"] if p["name"]] == \
+        ["active", "active"]
+    # failback: B lets go and serves its disks again; A finds its own copy removed
+    b.ctl("varyoffvg", "datavg")
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("chdev", "-l", s, "-a", "auto_online=y")
+        b.ctl("mkdev", "-l", s)
+    for d in ("hdisk3", "hdisk4"):
+        a.ctl("chdev", "-l", d, "-a", "resume=yes")
+    out = a.ctl("varyonvg", "-n", "-s", "datavg")
+    status = dict(line.split()[::2] for line in out.splitlines()[1:5])
+    assert status == {"hdisk1": "PVREMOVED", "hdisk2": "PVREMOVED", "hdisk3": "PVACTIVE",
+                      "hdisk4": "PVACTIVE"}, out
+    a.ctl("chpv", "-v", "a", "hdisk1")
+    a.ctl("chpv", "-v", "a", "hdisk2")
+    assert "LVM_MISSPVADDED" in [e["label"] for e in a.json("errpt")]
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    a.ctl("syncvg", "-v", "datavg")
+    assert a.json("lsvg", "datavg")["stale_pps"] == 0
+    run("nbdcopy", a.nbd_uri("datafslv"), str(back))
+    assert back.read_bytes() == bytes(data)
+    assert copies_equal(geo, "datafslv") == []
 
 
 def test_fine_grained_resync_moves_only_changed_chunks(site_a, site_b, tmp_path):
@@ -390,3 +417,46 @@ def test_mirrorvg_background_and_nosync(geo, sync):
         qemu_io(a.nbd_uri("lv1"), "read -P 0x33 0 1M")
     finally:
         geo.b.cont()
+
+
+def test_failed_read_retries_another_copy(geo):
+    a = geo.a
+    a.ctl("mkvg", "-y", "datavg", "hdisk1")
+    a.ctl("mklv", "-y", "lv1", "datavg", "2")
+    qemu_io(a.nbd_uri("lv1"), "write -P 0x44 0 1M")
+    a.ctl("extendvg", "datavg", "hdisk3")
+    a.ctl("mirrorvg", "datavg", "hdisk3")  # quorum off: one PV may fail
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    # the local disk loses its data area behind the daemon's back: reads from it fail
+    os.truncate(geo.files["hdisk1"], 8 * MiB)
+    qemu_io(a.nbd_uri("lv1"), "read -P 0x44 0 1M")
+    vg = a.json("lsvg", "datavg")
+    pv = {p["name"]: p for p in vg["pvs"]}
+    assert pv["hdisk1"]["state"] == "missing" and pv["hdisk1"]["stale_pps"] >= 1
+    assert "LVM_SA_PVMISS" in [e["label"] for e in a.json("errpt")]
+
+
+def test_resync_resumes_after_restart(geo):
+    a = geo.a
+    a.ctl("mkvg", "-y", "datavg", "hdisk1")
+    a.ctl("mklv", "-y", "lv1", "datavg", "12")
+    a.ctl("extendvg", "datavg", "hdisk2")
+    a.ctl("mirrorvg", "-s", "-Q", "datavg", "hdisk2")  # 12 stale PPs, not synced
+    syncer = subprocess.Popen(
+        [str(__import__("tests.sites", fromlist=["GLVMCTL"]).GLVMCTL), "--socket", a.socket,
+         "syncvg", "-v", "datavg", "--rate", "8", "--json"],
+        stdout=subprocess.PIPE, text=True)
+    first = json.loads(syncer.stdout.readline())  # one PP done, durably
+    assert first["pps_done"] == 1
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait()
+    syncer.wait()
+    a.start()
+    out = a.ctl("varyonvg", "-n", "datavg")
+    assert "varied on" in out
+    left = a.json("lsvg", "datavg")["stale_pps"]
+    assert 0 < left < 12
+    result = json.loads(a.ctl("syncvg", "-v", "datavg", "--json").splitlines()[-1])
+    assert result["pps_done"] == left
+    assert a.json("lsvg", "datavg")["stale_pps"] == 0
