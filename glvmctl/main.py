@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from glvmctl import devices, errlog, lvm, rpv
+from glvmctl import devices, errlog, gmvg, lvm, rpv
 from glvmctl.context import set_socket
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ errlog.register(app)
 lvm.register(app)
 app.add_typer(rpv.server_app, name="rpvserver")
 app.add_typer(rpv.client_app, name="rpvclient")
+app.add_typer(gmvg.app, name="gmvg")
 
 
 def main() -> None:

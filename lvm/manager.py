@@ -548,7 +548,19 @@ class LVMManager:
             rec = self.db.get_vg(vg)
             if rec is None:
                 raise CommandError(f"volume group {vg} does not exist (see importvg)")
+            if not force:
+                self._fence(vg, rec[2])
             return await self._varyon(vg, rec[1], rec[2], force, nosync, maintenance)
+
+    def _fence(self, vg: str, pvids: list[str]) -> None:
+        """Refuse to use disks that this site is serving to a remote RPV client."""
+        for pvid in pvids:
+            server = self.devices.serving(pvid)
+            if server is not None:
+                raise CommandError(
+                    f"0516-1777 varyonvg: {self._name_for_pvid(pvid)} of {vg} is exported "
+                    f"by {server}, which is Available: the volume group may be in use at "
+                    f"another site. Run rmdev -l {server} first (or varyonvg -f)")
 
     async def _varyon(self, name: str, vgid: str, pvids: list[str], force: bool, nosync: bool,
                       maintenance: bool) -> dict:
@@ -747,6 +759,7 @@ class LVMManager:
             if known:
                 raise CommandError(f"{pv} belongs to volume group {known}, already known here")
             pvids = [p[0] for p in meta.vgda[1]["pvs"]]
+            self._fence(vg, pvids)  # -f overrides quorum here, never the fence
             self.db.put_vg(vg, vgid, pvids)
             try:
                 result = await self._varyon(vg, vgid, pvids, force, False, False)

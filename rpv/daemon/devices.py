@@ -123,6 +123,11 @@ class DeviceManager:
         return out + (self.lvm.list_lvs() if self.lvm is not None else [])
 
     # -- RPV server exports --------------------------------------------------------------------
+    def serving(self, pvid: str) -> str | None:
+        """The Available RPV server exporting the local disk with this PVID, if any."""
+        return next((s.name for s in self.db.devices("rpvserver")
+                     if s.state == AVAILABLE and s.attrs["rpvs_pvid"] == pvid), None)
+
     def _local_disk(self, pvid: str) -> Device | None:
         """The local (file or block) disk device with this PVID, if any."""
         return next((d for d in self.db.devices("disk")
@@ -270,6 +275,10 @@ class DeviceManager:
             if disk is None or disk.name not in self.disks:
                 raise CommandError(f"{dev.name}: the disk with PVID {dev.attrs['rpvs_pvid']} "
                                    f"is not Available")
+            vg = self.lvm.disk_in_use(disk.name) if self.lvm else None
+            if vg is not None:  # fencing: never serve a disk this site is using
+                raise CommandError(f"{dev.name}: {disk.name} belongs to volume group {vg}, "
+                                   f"varied on at this site; run varyoffvg {vg} first")
 
     async def _configure_client(self, dev: Device) -> None:
         a = dev.attrs

@@ -11,6 +11,7 @@ import sys
 import structlog
 import uvloop
 
+from lvm.gmvg import GMVG
 from lvm.manager import LVMManager
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs
@@ -65,6 +66,7 @@ class Daemon:
         self.devices.rpv_server = self.rpv
         self.lvm = LVMManager(self.devices, self.errlog)
         self.devices.lvm = self.lvm
+        self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
         self.devices.nbd = self.nbd
         self.control = ControlServer(self.ops())
@@ -84,6 +86,8 @@ class Daemon:
                 "mkvg", "extendvg", "reducevg", "mklv", "chlv", "rmlv", "lslv", "mirrorvg",
                 "unmirrorvg", "syncvg", "varyonvg", "varyoffvg", "importvg", "exportvg",
                 "chvg", "chpv", "lsvg")},
+            "gmvg_add_rpvs": self.gmvg.add_rpvs, "gmvg_add_mirror": self.gmvg.add_mirror,
+            "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
         }
 
     def op_site(self, name: str | None = None) -> dict:

@@ -1,0 +1,138 @@
+"""GLVM utilities (the seed's ``smitty glvm_utils``): site-aware VG commands.
+
+A disk's site is the daemon's own site for local disks and, for an RPV client, the site its
+server reported at discovery. A geographically mirrored VG is correct when every copy of every
+LV lies wholly at one site and no two copies share a site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lvm.manager import LVMManager, is_local
+from lvm.metadata import LVEntry
+from rpv.daemon.errors import CommandError
+
+LOCAL = "local"
+
+
+class GMVG:
+    def __init__(self, lvm: LVMManager):
+        self.lvm = lvm
+        self.db = lvm.db
+
+    # -- sites -----------------------------------------------------------------------------
+    def _disk_site(self, name: str) -> str:
+        dev = self.db.get(name)
+        if dev is None:
+            raise CommandError(f"physical volume {name} is not defined")
+        if dev.dev_type != "rpvclient":
+            return LOCAL
+        return dev.attrs.get("site") or "unknown"
+
+    def _pv_site(self, group, index: int) -> str:
+        dev = group.devices.get(index)
+        if dev is not None:
+            return LOCAL if is_local(dev) else self._disk_site(dev.name)
+        name = self.lvm._name_for_pvid(group.vgda.pv(index).pvid)
+        return self._disk_site(name) if name else "unknown"
+
+    def _site_matches(self, site: str, wanted: str) -> bool:
+        own = self.lvm.devices.site()
+        return site == wanted or (site == LOCAL and wanted in (LOCAL, own))
+
+    # -- commands ----------------------------------------------------------------------------
+    async def add_rpvs(self, vg: str, site: str, pvs: list[str] | None = None,
+                       force: bool = False) -> dict:
+        """extendvg with the RPV client disks of ``site`` (all free ones if none named)."""
+        self.lvm._online(vg)
+        if pvs:
+            for n in pvs:
+                dev = self.db.get(n)
+                if dev is None or dev.dev_type != "rpvclient":
+                    raise CommandError(f"{n} is not a remote physical volume (RPV client)")
+                if self._disk_site(n) != site:
+                    raise CommandError(f"{n} is at site {self._disk_site(n)}, not {site}")
+        else:
+            pvs = [d.name for d in self.db.devices("disk", "rpvclient")
+                   if d.attrs.get("site") == site and d.name in self.lvm.devices.disks
+                   and self.lvm.vg_of_pvid(d.attrs["pvid"]) is None]
+            if not pvs:
+                raise CommandError(f"no free Available remote physical volume at site {site}")
+        await self.lvm.extendvg(vg, pvs, force)
+        return {"vg": vg, "pvs": pvs}
+
+    async def add_mirror(self, vg: str, site: str, copies: int | None = None,
+                         sync: str = "foreground", keep_quorum: bool = False,
+                         progress: Callable[[dict], None] | None = None) -> dict:
+        """A new copy of every LV wholly on ``site``'s disks of the VG (super strict)."""
+        group = self.lvm._online(vg)
+        loose = [e.name for e in group.vgda.lvs.values() if e.strictness != "s"]
+        if loose:
+            raise CommandError("logical volumes must be super strict first: "
+                               + "; ".join(f"chlv -s s -u N {n}" for n in loose))
+        if not group.vgda.lvs:
+            raise CommandError(f"volume group {vg} has no logical volumes")
+        pvs = [p.index for p in group.vgda.pvs if self._site_matches(
+            self._pv_site(group, p.index), site)]
+        if not pvs:
+            raise CommandError(f"volume group {vg} has no physical volume at site {site}; "
+                               f"use gmvg add-rpvs first")
+        for e in group.vgda.lvs.values():
+            for c in range(e.copies):
+                if e.pvs_of_copy(c) & set(pvs):
+                    raise CommandError(f"copy {c + 1} of {e.name} already lies at site {site}")
+        target = copies or max(e.copies for e in group.vgda.lvs.values()) + 1
+        names = [self.lvm._name_for_pvid(group.vgda.pv(i).pvid) for i in pvs]
+        return await self.lvm.mirrorvg(vg, names, target, sync, keep_quorum, progress)
+
+    def verify(self, vg: str) -> dict:
+        """The seed's site/copy check; ``ok`` is False when a copy spans sites or two copies
+        share one."""
+        group = self.lvm._online(vg)
+        lvs = list(group.vgda.lvs.values())
+        ncopies = max((e.copies for e in lvs), default=0)
+        table = []
+        for c in range(ncopies):
+            idx = sorted({pv for e in lvs if c < e.copies for pv in e.pvs_of_copy(c)})
+            sites = sorted({self._pv_site(group, i) for i in idx})
+            table.append({"copy": c + 1, "site": ",".join(sites),
+                          "pvs": [group.pv_name(i) for i in idx]})
+        checks = [{"name": e.name, "problems": self._problems(group, e)} for e in lvs]
+        return {"vg": vg, "copies": table, "lvs": checks,
+                "ok": all(not c["problems"] for c in checks)}
+
+    def _problems(self, group, e: LVEntry) -> list[str]:
+        out = []
+        sites = []
+        for c in range(e.copies):
+            s = sorted({self._pv_site(group, pv) for pv in e.pvs_of_copy(c)})
+            if len(s) > 1:
+                out.append(f"copy {c + 1} of {e.name} spans sites {', '.join(s)}")
+            sites.append(s[0] if len(s) == 1 else None)
+        for a in range(e.copies):
+            for b in range(a + 1, e.copies):
+                if sites[a] is not None and sites[a] == sites[b]:
+                    out.append(f"copies {a + 1} and {b + 1} of {e.name} are both at site "
+                               f"{sites[a]}")
+        return out
+
+    async def list(self) -> list[dict]:
+        out = []
+        for name, _vgid, pvids in self.db.vgs():
+            group = self.lvm.vgs.get(name)
+            if group is None:
+                remote = [p for p in pvids if (n := self.lvm._name_for_pvid(p))
+                          and self._disk_site(n) != LOCAL]
+                if remote:
+                    out.append({"vg": name, "state": "inactive", "sites": [], "copies": None,
+                                "stale_pps": None})
+                continue
+            sites = sorted({self._pv_site(group, p.index) for p in group.vgda.pvs})
+            if sites == [LOCAL]:
+                continue
+            out.append({"vg": name, "state": "active" if group.online else "closed",
+                        "sites": sites,
+                        "copies": max((e.copies for e in group.vgda.lvs.values()), default=0),
+                        "stale_pps": group.vgsa.stale_count()})
+        return out
