@@ -14,20 +14,23 @@ from tests.sites import Site
 TEST_PORT = int(os.environ.get("GLVM_TEST_PORT", "16192"))
 
 
+def _site(tmp_path, name: str, addr: str, sub: str, node: str):
+    site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT)
+    site.start()
+    site.ctl("rpvserver", "site", name)
+    return site
+
+
 @pytest.fixture
 def site_b(tmp_path):
-    site = Site("Poughkeepsie", "127.0.0.2", tmp_path / "b", node="nodeB", port=TEST_PORT)
-    site.start()
-    site.ctl("rpvserver", "site", "Poughkeepsie")
+    site = _site(tmp_path, "Poughkeepsie", "127.0.0.2", "b", "nodeB")
     yield site
     site.kill()
 
 
 @pytest.fixture
 def site_a(tmp_path):
-    site = Site("Philadelphia", "127.0.0.1", tmp_path / "a", node="nodeA", port=TEST_PORT)
-    site.start()
-    site.ctl("rpvserver", "site", "Philadelphia")
+    site = _site(tmp_path, "Philadelphia", "127.0.0.1", "a", "nodeA")
     yield site
     site.kill()
 
@@ -46,6 +49,14 @@ def run(*cmd: str, timeout: float = 120, check: bool = True) -> subprocess.Compl
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run qemu-io commands (``-c``) against an NBD URI."""
+    args = ["qemu-io", "-f", "raw"]
+    for c in cmds:
+        args += ["-c", c]
+    return run(*args, uri, check=check)
 
 
 class Geo:

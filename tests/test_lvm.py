@@ -13,17 +13,10 @@ import time
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import qemu_io, run
 from tests.lvmtools import diff_blocks, read_copy
 
 MiB = 1 << 20
-
-
-def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["qemu-io", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    return run(*args, uri, check=check)
 
 
 def build_datavg(geo, lps: int = 10) -> None:

@@ -15,16 +15,9 @@ import pytest
 
 from rpv import protocol as pc
 from rpv.faultproxy.client import start_proxy
-from tests.conftest import run
+from tests.conftest import qemu_io, run
 
 MiB = 1 << 20
-
-
-def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["qemu-io", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    return run(*args, uri, check=check)
 
 
 def file_bytes(path: str, offset: int, length: int) -> bytes:

@@ -12,7 +12,7 @@ MiB = 1 << 20
 
 def configure_airline(geo) -> None:
     """Runbook 1: the seed's airline example, step by step."""
-    a, b = geo.a, geo.b
+    a = geo.a
     a.ctl("mkvg", "-y", "datavg", "hdisk1", "hdisk2")
     a.ctl("mklv", "-y", "datafslv", "datavg", "10")
     a.ctl("mklv", "-y", "dataloglv", "datavg", "1")
@@ -25,7 +25,7 @@ def configure_airline(geo) -> None:
 
 
 def test_runbook1_configure_and_verify(geo):
-    a, b = geo.a, geo.b
+    a = geo.a
     a.make_disk("hdisk5", "64M")
     a.ctl("mkvg", "-y", "datavg", "hdisk1", "hdisk2")
     a.ctl("mklv", "-y", "datafslv", "datavg", "10")
