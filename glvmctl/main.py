@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from glvmctl import devices, errlog, gmvg, lvm, rpv
+from glvmctl import devices, errlog, gmvg, lvm, rpv, stats
 from glvmctl.context import set_socket
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ def _global(socket: str = typer.Option(None, "--socket", envvar="GLVM_SOCKET",
 devices.register(app)
 errlog.register(app)
 lvm.register(app)
+stats.register(app)
 app.add_typer(rpv.server_app, name="rpvserver")
 app.add_typer(rpv.client_app, name="rpvclient")
 app.add_typer(gmvg.app, name="gmvg")

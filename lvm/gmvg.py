@@ -136,3 +136,25 @@ class GMVG:
                         "copies": max((e.copies for e in group.vgda.lvs.values()), default=0),
                         "stale_pps": group.vgsa.stale_count()})
         return out
+
+    def gmvgstat(self, vg: str | None = None) -> list[dict]:
+        """Per geographically mirrored VG: PVs, RPVs, stale volumes and PPs, percent synced."""
+        out = []
+        for name, group in sorted(self.lvm.vgs.items()):
+            if vg is not None and name != vg:
+                continue
+            pvs = [p.index for p in group.vgda.pvs]
+            remote = [i for i in pvs if self._pv_site(group, i) != LOCAL]
+            if vg is None and not remote:
+                continue
+            total = sum(len(m) for e in group.vgda.lvs.values() for m in e.maps)
+            stale = group.vgsa.stale_count()
+            out.append({"vg": name, "pvs": len(pvs) - len(remote), "rpvs": len(remote),
+                        "total_vols": len(pvs),
+                        "stale_vols": len({pv for pv, _ in group.vgsa.stale}),
+                        "total_pps": total, "stale_pps": stale,
+                        "synced_pct": round(100.0 * (total - stale) / total, 2) if total
+                        else 100.0})
+        if vg is not None and not out:
+            self.lvm._online(vg)
+        return out

@@ -15,12 +15,13 @@ import enum
 import errno
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from rpv import protocol as pc
 from rpv.blockdev import check_range
+from rpv.client.stats import IOStats
 from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
 
 log = structlog.get_logger("rpv.client")
@@ -46,7 +47,7 @@ class _Req:
     future: asyncio.Future
     sent_on: object = None
     rid: int = 0
-    extra: dict = field(default_factory=dict)
+    started: float = 0.0
 
 
 class RPVClient:
@@ -80,6 +81,7 @@ class RPVClient:
         self._max_outstanding = 64
         self._inflight = 0
         self.last_error = ""
+        self.stats = IOStats()
 
     # -- BlockDevice ---------------------------------------------------------------------------
     @property
@@ -150,8 +152,27 @@ class RPVClient:
     async def close(self) -> None:
         self._fail(f"{self.name}: device unconfigured", ClientState.CLOSED)
 
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    def reset_stats(self) -> None:
+        self.stats = IOStats()
+
     def outstanding(self) -> int:
         return len(self._pending)
+
+    def pending(self) -> dict:
+        """Requests waiting for the server, as rpvstat shows them."""
+        out = {"pend_reads": 0, "pend_writes": 0, "pend_kb_read": 0, "pend_kb_written": 0}
+        for r in self._pending.values():
+            if r.opcode is Opcode.READ:
+                out["pend_reads"] += 1
+                out["pend_kb_read"] += r.length // 1024
+            elif r.opcode is Opcode.WRITE:
+                out["pend_writes"] += 1
+                out["pend_kb_written"] += r.length // 1024
+        return out
 
     # -- request path --------------------------------------------------------------------------
     def _submit(self, opcode: Opcode, offset: int, length: int, data, fua: bool):
@@ -162,8 +183,9 @@ class RPVClient:
             return fut
         fut = self._loop.create_future()
         rid = next(self._ids)
-        req = _Req(opcode, offset, length, data, fua, self._loop.time() + self.io_timeout,
-                   fut, rid=rid)
+        now = self._loop.time()
+        req = _Req(opcode, offset, length, data, fua, now + self.io_timeout, fut, rid=rid,
+                   started=now)
         self._pending[rid] = req
         if self._timer is None:
             self._timer = self._loop.call_at(req.deadline, self._check_deadlines)
@@ -202,6 +224,11 @@ class RPVClient:
         if req is None:
             return
         self._inflight -= 1
+        if ev.status:
+            self.stats.errors += 1
+        elif req.opcode is not Opcode.FLUSH:
+            self.stats.completed(req.opcode is Opcode.WRITE, req.length,
+                                 self._loop.time() - req.started)
         if not req.future.done():
             if ev.status:
                 req.future.set_exception(OSError(ev.status, f"{self.name}: remote "
@@ -222,6 +249,7 @@ class RPVClient:
         if earliest <= now:
             reason = (f"no response from RPV server {self.server_addr} within "
                       f"{self.io_timeout:g} s")
+            self.stats.timeouts += 1
             self._fail(reason, ClientState.FAILED)
             log.error("rpvc_io_timeout", device=self.name, server=self.server_addr,
                       io_timeout=self.io_timeout)

@@ -22,6 +22,7 @@ class Config:
     socket: str = ""
     nbd_socket: str = ""
     nbd_listen: str = ""
+    metrics_listen: str = ""
     node: str = ""
     log_format: str = "json"
     log_level: str = "info"
@@ -50,6 +51,8 @@ class Config:
         split_hostport(self.listen, "listen")
         if self.nbd_listen:
             split_hostport(self.nbd_listen, "nbd_listen")
+        if self.metrics_listen:
+            split_hostport(self.metrics_listen, "metrics_listen")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"log_format must be json or console, not {self.log_format!r}")
         for name in ("max_connections", "max_payload", "max_outstanding"):

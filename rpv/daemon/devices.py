@@ -16,6 +16,7 @@ import structlog
 from lvm import layout
 from rpv.blockdev import BlockDevice, FileDisk, create_sparse_file
 from rpv.client.device import ClientState, RPVClient, discover
+from rpv.client.stats import IOStats
 from rpv.daemon import attrs as A
 from rpv.daemon.devdb import Device, DeviceDB
 from rpv.daemon.errlog import ErrorLog
@@ -106,6 +107,26 @@ class DeviceManager:
         if isinstance(rt, RPVClient) and rt.state is not ClientState.ONLINE:
             return rt.state.value
         return "active"
+
+    def rpvstat(self, reset: bool = False, by_path: bool = False) -> list[dict]:
+        """Per RPV client (or per network path): state and I/O counters; ``reset`` zeroes
+        the counters after reading them."""
+        rows = []
+        for d in self.db.devices("disk", "rpvclient"):
+            rt = self.disks.get(d.name)
+            row = {"name": d.name, "server_addr": d.attrs["server_addr"],
+                   "local_addr": d.attrs["local_addr"],
+                   "state": rt.state.value if isinstance(rt, RPVClient) else "defined",
+                   "connected": isinstance(rt, RPVClient) and rt.connected}
+            if isinstance(rt, RPVClient):
+                row.update(rt.stats.as_dict(), **rt.pending())
+                if reset:
+                    rt.reset_stats()
+            else:
+                row.update(IOStats().as_dict(), pend_reads=0, pend_writes=0, pend_kb_read=0,
+                           pend_kb_written=0)
+            rows.append(row)
+        return _by_path(rows) if by_path else rows
 
     # -- NBD export registry -------------------------------------------------------------------
     def get_export(self, name: str) -> BlockDevice | None:
@@ -438,6 +459,22 @@ async def _close_runtime(rt) -> None:
         await rt.close()
     else:
         rt.close()
+
+
+def _by_path(rows: list[dict]) -> list[dict]:
+    """rpvstat -N: the counters summed per network path (local address -> server)."""
+    paths: dict[tuple[str, str], dict] = {}
+    summed = ("reads", "writes", "kb_read", "kb_written", "errors", "timeouts", "pend_reads",
+              "pend_writes", "pend_kb_read", "pend_kb_written")
+    for r in rows:
+        p = paths.setdefault((r["local_addr"], r["server_addr"]), {
+            "local_addr": r["local_addr"], "server_addr": r["server_addr"], "devices": [],
+            "max_ms": 0.0, **dict.fromkeys(summed, 0)})
+        p["devices"].append(r["name"])
+        for k in summed:
+            p[k] += r[k]
+        p["max_ms"] = max(p["max_ms"], r["max_ms"])
+    return list(paths.values())
 
 
 def _pvid_on_disk(path: str) -> str | None:

@@ -14,7 +14,7 @@ import uvloop
 from lvm.gmvg import GMVG
 from lvm.manager import LVMManager
 from rpv.daemon import config as cfgmod
-from rpv.daemon import logs
+from rpv.daemon import logs, metrics
 from rpv.daemon.control import ControlServer
 from rpv.daemon.devdb import DeviceDB
 from rpv.daemon.devices import DeviceManager
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket", help="control socket path (default STATE_DIR/control.sock)")
     p.add_argument("--nbd-socket", help="NBD unix socket path (default STATE_DIR/nbd.sock)")
     p.add_argument("--nbd-listen", help="also serve NBD on TCP IP:PORT")
+    p.add_argument("--metrics-listen", help="serve Prometheus metrics on IP:PORT")
     p.add_argument("--node", help="node name reported to peers (default: host name)")
     p.add_argument("--log-format", choices=["json", "console"], help="log line format")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -88,6 +89,7 @@ class Daemon:
                 "chvg", "chpv", "lsvg")},
             "gmvg_add_rpvs": self.gmvg.add_rpvs, "gmvg_add_mirror": self.gmvg.add_mirror,
             "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
+            "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
         }
 
     def op_site(self, name: str | None = None) -> dict:
@@ -127,6 +129,9 @@ class Daemon:
         if cfg.nbd_listen:
             await self.nbd.start_tcp(*cfgmod.split_hostport(cfg.nbd_listen, "nbd_listen"))
         await self.control.start(cfg.socket)
+        if cfg.metrics_listen:
+            metrics.serve(*cfgmod.split_hostport(cfg.metrics_listen, "metrics_listen"),
+                          self.devices, self.lvm)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,8 +156,8 @@ class Daemon:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in
-                 ("state_dir", "listen", "socket", "nbd_socket", "nbd_listen", "node",
-                  "log_format", "log_level")}
+                 ("state_dir", "listen", "socket", "nbd_socket", "nbd_listen", "metrics_listen",
+                  "node", "log_format", "log_level")}
     try:
         cfg = cfgmod.load(args.config, overrides)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)

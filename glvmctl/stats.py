@@ -1,0 +1,62 @@
+"""Operations statistics: ``rpvstat`` (per RPV client or network path) and ``gmvgstat``."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from glvmctl.context import rpc
+from glvmctl.devices import JSON
+from glvmctl.output import columns, emit_json
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def rpvstat(
+        interval: int = typer.Option(0, "-i", min=0, help="refresh every SEC seconds"),
+        count: int = typer.Option(0, "-n", min=0, help="number of reports with -i "
+                                                       "(0: until interrupted)"),
+        by_path: bool = typer.Option(False, "-N", help="per network path, not per client"),
+        reset: bool = typer.Option(False, "-R", help="reset the counters after reporting"),
+        as_json: bool = JSON,
+    ) -> None:
+        """RPV client statistics: completed and pending I/O, KB moved, errors, timeouts,
+        average and maximum I/O time."""
+        n = 0
+        while True:
+            rows = rpc("rpvstat", reset=reset, by_path=by_path)
+            if as_json:
+                emit_json(rows)
+            else:
+                _print_rpvstat(rows, by_path)
+            n += 1
+            if not interval or (count and n >= count):
+                return
+            time.sleep(interval)
+            typer.echo("")
+
+    @app.command()
+    def gmvgstat(vg: str = typer.Argument(None, help="one volume group"),
+                 as_json: bool = JSON) -> None:
+        """Geographically mirrored VG statistics: PVs, RPVs, stale volumes/PPs, % synced."""
+        rows = rpc("gmvgstat", vg=vg)
+        if as_json:
+            emit_json(rows)
+            return
+        columns([[r["vg"], r["pvs"], r["rpvs"], r["total_vols"], r["stale_vols"],
+                  r["total_pps"], r["stale_pps"], f"{r['synced_pct']:.0f}%"] for r in rows],
+                header=["GMVG Name", "PVs", "RPVs", "Tot Vols", "St Vols", "Total PPs",
+                        "Stale PPs", "Sync"])
+
+
+def _print_rpvstat(rows: list[dict], by_path: bool) -> None:
+    first = (lambda r: [f"{r['local_addr']}->{r['server_addr']}"]) if by_path else \
+        (lambda r: [r["name"], r["server_addr"], r["state"]])
+    head = ["Network Path"] if by_path else ["RPV Client", "Server", "State"]
+    columns([first(r) + [r["reads"], r["writes"], r["kb_read"], r["kb_written"],
+                         r["pend_reads"], r["pend_writes"], r["errors"], r["timeouts"]]
+             + ([] if by_path else [r["avg_ms"]]) + [r["max_ms"]] for r in rows],
+            header=head + ["Comp Rd", "Comp Wr", "KB Read", "KB Written", "Pend Rd",
+                           "Pend Wr", "Errors", "Timeouts"]
+            + ([] if by_path else ["Avg ms"]) + ["Max ms"])
