@@ -194,10 +194,14 @@ def register(app: typer.Typer) -> None:
                                                       "partitions"),
         maintenance: bool = typer.Option(False, "-s", help="systems management mode: "
                                                            "logical volumes stay closed"),
+        discard_site: str = typer.Option(None, "--discard-site",
+                                         help="after a split brain: drop the changes made "
+                                              "at this site and recopy its disks"),
         vg: str = typer.Argument(..., help="volume group"),
     ) -> None:
         """Activate a volume group (also returns missing PVs that came back)."""
-        r = rpc("varyonvg", vg=vg, force=force, nosync=nosync, maintenance=maintenance)
+        args = {"discard_site": discard_site} if discard_site else {}
+        r = rpc("varyonvg", vg=vg, force=force, nosync=nosync, maintenance=maintenance, **args)
         if nosync or maintenance or any(p["status"] != "PVACTIVE" for p in r["pv_status"]):
             pv_status(r["pv_status"])
         messages(r)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from lvm import layout, policy
+from lvm import layout, policy, splitbrain
 from lvm.layout import Kind
 from lvm.metadata import (
     DRL_REGION,
@@ -176,6 +176,7 @@ class LVMManager:
             except OSError as e:
                 raise CommandError(f"cannot write to {d.name}: {e.strerror or e}") from None
             group = self._activate(vgda, vgsa, devmap, {k: 0 for k in Kind}, quorum=True)
+            group.new_generation()
             await group.write_vgda()
             await group.commit_vgsa()
             await group.drl_clear()
@@ -197,7 +198,8 @@ class LVMManager:
     def _activate(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
                   maintenance: bool = False) -> VolumeGroup:
         group = VolumeGroup(vgda, vgsa, devmap, seqs, is_local=is_local, errlog=self.errlog,
-                            quorum_active=quorum, maintenance=maintenance)
+                            quorum_active=quorum, maintenance=maintenance,
+                            site=self.devices.site())
         group.lvs = {n: LogicalVolume(group, e) for n, e in vgda.lvs.items()}
         self.vgs[vgda.name] = group
         return group
@@ -541,16 +543,17 @@ class LVMManager:
         return found
 
     async def varyonvg(self, vg: str, force: bool = False, nosync: bool = False,
-                       maintenance: bool = False) -> dict:
+                       maintenance: bool = False, discard_site: str | None = None) -> dict:
         async with self._lock:
             if vg in self.vgs:
-                return await self._reactivate(self.vgs[vg], nosync)
+                return await self._reactivate(self.vgs[vg], nosync, discard_site)
             rec = self.db.get_vg(vg)
             if rec is None:
                 raise CommandError(f"volume group {vg} does not exist (see importvg)")
             if not force:
                 self._fence(vg, rec[2])
-            return await self._varyon(vg, rec[1], rec[2], force, nosync, maintenance)
+            return await self._varyon(vg, rec[1], rec[2], force, nosync, maintenance,
+                                      discard_site)
 
     def _fence(self, vg: str, pvids: list[str]) -> None:
         """Refuse to use disks that this site is serving to a remote RPV client."""
@@ -563,16 +566,17 @@ class LVMManager:
                     f"another site. Run rmdev -l {server} first (or varyonvg -f)")
 
     async def _varyon(self, name: str, vgid: str, pvids: list[str], force: bool, nosync: bool,
-                      maintenance: bool) -> dict:
+                      maintenance: bool, discard_site: str | None = None) -> dict:
         found = await self._scan(pvids, vgid)
         if not found:
             raise CommandError(f"0516-013 varyonvg: no physical volume of {name} is "
                                f"reachable")
         # the newest descriptor names the full PV set; look for any PV we did not know about
-        seq_vgda, best = max((m.vgda for _, m in found.values()), key=lambda r: r[0])
+        vgda = VGDA.from_json(max((m.vgda for _, m in found.values()), key=lambda r: r[0])[1])
+        found.update(await self._scan([p.pvid for p in vgda.pvs if p.pvid not in found], vgid))
+        winners, dropped = self._newest_history(found, discard_site)
+        seq_vgda, best = max((found[p][1].vgda for p in winners), key=lambda r: r[0])
         vgda = VGDA.from_json(best)
-        extra = [p.pvid for p in vgda.pvs if p.pvid not in found]
-        found.update(await self._scan(extra, vgid))
         vgda.name = name
         metas = {p.index: found.get(p.pvid) for p in vgda.pvs}
         reachable = {i for i, f in metas.items() if f is not None}
@@ -587,11 +591,18 @@ class LVMManager:
             raise CommandError(
                 f"0516-052 varyonvg: quorum is off, so all {len(all_pvs)} physical volumes of "
                 f"{name} must be reachable ({len(reachable)} are); use -f to force")
-        vgsa_rec = max((f[1].vgsa for f in metas.values() if f and f[1].vgsa),
+        vgsa_rec = max((found[p][1].vgsa for p in winners if found[p][1].vgsa),
                        key=lambda r: r[0], default=(0, VGSA().to_json()))
-        drl_rec = max((f[1].drl for f in metas.values() if f and f[1].drl),
+        drl_rec = max((found[p][1].drl for p in winners if found[p][1].drl),
                       key=lambda r: r[0], default=(0, {"regions": []}))
         vgsa = VGSA.from_json(vgsa_rec[1])
+        for pvid in dropped:  # the discarded side of a split brain: recopy all of it
+            vgsa.absorb(found[pvid][1].vgsa[1].get("gens", []))
+            vgsa.pv_state[pvid] = PV_REMOVED
+            index = vgda.pv_by_pvid(pvid).index
+            for loc in vgda.used():
+                if loc[0] == index:
+                    vgsa.mark(loc, None)
         pv_status = []
         for p in vgda.pvs:
             recorded = vgsa.pv_state.get(p.pvid, PV_ACTIVE)
@@ -612,6 +623,8 @@ class LVMManager:
         try:
             if not group.usable_pvs():
                 raise CommandError(f"varyonvg: no active physical volume left in {name}")
+            if len(group.usable_pvs()) < len(all_pvs):
+                group.new_generation()  # running without some PVs: histories may diverge
             await group.commit_vgsa()
             await group.write_vgda()
             await self._recover_dirty_regions(group, drl_rec[1].get("regions", []))
@@ -624,6 +637,28 @@ class LVMManager:
                  forced=force, maintenance=maintenance)
         return {"pv_status": pv_status,
                 "messages": [f"varyonvg: Volume group {name} is varied on."]}
+
+    def _newest_history(self, found: dict, discard_site: str | None) -> tuple[list, list]:
+        """(PVIDs carrying the newest state, PVIDs of a discarded split-brain side)."""
+        pvids = list(found)
+        chains = {i: (found[p][1].vgsa[1].get("gens", []) if found[p][1].vgsa else [])
+                  for i, p in enumerate(pvids)}
+        seqs = {i: (found[p][1].vgsa[0] if found[p][1].vgsa else 0)
+                for i, p in enumerate(pvids)}
+
+        def describe(side, gen) -> str:
+            names = " ".join(self._name_for_pvid(pvids[i]) or pvids[i][:16] for i in side.pvs)
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                 time.gmtime(gen["first_write"] if gen else 0))
+            last = max(found[pvids[i]][1].vgsa[1].get("updated", 0) for i in side.pvs)
+            return (f"site {side.site or '?'} ({names}) wrote from {when} until "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(last))}")
+
+        try:
+            winners, dropped = splitbrain.choose(chains, seqs, discard_site, describe)
+        except splitbrain.SplitBrain as e:
+            raise CommandError(f"0516-1999 varyonvg: {e}") from None
+        return [pvids[i] for i in winners], [pvids[i] for i in dropped]
 
     def _pv_status(self, pvid: str, state: str, reachable: bool) -> dict:
         name = self._name_for_pvid(pvid)
@@ -670,14 +705,15 @@ class LVMManager:
             log.info("lvm_drl_recovered", vg=group.name, regions=len(regions), bytes=copied)
         await group.drl_clear()
 
-    async def _reactivate(self, group: VolumeGroup, nosync: bool) -> dict:
+    async def _reactivate(self, group: VolumeGroup, nosync: bool,
+                          discard_site: str | None = None) -> dict:
         """varyonvg on a varied-on VG: take back PVs that failed and are reachable again."""
         if not group.online:
             raise CommandError(f"volume group {group.name} was closed ({group.closed_reason}); "
                                f"run varyoffvg {group.name} first")
         returned = await self._probe_back(group, [p.index for p in group.vgda.pvs
                                                    if group.pv_state(p.index) == PV_MISSING],
-                                           "LVM_MISSPVRET")
+                                           "LVM_MISSPVRET", discard_site)
         if returned:
             await self._bring_current(group)
         if not nosync:
@@ -687,8 +723,12 @@ class LVMManager:
         return {"pv_status": status, "returned": returned,
                 "messages": [f"varyonvg: Volume group {group.name} is varied on."]}
 
-    async def _probe_back(self, group: VolumeGroup, indexes: list[int], label: str) -> list:
-        back = []
+    async def _probe_back(self, group: VolumeGroup, indexes: list[int], label: str,
+                          discard_site: str | None = None) -> list:
+        """Take back PVs that answer again. A PV whose history diverged from ours and was
+        written meanwhile (split brain) is refused unless its site's changes are discarded,
+        in which case all of it is recopied."""
+        answered = []
         for i in indexes:
             pvid = group.vgda.pv(i).pvid
             dev = self._device_for_pvid(pvid)
@@ -696,14 +736,35 @@ class LVMManager:
                 continue
             try:
                 header = await read_record(dev, Kind.PVHEADER)
+                theirs = await read_record(dev, Kind.VGSA)
             except OSError:
                 continue
             if header is None or header[1].get("vgid") != group.vgda.vgid:
                 continue
+            ours = {g["id"] for g in group.vgsa.gens}
+            wrote = [g for g in (theirs[1].get("gens", []) if theirs else [])
+                     if g["id"] not in ours and g.get("written")]
+            if wrote:
+                site = wrote[-1].get("site", "")
+                if discard_site != site:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                         time.gmtime(wrote[0]["first_write"]))
+                    raise CommandError(
+                        f"0516-1999 varyonvg: split brain: {dev.name} was written at site "
+                        f"{site or '?'} from {when} while this site ({group.site or '?'}) "
+                        f"also wrote the volume group. Choose the survivor: varyonvg "
+                        f"--discard-site {site or 'SITE'} {group.name} keeps this site's "
+                        f"data; to keep {site}'s, vary off here and vary on there")
+            answered.append((i, dev, theirs[1].get("gens", []) if wrote else None))
+        for i, dev, diverged in answered:  # nothing changes unless every PV is acceptable
+            if diverged is not None:
+                group.vgsa.absorb(diverged)
+                for loc in group.owners:
+                    if loc[0] == i:
+                        group.vgsa.mark(loc, None)
             group.devices[i] = dev
             group.pv_returned(i, label)
-            back.append(dev.name)
-        return back
+        return [dev.name for _, dev, _ in answered]
 
     @staticmethod
     async def _bring_current(group: VolumeGroup) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 CHUNK = 64 * 1024  # fine-grained resync unit
 MAX_CHUNKS_PER_PP = 256  # beyond this many changed chunks a PP is tracked as wholly stale
 DRL_REGION = 4 * 1024 * 1024  # dirty-region log granularity, in LV address space
+MAX_GENERATIONS = 32
 
 PV_ACTIVE, PV_MISSING, PV_REMOVED = "active", "missing", "removed"
 
@@ -130,17 +131,41 @@ class VGDA:
 class VGSA:
     pv_state: dict[str, str] = field(default_factory=dict)  # pvid -> active/missing/removed
     stale: dict[Loc, set[int] | None] = field(default_factory=dict)
+    # generations, oldest first: a new one starts whenever the PVs may diverge (a PV lost,
+    # a varyon without all PVs); {"id", "site", "time", "written", "first_write"}
+    gens: list[dict] = field(default_factory=list)
+    updated: float = 0.0
 
     def to_json(self) -> dict:
         return {"pv_state": self.pv_state,
                 "stale": [[pv, pp, None if ch is None else sorted(ch)]
                           for (pv, pp), ch in sorted(self.stale.items(),
-                                                     key=lambda kv: kv[0])]}
+                                                     key=lambda kv: kv[0])],
+                "gens": self.gens, "updated": self.updated}
 
     @classmethod
     def from_json(cls, d: dict) -> VGSA:
         return cls(dict(d["pv_state"]),
-                   {(pv, pp): (None if ch is None else set(ch)) for pv, pp, ch in d["stale"]})
+                   {(pv, pp): (None if ch is None else set(ch)) for pv, pp, ch in d["stale"]},
+                   [dict(g) for g in d.get("gens", [])], d.get("updated", 0.0))
+
+    def new_generation(self, gen_id: str, site: str, now: float) -> None:
+        self.gens.append({"id": gen_id, "site": site, "time": now, "written": False,
+                          "first_write": 0.0})
+        del self.gens[:-MAX_GENERATIONS]
+
+    def absorb(self, gens: list[dict]) -> None:
+        """Remember another side's generations as discarded history (after a split brain is
+        settled), keeping our own current generation last."""
+        known = {g["id"] for g in self.gens}
+        extra = [dict(g, discarded=True) for g in gens if g["id"] not in known]
+        if extra:
+            self.gens[-1:-1] = extra
+            del self.gens[:-MAX_GENERATIONS]
+
+    @property
+    def current(self) -> dict | None:
+        return self.gens[-1] if self.gens else None
 
     def mark(self, loc: Loc, chunks: set[int] | None) -> bool:
         """Record that ``chunks`` of ``loc`` (None: all of it) missed writes.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +76,9 @@ class VolumeGroup:
 
     def __init__(self, vgda: VGDA, vgsa: VGSA, devices: dict[int, BlockDevice | None],
                  seqs: dict[Kind, int], *, is_local: Callable[[BlockDevice], bool],
-                 errlog=None, quorum_active: bool = True, maintenance: bool = False):
+                 errlog=None, quorum_active: bool = True, maintenance: bool = False,
+                 site: str = ""):
+        self.site = site
         self.vgda = vgda
         self.vgsa = vgsa
         self.devices = devices  # pv index -> device (None when not found at varyon)
@@ -122,9 +125,27 @@ class VolumeGroup:
         if self.vgsa.pv_state.get(pvid, PV_ACTIVE) != PV_ACTIVE:
             return
         self.vgsa.pv_state[pvid] = PV_MISSING
+        self.new_generation()  # from here on the PVs may hold different histories
         log.error("lvm_pv_missing", vg=self.name, device=self.pv_name(index), reason=reason)
         self._log("LVM_SA_PVMISS", self.pv_name(index), reason)
         self._check_quorum()
+
+    def new_generation(self) -> None:
+        self.vgsa.new_generation(os.urandom(8).hex(), self.site, time.time())
+
+    @property
+    def needs_written_mark(self) -> bool:
+        gen = self.vgsa.current
+        return gen is not None and not gen["written"]
+
+    async def mark_written(self) -> None:
+        """Record, durably and once per generation, that this generation changed data: the
+        evidence split-brain detection needs."""
+        gen = self.vgsa.current
+        if gen is not None and not gen["written"]:
+            gen["written"] = True
+            gen["first_write"] = time.time()
+            await self.commit_vgsa()
 
     def note_stale(self, index: int) -> None:
         if index not in self._episode:
@@ -182,6 +203,7 @@ class VolumeGroup:
         await self._vgsa_commit.commit()
 
     async def _flush_vgsa(self) -> None:
+        self.vgsa.updated = time.time()
         await self._write_everywhere(Kind.VGSA, lambda: self.vgsa.to_json())
 
     async def write_vgda(self) -> None:

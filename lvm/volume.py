@@ -87,6 +87,10 @@ class LogicalVolume:
                 await self._write_copies(offset, data, fua)
             finally:
                 vg.drl_leave(regions)
+        if vg.needs_written_mark:
+            # checked after the copies were written: a PV lost during this write opened a
+            # new generation, and it is that one the acknowledgement must mark as written
+            await vg.mark_written()
 
     async def _write_copies(self, offset: int, data: bytes, fua: bool) -> None:
         vg = self.vg

@@ -1037,3 +1037,29 @@ def test_flipped_sequence_number_is_caught_by_the_checksum():
     struct.pack_into(">Q", bad, 12, 4 | (1 << 40))  # seq field of the older slot
     assert decode(Kind.VGDA, bytes(bad)) is None
     assert newest(Kind.VGDA, bytes(bad), new) == (5, {"gen": "new"})
+
+
+def _gen(i, written=False, site="S"):
+    return {"id": i, "site": site, "time": 0.0, "written": written, "first_write": 0.0}
+
+
+def test_split_brain_choice():
+    from lvm.splitbrain import SplitBrain, choose
+    g0 = _gen("g0", True)
+    # PV 1 is merely behind PV 0 (failback): PV 0 wins, nothing dropped
+    assert choose({0: [g0, _gen("gb", True, "B")], 1: [g0]}, {0: 5, 1: 3}) == ([0], [])
+    # diverged, only one side wrote: it wins
+    chains = {0: [g0, _gen("ga", False, "A")], 1: [g0, _gen("gb", True, "B")]}
+    assert choose(chains, {0: 9, 1: 2}) == ([1], [])
+    # diverged, nobody wrote: the higher sequence wins
+    chains = {0: [g0, _gen("ga", False, "A")], 1: [g0, _gen("gb", False, "B")]}
+    assert choose(chains, {0: 9, 1: 2}) == ([0], [])
+    # both wrote: split brain, unless one site is discarded
+    chains = {0: [g0, _gen("ga", True, "A")], 1: [g0, _gen("gb", True, "B")],
+              2: [g0, _gen("gb", True, "B")]}
+    with pytest.raises(SplitBrain):
+        choose(chains, {0: 1, 1: 1, 2: 1})
+    assert choose(chains, {0: 1, 1: 1, 2: 1}, discard_site="A") == ([1, 2], [0])
+    assert choose(chains, {0: 1, 1: 1, 2: 1}, discard_site="B") == ([0], [1, 2])
+    with pytest.raises(SplitBrain):
+        choose(chains, {0: 1, 1: 1, 2: 1}, discard_site="C")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run
+from tests.conftest import qemu_io, run
+from tests.lvmtools import diff_blocks, read_copy
 
 MiB = 1 << 20
 
@@ -94,3 +95,69 @@ def test_nothing_varies_on_at_daemon_start(geo):
     exports = json.loads(run("nbdinfo", "--list", "--json",
                              f"nbd+unix://?socket={a.nbd_socket}").stdout)["exports"]
     assert [e["export-name"] for e in exports] == ["hdisk1", "hdisk2"]
+
+
+def test_split_brain_is_detected_not_merged(geo, tmp_path):
+    """Both sites write while apart (A with quorum off, B after a forced import): the join
+    refuses and names both sides until the administrator picks the survivor."""
+    a, b = geo.a, geo.b
+    configure_airline(geo)
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")  # quorum off from here
+    qemu_io(a.nbd_uri("datafslv"), "write -P 0x10 0 1M")
+    for d in ("hdisk3", "hdisk4"):  # the link goes away
+        a.ctl("chdev", "-l", d, "-a", "server_addr=none")
+    qemu_io(a.nbd_uri("datafslv"), "write -P 0xaa 0 64k")  # A keeps writing
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("rmdev", "-l", s)
+    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+    qemu_io(b.nbd_uri("datafslv"), "write -P 0xbb 0 64k")  # and so does B
+    b.ctl("varyoffvg", "datavg")
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("mkdev", "-l", s)
+    for d in ("hdisk3", "hdisk4"):
+        a.ctl("chdev", "-l", d, "-a", f"server_addr={b.addr}")
+    err = a.fails("varyonvg", "datavg")
+    assert "split brain" in err and "Poughkeepsie" in err and "--discard-site" in err
+    assert a.json("lsvg", "datavg")["pvs"][2]["state"] == "missing"  # nothing merged
+    # the administrator keeps A's data: B's disks are recopied wholesale
+    a.ctl("varyonvg", "--discard-site", "Poughkeepsie", "datavg")
+    a.ctl("syncvg", "-v", "datavg")
+    assert a.json("lsvg", "datavg")["stale_pps"] == 0
+    qemu_io(a.nbd_uri("datafslv"), "read -P 0xaa 0 64k", "read -P 0x10 64k 960k")
+    m = a.json("lslv", "-m", "datafslv")
+    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
+
+
+def test_split_brain_at_fresh_varyon(geo):
+    """The same at a fresh varyon: each side's disks carry their own history."""
+    a, b = geo.a, geo.b
+    configure_airline(geo)
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    for d in ("hdisk3", "hdisk4"):
+        a.ctl("chdev", "-l", d, "-a", "server_addr=none")
+    qemu_io(a.nbd_uri("datafslv"), "write -P 0xaa 0 64k")
+    a.ctl("varyoffvg", "datavg")
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("rmdev", "-l", s)
+    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+    qemu_io(b.nbd_uri("datafslv"), "write -P 0xbb 0 64k")
+    b.ctl("varyoffvg", "datavg")
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("mkdev", "-l", s)
+    for d in ("hdisk3", "hdisk4"):
+        a.ctl("chdev", "-l", d, "-a", f"server_addr={b.addr}")
+    err = a.fails("varyonvg", "datavg")
+    assert "split brain" in err and "Philadelphia" in err and "Poughkeepsie" in err
+    # keep B's data this time: A's own disks are the ones recopied
+    out = a.ctl("varyonvg", "--discard-site", "Philadelphia", "datavg")
+    assert "PVREMOVED" in out
+    a.ctl("chpv", "-v", "a", "hdisk1")
+    a.ctl("chpv", "-v", "a", "hdisk2")
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    a.ctl("syncvg", "-v", "datavg")
+    qemu_io(a.nbd_uri("datafslv"), "read -P 0xbb 0 64k")
+    m = a.json("lslv", "-m", "datafslv")
+    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
