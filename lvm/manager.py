@@ -723,6 +723,20 @@ class LVMManager:
         return {"pv_status": status, "returned": returned,
                 "messages": [f"varyonvg: Volume group {group.name} is varied on."]}
 
+    async def pv_came_back(self, disk: str) -> None:
+        """An RPV client resumed by itself (auto_resume): as varyonvg on the online VG."""
+        vg = self.disk_in_use(disk)
+        if vg is None:
+            return
+        async with self._lock:
+            group = self.vgs.get(vg)
+            if group is None or not group.online:
+                return
+            try:
+                await self._reactivate(group, nosync=False)
+            except (OSError, CommandError) as e:
+                log.warning("lvm_auto_reactivate_failed", vg=vg, device=disk, error=str(e))
+
     async def _probe_back(self, group: VolumeGroup, indexes: list[int], label: str,
                           discard_site: str | None = None) -> list:
         """Take back PVs that answer again. A PV whose history diverged from ours and was

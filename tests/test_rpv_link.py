@@ -47,7 +47,8 @@ def test_walkthrough_bytes_land_at_the_other_site(linked, tmp_path):
                        "--local-addr", site_a.addr, "--port", str(site_b.port))
     assert "available at site Poughkeepsie" in human and pvid in human
     attrs = {a["attribute"]: a["value"] for a in site_a.json("lsattr", "-E", "-l", "hdisk3")}
-    assert attrs == {"io_timeout": "3", "local_addr": "127.0.0.1", "pvid": pvid,
+    assert attrs == {"auto_resume": "n", "io_timeout": "3", "local_addr": "127.0.0.1",
+                     "pvid": pvid,
                      "server_addr": "127.0.0.2", "server_port": str(site_b.port),
                      "site": "Poughkeepsie", "size": str(64 * MiB)}
     data = os.urandom(8 * MiB)

@@ -161,3 +161,28 @@ def test_split_brain_at_fresh_varyon(geo):
     qemu_io(a.nbd_uri("datafslv"), "read -P 0xbb 0 64k")
     m = a.json("lslv", "-m", "datafslv")
     assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
+
+
+def test_auto_resume_reactivates_and_resyncs(geo):
+    """auto_resume=y: after the RPV server answers again, nobody has to run chdev or
+    varyonvg; the PVs come back and the stale partitions are resynced."""
+    from tests.test_lvm import wait_for_log
+    a, b = geo.a, geo.b
+    configure_airline(geo)
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    for d in ("hdisk3", "hdisk4"):
+        a.ctl("chdev", "-l", d, "-a", "auto_resume=y", "-a", "io_timeout=1")
+    b.pause()
+    try:
+        qemu_io(a.nbd_uri("datafslv"), "write -P 0x71 0 128k")
+        assert a.json("lsvg", "datavg")["stale_pps"] > 0
+    finally:
+        b.cont()
+    wait_for_log(a, lambda e: e["event"] == "lvm_resync_done" and e["pps_total"] > 0)
+    vg = a.json("lsvg", "datavg")
+    assert vg["stale_pps"] == 0 and all(p["state"] == "active" for p in vg["pvs"])
+    labels = [e["label"] for e in a.json("errpt")]
+    assert "RPVC_IO_TIMEOUT" in labels and "LVM_MISSPVRET" in labels
+    m = a.json("lslv", "-m", "datafslv")
+    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []

@@ -57,7 +57,9 @@ class RPVClient:
                  server_port: int = 6192, io_timeout: float = 180.0, site: str = "",
                  node: str = "", size: int = 0,
                  on_timeout: Callable[[RPVClient, str], None] | None = None,
-                 on_hello: Callable[[RPVClient, HelloInfo], None] | None = None):
+                 on_hello: Callable[[RPVClient, HelloInfo], None] | None = None,
+                 auto_resume: bool = False,
+                 on_resumed: Callable[[RPVClient], None] | None = None):
         self.name = name
         self.pvid = pvid_to_bytes(pvid)
         self.server_addr = server_addr
@@ -69,6 +71,9 @@ class RPVClient:
         self._size = size
         self._on_timeout = on_timeout
         self._on_hello = on_hello
+        self.auto_resume = auto_resume
+        self._on_resumed = on_resumed
+        self._probe: asyncio.Task | None = None
         self.state = ClientState.DISABLED if server_addr == "none" else ClientState.ONLINE
         self.server_info: HelloInfo | None = None
         self._loop = asyncio.get_running_loop()
@@ -137,6 +142,25 @@ class RPVClient:
         log.info("rpvc_resumed", device=self.name, server=self.server_addr)
         return info
 
+    def start_probe(self) -> None:
+        """auto_resume: try the server until it answers, then resume by ourselves."""
+        if self.state is ClientState.FAILED and (self._probe is None or self._probe.done()):
+            self._probe = self._loop.create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        delay = 0.5
+        while self.state is ClientState.FAILED and self.auto_resume:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                await self.resume(min(self.io_timeout, 5.0))
+            except OSError:
+                continue
+            log.info("rpvc_auto_resumed", device=self.name, server=self.server_addr)
+            if self._on_resumed:
+                self._on_resumed(self)
+            return
+
     def set_server_addr(self, addr: str) -> None:
         self.server_addr = addr
         if addr == "none":
@@ -150,6 +174,8 @@ class RPVClient:
         self.io_timeout = float(seconds)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         self._fail(f"{self.name}: device unconfigured", ClientState.CLOSED)
 
     @property
@@ -255,6 +281,8 @@ class RPVClient:
                       io_timeout=self.io_timeout)
             if self._on_timeout:
                 self._on_timeout(self, reason)
+            if self.auto_resume:
+                self.start_probe()
         else:
             self._timer = self._loop.call_at(earliest, self._check_deadlines)
 

@@ -138,6 +138,7 @@ DEVTYPES: dict[tuple[str, str], DevType] = {
     ("disk", "rpvclient"): DevType(
         "disk", "rpvclient", "Remote Physical Volume Client", "hdisk",
         (
+            Attr("auto_resume", "Resume Automatically When the Server Answers", yes_no, "n"),
             Attr("io_timeout", "I/O Timeout Interval", io_timeout, str(DEFAULT_IO_TIMEOUT)),
             Attr("local_addr", "Local IP Address", ip, required=True),
             Attr("pvid", "Physical Volume Identifier", pvid, required=True),

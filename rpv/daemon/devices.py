@@ -56,6 +56,7 @@ class DeviceManager:
         self.lvm = None  # lvm.manager.LVMManager, set by the daemon
         self.nbd = None  # rpv.nbd.NBDServer, set by the daemon
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
 
     # -- site ----------------------------------------------------------------------------------
     def site(self) -> str:
@@ -307,7 +308,8 @@ class DeviceManager:
             dev.name, a["pvid"], a["server_addr"], a["local_addr"],
             server_port=int(a["server_port"]), io_timeout=float(a["io_timeout"]),
             site=self.site(), node=self.node, size=0,
-            on_timeout=self._client_timed_out, on_hello=self._client_hello)
+            on_timeout=self._client_timed_out, on_hello=self._client_hello,
+            auto_resume=a.get("auto_resume") == "y", on_resumed=self._client_resumed)
         if a["server_addr"] != "none":
             timeout = min(float(a["io_timeout"]), CONNECT_TIMEOUT_MAX)
             try:
@@ -332,6 +334,13 @@ class DeviceManager:
             dev.attrs["site"] = info.server_site
             dev.attrs["size"] = str(info.disk_size)
             self.db.update(dev)
+
+    def _client_resumed(self, client: RPVClient) -> None:
+        """auto_resume brought a client back: let the LVM take the PV back and resync."""
+        if self.lvm is not None:
+            task = asyncio.get_running_loop().create_task(self.lvm.pv_came_back(client.name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _client_timed_out(self, client: RPVClient, reason: str) -> None:
         self.errlog.log("RPVC_IO_TIMEOUT", client.name, "disk", "rpvclient", reason)
@@ -418,6 +427,10 @@ class DeviceManager:
                                     stored: dict[str, str], actions: dict[str, str]) -> None:
         if "io_timeout" in stored:
             rt.set_io_timeout(float(stored["io_timeout"]))
+        if "auto_resume" in stored:
+            rt.auto_resume = stored["auto_resume"] == "y"
+            if rt.auto_resume:
+                rt.start_probe()
         if "local_addr" in stored or "server_port" in stored:
             rt.local_addr = stored.get("local_addr", rt.local_addr)
             rt.server_port = int(stored.get("server_port", rt.server_port))
