@@ -150,8 +150,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reducevg(
-        delete_lvs: bool = typer.Option(False, "-d", help="also delete logical volumes "
-                                                          "with partitions on the PV"),
+        delete_lvs: bool = typer.Option(False, "-d", help="also remove the LV copies that "
+                                                          "have partitions on the PV (never "
+                                                          "an LV's last copy)"),
         vg: str = typer.Argument(..., help="volume group"),
         pv: str = typer.Argument(..., help="physical volume to remove"),
     ) -> None:
@@ -263,12 +264,15 @@ def register(app: typer.Typer) -> None:
         r = rpc("lsvg", vg=vg)
         if as_json:
             emit_json(r)
+        elif vg is not None and r["state"] == "inactive":
+            fail(f"0516-010 lsvg: Volume group {vg} must be varied on; use varyonvg command.")
         elif vg is None:
             for name in r:
                 typer.echo(name)
         elif pvs:
             typer.echo(f"{r['name']}:")
-            table(LSVG_P, [[p["name"], p["state"], p["total_pps"], p["free_pps"],
+            table(LSVG_P, [[p["name"] or p["pvid"][:16], p["state"], p["total_pps"],
+                            p["free_pps"],
                             p["stale_pps"]] for p in r["pvs"]])
         elif lvs:
             typer.echo(f"{r['name']}:")

@@ -196,12 +196,13 @@ class LVMManager:
             await write_record(dev, Kind.PVHEADER, seq, body)
 
     def _activate(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
-                  maintenance: bool = False) -> VolumeGroup:
+                  maintenance: bool = False, register: bool = True) -> VolumeGroup:
         group = VolumeGroup(vgda, vgsa, devmap, seqs, is_local=is_local, errlog=self.errlog,
                             quorum_active=quorum, maintenance=maintenance,
                             site=self.devices.site())
         group.lvs = {n: LogicalVolume(group, e) for n, e in vgda.lvs.items()}
-        self.vgs[vgda.name] = group
+        if register:
+            self.vgs[vgda.name] = group
         return group
 
     async def extendvg(self, vg: str, pvs: list[str], force: bool = False) -> dict:
@@ -618,8 +619,9 @@ class LVMManager:
         seqs = {Kind.PVHEADER: 0, Kind.VGDA: seq_vgda, Kind.VGSA: vgsa_rec[0],
                 Kind.DRL: drl_rec[0]}
         vgda.last_site = self.devices.site()
+        # not registered (so no LV is exported) until dirty regions are recovered
         group = self._activate(vgda, vgsa, devmap, seqs, quorum=vgda.quorum,
-                               maintenance=maintenance)
+                               maintenance=maintenance, register=False)
         try:
             if not group.usable_pvs():
                 raise CommandError(f"varyonvg: no active physical volume left in {name}")
@@ -629,8 +631,8 @@ class LVMManager:
             await group.write_vgda()
             await self._recover_dirty_regions(group, drl_rec[1].get("regions", []))
         except (OSError, CommandError) as e:
-            self.vgs.pop(name, None)
             raise CommandError(f"varyonvg {name} failed: {e}") from None
+        self.vgs[name] = group
         if not nosync:
             self._start_background_resync(group)
         log.info("lvm_varyon", vg=name, reachable=len(reachable), total=len(all_pvs),

@@ -453,3 +453,12 @@ def test_resync_resumes_after_restart(geo):
     result = json.loads(a.ctl("syncvg", "-v", "datavg", "--json").splitlines()[-1])
     assert result["pps_done"] == left
     assert a.json("lsvg", "datavg")["stale_pps"] == 0
+
+
+def test_lsvg_of_a_varied_off_vg(geo):
+    a = geo.a
+    a.ctl("mkvg", "-y", "datavg", "hdisk1")
+    a.ctl("varyoffvg", "datavg")
+    assert "must be varied on" in a.fails("lsvg", "datavg")
+    assert "must be varied on" in a.fails("lsvg", "-p", "datavg")
+    assert a.json("lsvg", "datavg")["state"] == "inactive"
