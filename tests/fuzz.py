@@ -1,0 +1,158 @@
+"""``make fuzz``: a long fuzz run of the three parsers that face untrusted bytes.
+
+    python -m tests.fuzz --inputs 1000000 [--seed N]
+
+Inputs are random bytes, valid streams cut and fed at random chunk sizes, and valid streams
+with random bytes flipped, inserted or deleted. Each parser must never raise and never hold
+more than its limits allow. Prints inputs per parser, inputs per second and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import resource
+import time
+
+import structlog
+
+from rpv import protocol as pc
+from rpv.daemon.control import ControlServer
+from rpv.daemon.errors import CommandError
+from rpv.nbd import protocol as nbd
+
+
+def rpv_seeds() -> list[bytes]:
+    c = pc.Connection(pc.Role.CLIENT)
+    frames = [c.send_hello(1, "00" * 16, "siteA", "nodeA")]
+    s = pc.Connection(pc.Role.SERVER)
+    s.receive_data(b"".join(bytes(b) for b in frames[0]))
+    list(s.events())
+    c.receive_data(b"".join(bytes(b) for b in s.send_hello_reply(1, pc.HelloInfo(
+        "siteB", "nodeB", "hdisk2", 1 << 30, 512, 1 << 22, 256))))
+    list(c.events())
+    frames += [c.send_write(2, 4096, b"x" * 4096, 1000, fua=True), c.send_read(3, 0, 512, 9),
+               c.send_flush(4, 5), c.send_ping(5, 5), c.send_discover(6)]
+    return [b"".join(bytes(b) for f in frames for b in f)]
+
+
+def nbd_seeds() -> list[bytes]:
+    import struct
+    opt = struct.pack(">QII", nbd.IHAVEOPT, 7, 6) + struct.pack(">I", 2) + b"d0" + b"\0\0"
+    req = struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, 1, 7, 0, 512) + b"y" * 512
+    return [struct.pack(">I", 3) + opt + req + struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, 0,
+                                                           8, 0, 512)]
+
+
+def control_seeds() -> list[bytes]:
+    return [json.dumps({"op": "lsdev", "args": {"dev_class": "disk"}}).encode() + b"\n",
+            b'{"op": "chdev", "args": {"name": "hdisk3", "changes": {"resume": "yes"}}}\n']
+
+
+def mutate(rng: random.Random, seed: bytes) -> bytes:
+    data = bytearray(seed)
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.random()
+        pos = rng.randrange(len(data) + 1)
+        if kind < 0.4 and data:
+            data[min(pos, len(data) - 1)] = rng.randrange(256)
+        elif kind < 0.7:
+            data[pos:pos] = rng.randbytes(rng.randint(1, 16))
+        elif data:
+            del data[pos:pos + rng.randint(1, 16)]
+    return bytes(data)
+
+
+def sample(rng: random.Random, seeds: list[bytes]) -> bytes:
+    r = rng.random()
+    if r < 0.3:
+        return rng.randbytes(rng.randint(0, 256))
+    seed = rng.choice(seeds)
+    if r < 0.5:
+        return seed[:rng.randint(0, len(seed))]
+    return mutate(rng, seed)
+
+
+def feed(rng: random.Random, data: bytes, receive) -> None:
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, 512)
+        receive(data[pos:pos + n])
+        pos += n
+
+
+def fuzz_rpv(rng: random.Random, data: bytes) -> None:
+    for role in (pc.Role.SERVER, pc.Role.CLIENT):
+        conn = pc.Connection(role, max_payload=1 << 16)
+        feed(rng, data, conn.receive_data)
+        conn.receive_data(b"")
+        for _ in conn.events():
+            pass
+        assert conn.buffered <= len(data) + 64
+
+
+class _Registry:
+    def get_export(self, name):
+        return _Disk() if name == "d0" else None
+
+    def list_exports(self):
+        return [("d0", "fuzz disk")]
+
+
+class _Disk:
+    size = 1 << 20
+    name = "d0"
+
+
+def fuzz_nbd(rng: random.Random, data: bytes) -> None:
+    conn = nbd.ServerConnection(_Registry(), max_request_length=1 << 16)
+    conn.data_to_send()
+    feed(rng, data, conn.receive_data)
+    conn.receive_data(b"")
+    for _ in range(10_000):
+        if conn.next_event() is nbd.NEED_DATA:
+            break
+        conn.data_to_send()
+
+
+def fuzz_control(server: ControlServer, loop, data: bytes) -> None:
+    for line in data.split(b"\n")[:8]:
+        reply = loop.run_until_complete(server._dispatch(line, None))
+        assert isinstance(reply, dict) and isinstance(reply["ok"], bool)
+
+
+def control_server() -> ControlServer:
+    def refuse(name: str = "", **kw):
+        raise CommandError(f"no such device {name}")
+
+    return ControlServer({"lsdev": lambda dev_class=None, dev_type=None: [],
+                          "chdev": refuse, "ping": lambda: {"ok": 1}})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--inputs", type=int, default=1_000_000, help="inputs per parser")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    rng = random.Random(args.seed)
+    loop = asyncio.new_event_loop()
+    ctl = control_server()
+    targets = [("rpv frames", rpv_seeds(), lambda d: fuzz_rpv(rng, d)),
+               ("nbd handshake+requests", nbd_seeds(), lambda d: fuzz_nbd(rng, d)),
+               ("control requests", control_seeds(), lambda d: fuzz_control(ctl, loop, d))]
+    for name, seeds, run in targets:
+        t0 = time.monotonic()
+        for _ in range(args.inputs):
+            run(sample(rng, seeds))
+        dt = time.monotonic() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print(f"{name:24} {args.inputs:>9} inputs  {args.inputs / dt:>9.0f}/s  "
+              f"no exception  peak RSS {rss} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The control-socket request parser never raises and always answers one JSON object."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz import control_seeds, control_server, mutate
+
+SERVER = control_server()
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+
+
+def dispatch(line: bytes) -> dict:
+    reply = asyncio.run(SERVER._dispatch(line, None))
+    assert isinstance(reply, dict) and isinstance(reply["ok"], bool)
+    if not reply["ok"]:
+        assert isinstance(reply["error"], str) and "\n" not in reply["error"]
+    json.dumps(reply)
+    return reply
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes(data):
+    dispatch(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["lsdev", "chdev", "ping", "nosuch", 5, None]), json_values)
+def test_arbitrary_json_requests(op, args):
+    dispatch(json.dumps({"op": op, "args": args}).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(control_seeds()))
+def test_mutated_valid_requests(rng, seed):
+    dispatch(mutate(rng, seed))
