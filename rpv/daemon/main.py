@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import sys
 
@@ -153,6 +154,14 @@ class Daemon:
         log.info("rpvd_stopped")
 
 
+def _raise_fd_limit() -> None:
+    """Connections are bounded by max_connections, not by a low default descriptor limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in
@@ -165,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rpvd: {e}", file=sys.stderr)
         sys.exit(2)
     logs.configure(os.path.join(cfg.state_dir, "rpvd.log"), cfg.log_format, cfg.log_level)
+    _raise_fd_limit()
     try:
         daemon = Daemon(cfg)
         uvloop.run(daemon.run(args.ready_fd))
