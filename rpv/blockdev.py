@@ -14,6 +14,9 @@ import fcntl
 import os
 from typing import Protocol, runtime_checkable
 
+from rpv.protocol.checksum import chunk_digests
+from rpv.protocol.constants import CHECKSUM_CHUNK
+
 SECTOR = 512
 
 
@@ -106,6 +109,26 @@ class FileDisk:
         self.write_now(offset, data)
         if fua:
             await self.flush()
+
+    async def checksum(self, offset: int, length: int) -> bytes:
+        """The CHECKSUM digests of ``[offset, offset+length)`` (:func:`chunk_digests`).
+
+        Reading and hashing up to 64 MiB takes a while, so it runs in the default executor.
+        """
+        check_range(self._size, offset, length)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._checksum_now, offset, length)
+
+    def _checksum_now(self, offset: int, length: int) -> bytes:
+        step = 16 * CHECKSUM_CHUNK  # whole chunks per pread: digests concatenate
+        parts = []
+        for pos in range(offset, offset + length, step):
+            n = min(step, offset + length - pos)
+            data = os.pread(self._fd, n, pos)
+            if len(data) != n:
+                raise OSError(errno.EIO, f"short read on {self.path}")
+            parts.append(chunk_digests(data))
+        return b"".join(parts)
 
     async def flush(self) -> None:
         if not self.readonly:

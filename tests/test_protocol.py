@@ -6,6 +6,7 @@ Shared helpers for the other ``test_protocol_*`` modules live here too.
 from __future__ import annotations
 
 import errno
+import hashlib
 import struct
 
 import pytest
@@ -14,7 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rpv.protocol import (
+    CHECKSUM_CHUNK,
+    DIGEST_SIZE,
+    MAX_CHECKSUM_LENGTH,
     NEED_DATA,
+    ChecksumReply,
+    ChecksumRequest,
     Connection,
     DeviceState,
     DiscoverEntry,
@@ -37,7 +43,9 @@ from rpv.protocol import (
     WriteReply,
     WriteRequest,
     build_error_reply,
+    chunk_digests,
     describe_status,
+    digests_size,
     pvid_to_bytes,
     pvid_to_str,
     status_name,
@@ -136,8 +144,14 @@ V = {
     "read_req2": "47525056 01 03 0000 0000000000000007 00000000 0000010000000000 00000008 0002bf20",
     "read_err": "47525056 01 03 0001 0000000000000007 00000013 00000016"
     " 6f6666736574206f7574206f662072616e6765",
+    "checksum_req": "47525056 01 07 0000 0000000000000008 00000000"
+    " 0000000000010000 00010001 0002bf20",
+    # BLAKE2b-128 of 64 KiB of zeros, then of the one zero byte left over
+    "checksum_rep": "47525056 01 07 0001 0000000000000008 00000020 00000000"
+    " f17fe67cd59771bc1d29a1245ac20dc0 7025e075d5e2f6cde3cc051a31f07660",
 }
 VECTORS = {name: bytes.fromhex(hexstr) for name, hexstr in V.items()}
+CHECKSUM_DIGESTS = VECTORS["checksum_rep"][24:]
 
 # The golden conversation: (vector, sender, send call, event the peer parses).
 CONVERSATION = [
@@ -216,6 +230,18 @@ CONVERSATION = [
         "server",
         lambda c, s: s.send_error(7, Opcode.READ, Status.EINVAL, "offset out of range"),
         ReadReply(7, errno.EINVAL, "offset out of range", b""),
+    ),
+    (
+        "checksum_req",
+        "client",
+        lambda c, s: c.send_checksum(8, 0x10000, 0x10001, 180000),
+        ChecksumRequest(8, 0x10000, 0x10001, 180000),
+    ),
+    (
+        "checksum_rep",
+        "server",
+        lambda c, s: s.send_checksum_reply(8, chunk_digests(bytes(0x10001))),
+        ChecksumReply(8, 0, "", CHECKSUM_DIGESTS),
     ),
 ]
 
@@ -296,6 +322,9 @@ def test_construct_frame_schema_rejects():
         raw_request(Opcode.WRITE, 1, b"abcd", length=5),  # length != payload_len
         raw_request(Opcode.PING, 1, offset=1),  # PING with offset
         raw_request(Opcode.FLUSH, 1, b"x"),  # FLUSH with payload
+        raw_request(Opcode.CHECKSUM, 1, length=0),  # CHECKSUM of nothing
+        raw_request(Opcode.CHECKSUM, 1, length=MAX_CHECKSUM_LENGTH + 1),  # too long
+        raw_request(Opcode.CHECKSUM, 1, b"x", length=8),  # CHECKSUM with payload
         raw_reply(Opcode.PING, 1, 5, b"x" * 1025),  # error message too long
         raw_reply(Opcode.WRITE, 1, 0, b"x"),  # WRITE reply with payload
         raw_reply(Opcode.READ, 1, 5, b"\xff"),  # message not UTF-8
@@ -312,6 +341,45 @@ def test_switch_default_is_an_error():
     assert switch.default is not None
     with pytest.raises(ConstructError):
         switch.default.parse(b"")
+
+
+def test_construct_frame_schema_accepts_checksum_bounds():
+    for length in (1, MAX_CHECKSUM_LENGTH):
+        frame = f.Frame.parse(raw_request(Opcode.CHECKSUM, 1, offset=1 << 40, length=length))
+        assert (frame.opcode, frame.ext.length) == (Opcode.CHECKSUM, length)
+    f.Frame.parse(raw_reply(Opcode.CHECKSUM, 1, 0, b"d" * DIGEST_SIZE))
+    f.Frame.parse(raw_reply(Opcode.CHECKSUM, 1, errno.EIO, b"disk gone"))
+
+
+# --- CHECKSUM digests --------------------------------------------------------------------
+
+
+def test_chunk_digests_known_answers():
+    assert chunk_digests(b"") == b""
+    assert chunk_digests(bytes(0x10001)) == CHECKSUM_DIGESTS
+    assert chunk_digests(bytearray(0x10001)) == chunk_digests(memoryview(bytes(0x10001)))
+    data = bytes(range(256)) * 700  # 179200 bytes: two full chunks and a short one
+    expected = b"".join(
+        hashlib.blake2b(data[i : i + CHECKSUM_CHUNK], digest_size=DIGEST_SIZE).digest()
+        for i in (0, CHECKSUM_CHUNK, 2 * CHECKSUM_CHUNK)
+    )
+    assert chunk_digests(data) == expected
+
+
+def test_digests_size():
+    assert [digests_size(n) for n in (0, 1, CHECKSUM_CHUNK, CHECKSUM_CHUNK + 1)] == [0, 16, 16, 32]
+    assert digests_size(MAX_CHECKSUM_LENGTH) == 16384
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 3), st.binary(max_size=300), st.integers(0, 255))
+def test_chunk_digests_split_at_chunk_boundaries(full, tail, fill):
+    """Digests of a range equal the digests of its chunk-aligned pieces, concatenated."""
+    head = bytes([fill]) * (full * CHECKSUM_CHUNK)
+    whole = chunk_digests(head + tail)
+    assert len(whole) == digests_size(len(head) + len(tail))
+    assert whole == chunk_digests(head) + chunk_digests(tail)
+    assert whole[: full * DIGEST_SIZE] == chunk_digests(bytes([fill]) * CHECKSUM_CHUNK) * full
 
 
 # --- construct and struct agree on hypothesis headers -------------------------------------

@@ -8,8 +8,12 @@ from errno import EBUSY, EMSGSIZE, EPROTO
 import pytest
 
 from rpv.protocol import (
+    CHECKSUM_CHUNK,
+    MAX_CHECKSUM_LENGTH,
     NEED_DATA,
     TRANSITIONS,
+    ChecksumReply,
+    ChecksumRequest,
     Connection,
     ConnectionClosed,
     DiscoverInfo,
@@ -108,7 +112,7 @@ def test_bad_prefix_detected_early(prefix):
         (4, b"\x00"),
         (4, b"\x02"),
         (5, b"\x00"),
-        (5, b"\x07"),
+        (5, b"\x08"),
         (5, b"\xff"),
         (6, b"\x00\x04"),
         (6, b"\x80\x00"),
@@ -135,6 +139,7 @@ def test_request_before_hello():
         raw_request(Opcode.READ, 1, length=8),
         raw_request(Opcode.WRITE, 1, b"ab", length=2),
         raw_request(Opcode.FLUSH, 1),
+        raw_request(Opcode.CHECKSUM, 1, length=8),
     ):
         server = Connection(Role.SERVER)
         err = single_error(server, frame, EPROTO)
@@ -203,6 +208,9 @@ def test_duplicate_request_id_at_server():
         raw_request(Opcode.FLUSH, 1, offset=8),
         raw_request(Opcode.PING, 1, length=8),
         raw_request(Opcode.DISCOVER, 1, b"x"),
+        raw_request(Opcode.CHECKSUM, 1, b"x", length=8),
+        raw_request(Opcode.CHECKSUM, 1, b"x" * 8, length=8),
+        raw_request(Opcode.CHECKSUM, 1, length=0),
     ],
 )
 def test_payload_inconsistent_with_request(frame):
@@ -263,6 +271,66 @@ def test_read_error_reply_has_no_data():
     assert feed(client, raw_reply(Opcode.READ, 1, Status.EIO, b"disk gone")) == [
         ReadReply(1, Status.EIO, "disk gone", b"")
     ]
+
+
+def test_checksum_request_length_limits():
+    _, server = ready_pair()
+    assert feed(server, raw_request(Opcode.CHECKSUM, 1, offset=7, length=MAX_CHECKSUM_LENGTH)) == [
+        ChecksumRequest(1, 7, MAX_CHECKSUM_LENGTH, 0)
+    ]
+    err = single_error(
+        server, raw_request(Opcode.CHECKSUM, 2, length=MAX_CHECKSUM_LENGTH + 1), EMSGSIZE
+    )
+    assert (err.request_id, err.opcode) == (2, Opcode.CHECKSUM)
+    # the digests of the reply must fit the payload limit: 1024 bytes are 64 chunks
+    _, server = ready_pair(max_payload=1024)
+    assert feed(server, raw_request(Opcode.CHECKSUM, 1, length=64 * CHECKSUM_CHUNK))
+    single_error(server, raw_request(Opcode.CHECKSUM, 2, length=64 * CHECKSUM_CHUNK + 1), EMSGSIZE)
+
+
+def test_checksum_reply_length_must_match():
+    """One 16-byte digest per started 64 KiB chunk: 0x10001 bytes need exactly 32."""
+    for plen in (0, 16, 31, 33, 48):
+        client, _ = ready_pair()
+        client.send_checksum(1, 0, 0x10001, 100)
+        err = single_error(client, raw_reply(Opcode.CHECKSUM, 1, 0, b"d" * plen), EPROTO)
+        assert (err.request_id, err.opcode) == (1, Opcode.CHECKSUM)
+    client, _ = ready_pair()
+    client.send_checksum(1, 0, 0x10001, 100)
+    assert feed(client, raw_reply(Opcode.CHECKSUM, 1, 0, b"d" * 32)) == [
+        ChecksumReply(1, 0, "", b"d" * 32)
+    ]
+
+
+def test_checksum_error_reply_has_no_digests():
+    client, server = ready_pair()
+    feed(server, join(client.send_checksum(1, 1 << 40, 512, 100)))
+    reply = join(server.send_error(1, Opcode.CHECKSUM, Status.EINVAL, "out of range"))
+    assert feed(client, reply) == [ChecksumReply(1, Status.EINVAL, "out of range", b"")]
+    assert not client.outstanding and not server.outstanding
+
+
+def test_checksum_local_errors():
+    client, server = ready_pair(max_payload=1024)
+    for length in (0, -1, MAX_CHECKSUM_LENGTH + 1, 64 * CHECKSUM_CHUNK + 1):
+        with pytest.raises(LocalProtocolError):
+            client.send_checksum(1, 0, length, 0)
+    with pytest.raises(LocalProtocolError):
+        client.send_checksum(1, -1, 8, 0)
+    assert not client.outstanding
+    feed(server, join(client.send_checksum(1, 0, 64 * CHECKSUM_CHUNK, 0)))
+    assert dict(client.outstanding) == {1: (Opcode.CHECKSUM, 64 * CHECKSUM_CHUNK)}
+    with pytest.raises(LocalProtocolError):
+        server.send_checksum_reply(1, b"d" * 1008)  # 63 digests for 64 chunks
+    with pytest.raises(LocalProtocolError):
+        server.send_reply(1, Opcode.CHECKSUM)  # a CHECKSUM reply carries digests
+    with pytest.raises(LocalProtocolError):
+        server.send_read_reply(1, b"d" * 1024)  # wrong opcode
+    bufs = server.send_checksum_reply(1, memoryview(bytearray(1024)))
+    assert isinstance(bufs[1], memoryview)  # not copied
+    assert feed(client, join(bufs)) == [ChecksumReply(1, 0, "", bytes(1024))]
+    with pytest.raises(LocalProtocolError):
+        server.send_checksum_reply(1, bytes(1024))  # no longer outstanding
 
 
 @pytest.mark.parametrize(
@@ -492,6 +560,7 @@ OK_PAYLOAD = {
     Opcode.HELLO: HELLO_REP_PAYLOAD,
     Opcode.DISCOVER: DISCOVER_REP_PAYLOAD,
     Opcode.READ: b"12345678",
+    Opcode.CHECKSUM: b"0123456789abcdef",  # one digest for 8 bytes
 }
 
 
@@ -503,6 +572,7 @@ def client_send(conn: Connection, op: Opcode):
         Opcode.WRITE: lambda: conn.send_write(RID, 0, b"12345678", 0),
         Opcode.FLUSH: lambda: conn.send_flush(RID, 0),
         Opcode.PING: lambda: conn.send_ping(RID, 0),
+        Opcode.CHECKSUM: lambda: conn.send_checksum(RID, 0, 8, 0),
     }[op]()
 
 
@@ -513,13 +583,14 @@ def server_reply(conn: Connection, op: Opcode, kind: Kind):
         Opcode.HELLO: lambda: conn.send_hello_reply(RID, HELLO_INFO),
         Opcode.DISCOVER: lambda: conn.send_discover_reply(RID, DISCOVER_INFO),
         Opcode.READ: lambda: conn.send_read_reply(RID, b"12345678"),
+        Opcode.CHECKSUM: lambda: conn.send_checksum_reply(RID, b"0123456789abcdef"),
     }.get(op, lambda: conn.send_reply(RID, op))()
 
 
 def server_request_bytes(op: Opcode) -> bytes:
     if op is Opcode.HELLO:
         return raw_request(op, RID, HELLO_REQ_PAYLOAD)
-    if op is Opcode.READ:
+    if op in (Opcode.READ, Opcode.CHECKSUM):
         return raw_request(op, RID, length=8)
     if op is Opcode.WRITE:
         return raw_request(op, RID, b"12345678", length=8)
@@ -593,6 +664,14 @@ def test_wrong_direction_always_rejected(role, state, op):
     else:
         assert len(events) == 1 and events[0].code == EPROTO
         assert conn.state is State.CLOSED
+
+
+def test_state_table_covers_checksum():
+    """CHECKSUM is a session opcode: allowed in READY only, never changes state."""
+    rows = {(r, s, k) for (r, s, o, k) in TRANSITIONS if o is Opcode.CHECKSUM}
+    assert rows == {(r, State.READY, k) for r in Role for k in Kind}
+    ready = {o for (r, s, o, k) in TRANSITIONS if s is State.READY and k is Kind.REQUEST}
+    assert Opcode.CHECKSUM in ready and Opcode.HELLO not in ready
 
 
 def test_table_shape():

@@ -7,7 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rpv.protocol import (
+    CHECKSUM_CHUNK,
+    MAX_CHECKSUM_LENGTH,
     NEED_DATA,
+    ChecksumReply,
+    ChecksumRequest,
     Connection,
     ConnectionClosed,
     DeviceState,
@@ -31,6 +35,7 @@ from rpv.protocol import (
     State,
     WriteReply,
     WriteRequest,
+    digests_size,
 )
 from rpv.protocol import frames as f
 from tests.test_protocol import CONVERSATION, PVID, VECTORS, join, ready_pair
@@ -75,6 +80,7 @@ operations = st.one_of(
     st.tuples(st.just("flush"), u32),
     st.tuples(st.just("ping"), u32),
     st.tuples(st.just("discover")),
+    st.tuples(st.just("checksum"), u64, st.integers(1, MAX_CHECKSUM_LENGTH), u32),
 )
 
 
@@ -90,6 +96,9 @@ def send_op(client: Connection, rid: int, op: tuple):
         return client.send_flush(rid, op[1]), FlushRequest(rid, op[1])
     if kind == "ping":
         return client.send_ping(rid, op[1]), PingRequest(rid, op[1])
+    if kind == "checksum":
+        bufs = client.send_checksum(rid, op[1], op[2], op[3])
+        return bufs, ChecksumRequest(rid, op[1], op[2], op[3])
     return client.send_discover(rid), DiscoverRequest(rid)
 
 
@@ -105,11 +114,17 @@ def reply_op(data, server: Connection, request):
             Opcode.WRITE: lambda: WriteReply(rid, status, text),
             Opcode.FLUSH: lambda: FlushReply(rid, status, text),
             Opcode.PING: lambda: PingReply(rid, status, text),
+            Opcode.CHECKSUM: lambda: ChecksumReply(rid, status, text, b""),
         }[request.opcode]()
         return bufs, expected
     if isinstance(request, ReadRequest):
         payload = data.draw(st.binary(min_size=request.length, max_size=request.length))
         return server.send_read_reply(rid, payload), ReadReply(rid, 0, "", payload)
+    if isinstance(request, ChecksumRequest):
+        size = digests_size(request.length)  # up to 16 KiB: repeat a small drawn pattern
+        pattern = data.draw(st.binary(min_size=1, max_size=40), label="digest pattern")
+        digests = (pattern * (size // len(pattern) + 1))[:size]
+        return server.send_checksum_reply(rid, digests), ChecksumReply(rid, 0, "", digests)
     if isinstance(request, DiscoverRequest):
         info = data.draw(discover_infos)
         return server.send_discover_reply(rid, info), DiscoverReply(rid, 0, "", info)
@@ -229,6 +244,7 @@ small_operations = st.one_of(
     st.tuples(st.just("flush"), u32),
     st.tuples(st.just("ping"), u32),
     st.tuples(st.just("discover")),
+    st.tuples(st.just("checksum"), u64, st.integers(1, 3 * CHECKSUM_CHUNK), u32),
 )
 
 
@@ -285,6 +301,7 @@ def fuzz_target(role: Role, ready: bool) -> Connection:
     client.send_flush(5, 180000)
     client.send_ping(0x0123456789ABCDEF, 1000)
     client.send_read(7, 1 << 40, 8, 180000)
+    client.send_checksum(8, 0x10000, 0x10001, 180000)
     return client
 
 
@@ -367,6 +384,8 @@ def test_connection_agrees_with_construct_frame_schema(vector, flips):
                 or frame.payload_len > server.max_payload
                 or frame.opcode == Opcode.READ
                 and frame.ext.length > server.max_payload
+                or frame.opcode == Opcode.CHECKSUM
+                and digests_size(frame.ext.length) > server.max_payload
             ), (events, frame)
     else:
         assert frame is not None and len(data) == frame_len(frame)

@@ -118,6 +118,22 @@ class RPVClient:
     async def flush(self) -> None:
         await self._submit(Opcode.FLUSH, 0, 0, None, False)
 
+    async def checksum(self, offset: int, length: int) -> bytes:
+        """The server's digests of ``[offset, offset+length)``: ``chunk_digests`` of those
+        bytes, one ``DIGEST_SIZE`` digest per ``CHECKSUM_CHUNK``, without moving the data."""
+        check_range(self._size, offset, length)
+        if not length:
+            return b""
+        # whole chunks per request (so the digests concatenate), reply within max_payload
+        step = min(pc.MAX_CHECKSUM_LENGTH,
+                   self._max_payload // pc.DIGEST_SIZE * pc.CHECKSUM_CHUNK)
+        if length <= step:
+            return await self._submit(Opcode.CHECKSUM, offset, length, None, False)
+        parts = await asyncio.gather(*(
+            self._submit(Opcode.CHECKSUM, o, min(step, offset + length - o), None, False)
+            for o in range(offset, offset + length, step)))
+        return b"".join(parts)
+
     # -- administration ------------------------------------------------------------------------
     async def open(self, timeout: float) -> HelloInfo:
         """Connect and HELLO now (mkdev, resume); raise OSError with the reason on failure."""
@@ -229,6 +245,8 @@ class RPVClient:
             bufs = conn.send_write(req.rid, req.offset, req.data, remaining, fua=req.fua)
         elif req.opcode is Opcode.READ:
             bufs = conn.send_read(req.rid, req.offset, req.length, remaining)
+        elif req.opcode is Opcode.CHECKSUM:
+            bufs = conn.send_checksum(req.rid, req.offset, req.length, remaining)
         else:
             bufs = conn.send_flush(req.rid, remaining)
         req.sent_on = link
@@ -252,7 +270,7 @@ class RPVClient:
         self._inflight -= 1
         if ev.status:
             self.stats.errors += 1
-        elif req.opcode is not Opcode.FLUSH:
+        elif req.opcode is Opcode.READ or req.opcode is Opcode.WRITE:  # not FLUSH, CHECKSUM
             self.stats.completed(req.opcode is Opcode.WRITE, req.length,
                                  self._loop.time() - req.started)
         if not req.future.done():
@@ -261,6 +279,8 @@ class RPVClient:
                                                  f"{req.opcode.name}: {ev.message}"))
             elif req.opcode is Opcode.READ:
                 req.future.set_result(ev.data)
+            elif req.opcode is Opcode.CHECKSUM:
+                req.future.set_result(ev.digests)
             else:
                 req.future.set_result(None)
         if self._pending and self._inflight < self._max_outstanding:

@@ -1,5 +1,6 @@
 """Sans-IO RPV wire protocol: constants, frame schemas, events and the connection machine."""
 
+from .checksum import chunk_digests, digests_size
 from .connection import (
     MIN_PAYLOAD_LIMIT,
     NEED_DATA,
@@ -12,13 +13,16 @@ from .connection import (
     State,
 )
 from .constants import (
+    CHECKSUM_CHUNK,
     DEFAULT_FEATURES,
     DEFAULT_PORT,
+    DIGEST_SIZE,
     FEATURE_FLUSH,
     FEATURE_FUA,
     FLAG_FUA,
     FLAG_REPLY,
     MAGIC,
+    MAX_CHECKSUM_LENGTH,
     MAX_MESSAGE,
     VERSION,
     DeviceState,
@@ -29,6 +33,8 @@ from .constants import (
     status_name,
 )
 from .events import (
+    ChecksumReply,
+    ChecksumRequest,
     ConnectionClosed,
     DiscoverEntry,
     DiscoverInfo,
@@ -54,13 +60,16 @@ from .frames import build_error_reply
 from .pvid import PVID_SIZE, pvid_to_bytes, pvid_to_str
 
 __all__ = [
+    "CHECKSUM_CHUNK",
     "DEFAULT_FEATURES",
     "DEFAULT_PORT",
+    "DIGEST_SIZE",
     "FEATURE_FLUSH",
     "FEATURE_FUA",
     "FLAG_FUA",
     "FLAG_REPLY",
     "MAGIC",
+    "MAX_CHECKSUM_LENGTH",
     "MAX_MESSAGE",
     "MIN_PAYLOAD_LIMIT",
     "NEED_DATA",
@@ -68,6 +77,8 @@ __all__ = [
     "TRANSITIONS",
     "VERSION",
     "Buffer",
+    "ChecksumReply",
+    "ChecksumRequest",
     "Connection",
     "ConnectionClosed",
     "DeviceState",
@@ -98,7 +109,9 @@ __all__ = [
     "WriteReply",
     "WriteRequest",
     "build_error_reply",
+    "chunk_digests",
     "describe_status",
+    "digests_size",
     "pvid_to_bytes",
     "pvid_to_str",
     "status_name",

@@ -14,17 +14,21 @@ from errno import EBUSY, EMSGSIZE, EPROTO
 from types import MappingProxyType
 
 from . import frames as _f
+from .checksum import digests_size
 from .constants import (
     DEFAULT_FEATURES,
     FLAG_FUA,
     FLAG_REPLY,
     KNOWN_FLAGS,
     MAGIC,
+    MAX_CHECKSUM_LENGTH,
     MAX_MESSAGE,
     VERSION,
     Opcode,
 )
 from .events import (
+    ChecksumReply,
+    ChecksumRequest,
     ConnectionClosed,
     DiscoverInfo,
     DiscoverReply,
@@ -108,7 +112,7 @@ _REQ, _OK, _ERR = Kind.REQUEST, Kind.OK, Kind.ERROR
 _ALL_KINDS = (_REQ, _OK, _ERR)
 _REPLIES = (_OK, _ERR)
 _SESSIONLESS = (Opcode.DISCOVER, Opcode.PING)
-_SESSION = (Opcode.DISCOVER, Opcode.PING, Opcode.READ, Opcode.WRITE, Opcode.FLUSH)
+_SESSION = (Opcode.DISCOVER, Opcode.PING, Opcode.READ, Opcode.WRITE, Opcode.FLUSH, Opcode.CHECKSUM)
 
 
 def _stay(role: Role, state: State, ops, kinds) -> dict:
@@ -321,6 +325,19 @@ class Connection:
                 raise _Fail(
                     EMSGSIZE, f"READ of {length} bytes exceeds limit {self.max_payload}", rid, op
                 )
+        elif op is Opcode.CHECKSUM:
+            if plen:
+                raise _Fail(EPROTO, "CHECKSUM request with a payload", rid, op)
+            if not length:
+                raise _Fail(EPROTO, "CHECKSUM of 0 bytes", rid, op)
+            if length > MAX_CHECKSUM_LENGTH:
+                raise _Fail(
+                    EMSGSIZE, f"CHECKSUM of {length} bytes exceeds {MAX_CHECKSUM_LENGTH}", rid, op
+                )
+            if digests_size(length) > self.max_payload:
+                raise _Fail(
+                    EMSGSIZE, f"CHECKSUM reply would exceed limit {self.max_payload}", rid, op
+                )
         else:
             if offset or length:
                 raise _Fail(EPROTO, f"{op.name} request with offset/length", rid, op)
@@ -350,6 +367,9 @@ class Connection:
         elif op is Opcode.READ:
             if plen != entry[1]:
                 raise _Fail(EPROTO, f"READ reply of {plen} bytes, asked {entry[1]}", rid, op)
+        elif op is Opcode.CHECKSUM:
+            if plen != digests_size(entry[1]):
+                raise _Fail(EPROTO, f"CHECKSUM reply of {plen} bytes for {entry[1]} bytes", rid, op)
         elif op is Opcode.HELLO:
             if not _f.HELLO_REPLY_MIN <= plen <= _f.HELLO_REPLY_MAX:
                 raise _Fail(EPROTO, f"HELLO reply payload of {plen} bytes", rid, op)
@@ -372,6 +392,8 @@ class Connection:
                 event = WriteRequest(rid, offset, payload, deadline, bool(flags & FLAG_FUA))
             elif op is Opcode.READ:
                 event = ReadRequest(rid, offset, length, deadline)
+            elif op is Opcode.CHECKSUM:
+                event = ChecksumRequest(rid, offset, length, deadline)
             elif op is Opcode.FLUSH:
                 event = FlushRequest(rid, deadline)
             elif op is Opcode.PING:
@@ -391,6 +413,8 @@ class Connection:
                 event = _error_reply(op, rid, status, message)
             elif op is Opcode.READ:
                 event = ReadReply(rid, 0, "", payload)
+            elif op is Opcode.CHECKSUM:
+                event = ChecksumReply(rid, 0, "", payload)
             elif op is Opcode.WRITE:
                 event = WriteReply(rid, 0, "")
             elif op is Opcode.FLUSH:
@@ -461,6 +485,16 @@ class Connection:
             raise LocalProtocolError(f"READ length {length} outside 0..{self.max_payload}")
         return [self._request(Opcode.READ, 0, request_id, 0, offset, length, deadline_ms)]
 
+    def send_checksum(
+        self, request_id: int, offset: int, length: int, deadline_ms: int
+    ) -> list[Buffer]:
+        """CHECKSUM: ask for the digests of ``length`` bytes at ``offset`` (see chunk_digests)."""
+        if not 1 <= length <= MAX_CHECKSUM_LENGTH:
+            raise LocalProtocolError(f"CHECKSUM length {length} outside 1..{MAX_CHECKSUM_LENGTH}")
+        if digests_size(length) > self.max_payload:
+            raise LocalProtocolError(f"CHECKSUM reply would exceed limit {self.max_payload}")
+        return [self._request(Opcode.CHECKSUM, 0, request_id, 0, offset, length, deadline_ms)]
+
     def send_write(
         self, request_id: int, offset: int, data: Buffer, deadline_ms: int, fua: bool = False
     ) -> list[Buffer]:
@@ -516,6 +550,12 @@ class Connection:
         head = self._reply(Opcode.READ, request_id, 0, size, size)
         return [head, data] if size else [head]
 
+    def send_checksum_reply(self, request_id: int, digests: Buffer) -> list[Buffer]:
+        """Successful CHECKSUM reply: returns [header, digests]; one digest per chunk."""
+        size = digests.nbytes if isinstance(digests, memoryview) else len(digests)
+        head = self._reply(Opcode.CHECKSUM, request_id, 0, size, size)
+        return [head, digests]
+
     def send_reply(self, request_id: int, opcode: Opcode) -> list[Buffer]:
         """Empty OK reply to a WRITE, FLUSH or PING."""
         if opcode not in (Opcode.WRITE, Opcode.FLUSH, Opcode.PING):
@@ -543,8 +583,10 @@ class Connection:
             raise LocalProtocolError(f"no outstanding request with id {rid}")
         if entry[0] is not op:
             raise LocalProtocolError(f"request {rid} is a {entry[0].name}, not {op.name}")
-        if expect_len is not None and expect_len != entry[1]:
-            raise LocalProtocolError(f"READ reply of {expect_len} bytes, asked {entry[1]}")
+        if expect_len is not None:
+            want = entry[1] if op is Opcode.READ else digests_size(entry[1])
+            if expect_len != want:
+                raise LocalProtocolError(f"{op.name} reply of {expect_len} bytes, not {want}")
         kind = Kind.ERROR if status else Kind.OK
         next_state = TRANSITIONS.get((Role.SERVER, self._state, op, kind))
         if next_state is None:
@@ -573,6 +615,8 @@ def _error_reply(op: Opcode, rid: int, status: int, message: str) -> Event:
         return WriteReply(rid, status, message)
     if op is Opcode.FLUSH:
         return FlushReply(rid, status, message)
+    if op is Opcode.CHECKSUM:
+        return ChecksumReply(rid, status, message, b"")
     return PingReply(rid, status, message)
 
 

@@ -9,6 +9,9 @@ MAGIC = 0x47525056  # b"GRPV"
 VERSION = 1
 DEFAULT_PORT = 6192
 MAX_MESSAGE = 1024  # longest diagnostic text in an error reply, in bytes
+CHECKSUM_CHUNK = 65536  # a CHECKSUM reply has one digest per chunk (the last may be short)
+DIGEST_SIZE = 16  # bytes of one chunk digest (BLAKE2b-128)
+MAX_CHECKSUM_LENGTH = 64 * 1024 * 1024  # longest range one CHECKSUM request may cover
 
 
 class Opcode(IntEnum):
@@ -20,6 +23,7 @@ class Opcode(IntEnum):
     WRITE = 4
     FLUSH = 5
     PING = 6
+    CHECKSUM = 7
 
 
 class Flag(IntFlag):

@@ -102,6 +102,14 @@ class PingRequest(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class ChecksumRequest(Request):
+    opcode: ClassVar[Opcode] = Opcode.CHECKSUM
+    offset: int
+    length: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reply(Event):
     """Base of reply events (received by the client). ``status`` is 0 or an errno;
     ``message`` is the server's diagnostic text for an error ("" on success)."""
@@ -150,6 +158,14 @@ class PingReply(Reply):
 
 
 @dataclass(frozen=True, slots=True)
+class ChecksumReply(Reply):
+    """``digests``: one DIGEST_SIZE digest per CHECKSUM_CHUNK of the range (b"" on error)."""
+
+    opcode: ClassVar[Opcode] = Opcode.CHECKSUM
+    digests: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
     """The peer closed the connection cleanly (EOF between frames)."""
 
@@ -170,9 +186,25 @@ class ProtocolError(Event):
 
 REQUEST_EVENTS: dict[Opcode, type[Request]] = {
     cls.opcode: cls
-    for cls in (HelloRequest, DiscoverRequest, ReadRequest, WriteRequest, FlushRequest, PingRequest)
+    for cls in (
+        HelloRequest,
+        DiscoverRequest,
+        ReadRequest,
+        WriteRequest,
+        FlushRequest,
+        PingRequest,
+        ChecksumRequest,
+    )
 }
 REPLY_EVENTS: dict[Opcode, type[Reply]] = {
     cls.opcode: cls
-    for cls in (HelloReply, DiscoverReply, ReadReply, WriteReply, FlushReply, PingReply)
+    for cls in (
+        HelloReply,
+        DiscoverReply,
+        ReadReply,
+        WriteReply,
+        FlushReply,
+        PingReply,
+        ChecksumReply,
+    )
 }

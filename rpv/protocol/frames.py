@@ -37,6 +37,7 @@ from .constants import (
     FLAG_REPLY,
     KNOWN_FLAGS,
     MAGIC,
+    MAX_CHECKSUM_LENGTH,
     MAX_MESSAGE,
     VERSION,
     DeviceState,
@@ -120,9 +121,16 @@ Frame = Struct(
     Check(
         lambda c: (
             c.flags & FLAG_REPLY
-            or c.opcode in (Opcode.READ, Opcode.WRITE)
+            or c.opcode in (Opcode.READ, Opcode.WRITE, Opcode.CHECKSUM)
             or c.ext.offset == 0
             and c.ext.length == 0
+        )
+    ),
+    Check(
+        lambda c: (
+            c.flags & FLAG_REPLY
+            or c.opcode != Opcode.CHECKSUM
+            or 1 <= c.ext.length <= MAX_CHECKSUM_LENGTH
         )
     ),
     Check(
@@ -141,12 +149,14 @@ Frame = Struct(
                 ("request", Opcode.WRITE): GreedyBytes,
                 ("request", Opcode.FLUSH): _EMPTY,
                 ("request", Opcode.PING): _EMPTY,
+                ("request", Opcode.CHECKSUM): _EMPTY,
                 ("ok", Opcode.HELLO): HelloReplyPayload,
                 ("ok", Opcode.DISCOVER): DiscoverReplyPayload,
                 ("ok", Opcode.READ): GreedyBytes,
                 ("ok", Opcode.WRITE): _EMPTY,
                 ("ok", Opcode.FLUSH): _EMPTY,
                 ("ok", Opcode.PING): _EMPTY,
+                ("ok", Opcode.CHECKSUM): GreedyBytes,
                 **{("error", op): ErrorPayload for op in Opcode},
             },
             default=Error,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from rpv import protocol as pc
-from rpv.blockdev import BlockDevice
+from rpv.blockdev import BlockDevice, check_range
 from rpv.protocol import (
     FEATURE_FLUSH,
     FEATURE_FUA,
@@ -326,6 +326,31 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._send(self.conn.send_reply(request_id, opcode))
 
+    def on_checksum(self, ev: pc.ChecksumRequest) -> None:
+        disk = self._bound_disk(ev, Opcode.CHECKSUM)
+        if disk is None:
+            return
+        try:
+            check_range(disk.size, ev.offset, ev.length)
+        except OSError as e:
+            self._send(self.conn.send_error(ev.request_id, Opcode.CHECKSUM, e.errno, str(e)))
+            return
+        self._spawn(self._checksum_async(disk, ev))
+
+    async def _checksum_async(self, disk: BlockDevice, ev: pc.ChecksumRequest) -> None:
+        """Only the digests cross the link; a disk without ``checksum`` is read and hashed."""
+        try:
+            checksum = getattr(disk, "checksum", None)
+            if checksum is not None:
+                digests = await checksum(ev.offset, ev.length)
+            else:
+                digests = pc.chunk_digests(await disk.read(ev.offset, ev.length))
+        except OSError as e:
+            self._send(self.conn.send_error(ev.request_id, Opcode.CHECKSUM,
+                                            e.errno or errno.EIO, str(e)))
+            return
+        self._send(self.conn.send_checksum_reply(ev.request_id, digests))
+
     def on_ping(self, ev: pc.PingRequest) -> None:
         self._send(self.conn.send_reply(ev.request_id, Opcode.PING))
 
@@ -353,6 +378,7 @@ _HANDLERS = {
     pc.WriteRequest: _ServerConnection.on_write,
     pc.FlushRequest: _ServerConnection.on_flush,
     pc.PingRequest: _ServerConnection.on_ping,
+    pc.ChecksumRequest: _ServerConnection.on_checksum,
     pc.ProtocolError: _ServerConnection.on_protocol_error,
     pc.ConnectionClosed: _ServerConnection.on_closed,
 }
