@@ -184,9 +184,14 @@ class _ServerConnection(asyncio.Protocol):
         if self.export is None:
             self.abort("no HELLO within handshake timeout")
 
-    def _send(self, buffers) -> None:
+    def _send(self, build, *args) -> None:
+        """Build a reply with the sans-IO connection and write it, unless we are closed
+        (a task may finish after the peer went away)."""
         if not self._closed:
-            self.transport.writelines(buffers)
+            self.transport.writelines(build(*args))
+
+    def _send_oserror(self, request_id: int, opcode: Opcode, e: OSError) -> None:
+        self._send(self.conn.send_error, request_id, opcode, e.errno or errno.EIO, str(e))
 
     def _update_reading(self) -> None:
         want_pause = self._paused_writing or len(self._tasks) >= self.server.limits.max_outstanding
@@ -211,8 +216,8 @@ class _ServerConnection(asyncio.Protocol):
     def _bound_disk(self, ev, opcode: Opcode) -> BlockDevice | None:
         exp = self.export
         if exp is None or not exp.available or exp.disk is None:
-            self._send(self.conn.send_error(ev.request_id, opcode, errno.ENODEV,
-                                            "RPV server is not Available"))
+            self._send(self.conn.send_error, ev.request_id, opcode, errno.ENODEV,
+                                            "RPV server is not Available")
             return None
         return exp.disk
 
@@ -235,7 +240,7 @@ class _ServerConnection(asyncio.Protocol):
         if fail:
             log.warning("rpv_hello_refused", peer=self.peer, pvid=pvid, errno=fail[0],
                         reason=fail[1], client_site=ev.client_site)
-            self._send(self.conn.send_error(ev.request_id, Opcode.HELLO, *fail))
+            self._send(self.conn.send_error, ev.request_id, Opcode.HELLO, *fail)
             if fail[0] == errno.EACCES:
                 self.abort("peer address not allowed")
             return
@@ -251,7 +256,7 @@ class _ServerConnection(asyncio.Protocol):
                          server_site=srv.site(), server_node=srv.node, disk_name=exp.disk_name,
                          disk_size=exp.size, block_size=512, max_payload=lim.max_payload,
                          max_outstanding=lim.max_outstanding)
-        self._send(self.conn.send_hello_reply(ev.request_id, info))
+        self._send(self.conn.send_hello_reply, ev.request_id, info)
         log.info("rpv_session", peer=self.peer, device=exp.server_name, disk=exp.disk_name,
                  pvid=pvid, client_site=ev.client_site, client_node=ev.client_node)
 
@@ -260,16 +265,15 @@ class _ServerConnection(asyncio.Protocol):
         exports = srv.exports_for_peer(self.peer)
         if not exports:
             log.warning("rpv_discover_refused", peer=self.peer)
-            self._send(self.conn.send_error(
-                ev.request_id, Opcode.DISCOVER, errno.EACCES,
-                f"no RPV server at site {srv.site()} accepts client {self.peer}"))
+            self._send(self.conn.send_error, ev.request_id, Opcode.DISCOVER, errno.EACCES,
+                       f"no RPV server at site {srv.site()} accepts client {self.peer}")
             return
         entries = tuple(DiscoverEntry(server_name=e.server_name, disk_name=e.disk_name,
                                       pvid=e.pvid, size=e.size,
                                       state=pc.DeviceState(int(e.available)))
                         for e in exports)
-        self._send(self.conn.send_discover_reply(
-            ev.request_id, DiscoverInfo(site=srv.site(), node=srv.node, entries=entries)))
+        self._send(self.conn.send_discover_reply, ev.request_id,
+                   DiscoverInfo(site=srv.site(), node=srv.node, entries=entries))
 
     def on_read(self, ev: pc.ReadRequest) -> None:
         disk = self._bound_disk(ev, Opcode.READ)
@@ -280,10 +284,9 @@ class _ServerConnection(asyncio.Protocol):
             try:
                 data = now(ev.offset, ev.length)
             except OSError as e:
-                self._send(self.conn.send_error(ev.request_id, Opcode.READ,
-                                                e.errno or errno.EIO, str(e)))
+                self._send_oserror(ev.request_id, Opcode.READ, e)
                 return
-            self._send(self.conn.send_read_reply(ev.request_id, data))
+            self._send(self.conn.send_read_reply, ev.request_id, data)
             return
         self._spawn(self._read_async(disk, ev))
 
@@ -291,10 +294,9 @@ class _ServerConnection(asyncio.Protocol):
         try:
             data = await disk.read(ev.offset, ev.length)
         except OSError as e:
-            self._send(self.conn.send_error(ev.request_id, Opcode.READ,
-                                            e.errno or errno.EIO, str(e)))
+            self._send_oserror(ev.request_id, Opcode.READ, e)
             return
-        self._send(self.conn.send_read_reply(ev.request_id, data))
+        self._send(self.conn.send_read_reply, ev.request_id, data)
 
     def on_write(self, ev: pc.WriteRequest) -> None:
         disk = self._bound_disk(ev, Opcode.WRITE)
@@ -305,10 +307,9 @@ class _ServerConnection(asyncio.Protocol):
             try:
                 now(ev.offset, ev.data)
             except OSError as e:
-                self._send(self.conn.send_error(ev.request_id, Opcode.WRITE,
-                                                e.errno or errno.EIO, str(e)))
+                self._send_oserror(ev.request_id, Opcode.WRITE, e)
                 return
-            self._send(self.conn.send_reply(ev.request_id, Opcode.WRITE))
+            self._send(self.conn.send_reply, ev.request_id, Opcode.WRITE)
             return
         self._spawn(self._complete(ev.request_id, Opcode.WRITE,
                                    disk.write(ev.offset, ev.data, fua=ev.fua)))
@@ -322,9 +323,9 @@ class _ServerConnection(asyncio.Protocol):
         try:
             await coro
         except OSError as e:
-            self._send(self.conn.send_error(request_id, opcode, e.errno or errno.EIO, str(e)))
+            self._send_oserror(request_id, opcode, e)
             return
-        self._send(self.conn.send_reply(request_id, opcode))
+        self._send(self.conn.send_reply, request_id, opcode)
 
     def on_checksum(self, ev: pc.ChecksumRequest) -> None:
         disk = self._bound_disk(ev, Opcode.CHECKSUM)
@@ -333,7 +334,7 @@ class _ServerConnection(asyncio.Protocol):
         try:
             check_range(disk.size, ev.offset, ev.length)
         except OSError as e:
-            self._send(self.conn.send_error(ev.request_id, Opcode.CHECKSUM, e.errno, str(e)))
+            self._send_oserror(ev.request_id, Opcode.CHECKSUM, e)
             return
         self._spawn(self._checksum_async(disk, ev))
 
@@ -346,13 +347,12 @@ class _ServerConnection(asyncio.Protocol):
             else:
                 digests = pc.chunk_digests(await disk.read(ev.offset, ev.length))
         except OSError as e:
-            self._send(self.conn.send_error(ev.request_id, Opcode.CHECKSUM,
-                                            e.errno or errno.EIO, str(e)))
+            self._send_oserror(ev.request_id, Opcode.CHECKSUM, e)
             return
-        self._send(self.conn.send_checksum_reply(ev.request_id, digests))
+        self._send(self.conn.send_checksum_reply, ev.request_id, digests)
 
     def on_ping(self, ev: pc.PingRequest) -> None:
-        self._send(self.conn.send_reply(ev.request_id, Opcode.PING))
+        self._send(self.conn.send_reply, ev.request_id, Opcode.PING)
 
     def on_protocol_error(self, ev: pc.ProtocolError) -> None:
         """Log, send a last error reply when the header was readable, and close."""
