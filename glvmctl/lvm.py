@@ -122,6 +122,24 @@ def lv_map(r: dict) -> None:
         typer.echo(fixed(cells, widths[:len(cells)]))
 
 
+def verify_copies(lv: str | None, pv: str | None, vg: str | None, repair: bool,
+                  as_json: bool) -> None:
+    """syncvg --verify: report differing 64 KiB chunks; exit 1 if any is left unrepaired."""
+    if pv is not None:
+        fail("syncvg --verify takes -l LV or -v VG")
+    r = rpc("syncvg_verify", lv=lv, vg=vg, repair=repair)
+    if as_json:
+        json_line(r)
+    else:
+        for m in r["mismatches"]:
+            typer.echo(f"syncvg: {m['lv']} LP {m['lp']}: bytes {m['offset']}+{m['length']} "
+                       f"differ between {' '.join(m['pvs'])}")
+        typer.echo(f"syncvg: verified {r['regions']} regions ({r['bytes']} bytes), "
+                   f"{len(r['mismatches'])} differing chunks, {r['repaired']} repaired")
+    if len(r["mismatches"]) > r["repaired"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     # ---- volume groups ---------------------------------------------------------------------
 
@@ -366,10 +384,19 @@ def register(app: typer.Typer) -> None:
         vg: str = typer.Option(None, "-v", help="resynchronize this volume group"),
         as_json: bool = typer.Option(False, "--json", help="print each progress event and "
                                                            "the result as JSON lines"),
+        verify: bool = typer.Option(False, "--verify", help="compare the copies (by digests "
+                                                            "computed where each copy lives) "
+                                                            "instead of resynchronizing"),
+        repair: bool = typer.Option(False, "--repair", help="with --verify: rewrite differing "
+                                                            "chunks from the preferred copy"),
     ) -> None:
-        """Resynchronize stale partitions of a logical volume, physical volume or VG."""
+        """Resynchronize stale partitions of a logical volume, physical volume or VG, or
+        verify that the copies are identical (--verify [--repair])."""
         if sum(x is not None for x in (lv, pv, vg)) != 1:
             fail("give exactly one of -l LV, -p PV, -v VG")
+        if verify or repair:
+            verify_copies(lv, pv, vg, repair, as_json)
+            return
         args = dict(lv=lv, pv=pv, vg=vg, parallel=parallel, force=force, rate_mb=rate)
         if as_json:
             r = rpc("syncvg", on_event=json_line_event, **args)

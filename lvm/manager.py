@@ -19,6 +19,7 @@ import structlog
 from lvm import layout, policy, splitbrain
 from lvm.layout import Kind
 from lvm.metadata import (
+    CHUNK,
     DRL_REGION,
     PV_ACTIVE,
     PV_MISSING,
@@ -34,11 +35,29 @@ from lvm.vg import PVMeta, VolumeGroup, read_pv_meta, read_record, write_record
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice, FileDisk
 from rpv.daemon.errors import CommandError
+from rpv.protocol import DIGEST_SIZE
+from rpv.protocol.checksum import chunk_digests
 
 log = structlog.get_logger("lvm")
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
 MiB = 1 << 20
+
+
+VERIFY_REGION = 4 * MiB
+
+
+async def _checksum(dev: BlockDevice, offset: int, length: int) -> bytes:
+    """Per-64 KiB digests of a range, computed where the device's data lives."""
+    fn = getattr(dev, "checksum", None)
+    if fn is not None:
+        return await fn(offset, length)
+    return chunk_digests(await dev.read(offset, length))
+
+
+def _differing(a: bytes, b: bytes) -> list[int]:
+    return [i // DIGEST_SIZE for i in range(0, len(a), DIGEST_SIZE)
+            if a[i:i + DIGEST_SIZE] != b[i:i + DIGEST_SIZE]]
 
 
 def is_local(dev: BlockDevice) -> bool:
@@ -514,6 +533,68 @@ class LVMManager:
             self._force_stale(group, scope_lvs, want)
             await group.commit_vgsa()
         return await self._run_resync(group, want, parallel, rate_mb * MiB, progress)
+
+    async def verify(self, lv: str | None = None, vg: str | None = None, repair: bool = False,
+                     progress: Callable[[dict], None] | None = None) -> dict:
+        """syncvg --verify: compare the copies of every non-stale partition by 64 KiB digests
+        computed where each copy lives; with ``repair`` rewrite differing chunks from the
+        preferred copy (local first)."""
+        if (lv is None) == (vg is None):
+            raise CommandError("syncvg --verify needs exactly one of -l LV or -v VG")
+        if lv is not None:
+            group, vol = self._find_lv(lv)
+            vols = [vol]
+        else:
+            group = self._online(vg)
+            vols = [group.lvs[n] for n in group.vgda.lvs]
+        group.check_online()
+        report = {"regions": 0, "bytes": 0, "mismatches": [], "repaired": 0, "skipped": 0}
+        async with self._resync_lock(group.name):
+            for vol in vols:
+                for lp in range(vol.entry.lps):
+                    await self._verify_lp(group, vol, lp, repair, report)
+                    if progress:
+                        progress({"lv": vol.name, "lp": lp + 1, "lps": vol.entry.lps,
+                                  "mismatches": len(report["mismatches"])})
+        log.info("lvm_verify_done", vg=group.name, regions=report["regions"],
+                 mismatches=len(report["mismatches"]), repaired=report["repaired"])
+        return report
+
+    async def _verify_lp(self, group: VolumeGroup, vol: LogicalVolume, lp: int, repair: bool,
+                         report: dict) -> None:
+        pp = group.vgda.pp_size
+        region = VERIFY_REGION
+        for within in range(0, pp, region):
+            n = min(region, pp - within)
+            start = lp * pp + within
+            async with vol.lock.acquire(start, start + n):
+                copies = [m[lp] for m in vol.entry.maps
+                          if m[lp] not in group.vgsa.stale and group.usable(m[lp][0])]
+                if len(copies) < 2:
+                    report["skipped"] += 1
+                    continue
+                digests = await asyncio.gather(*(
+                    _checksum(group.devices[loc[0]], layout.pp_offset(loc[1], pp) + within, n)
+                    for loc in copies))
+                report["regions"] += 1
+                report["bytes"] += n * len(copies)
+                bad = sorted({c for d in digests[1:] for c in _differing(digests[0], d)})
+                for c in bad:
+                    off = c * CHUNK
+                    report["mismatches"].append({
+                        "lv": vol.name, "lp": lp + 1, "offset": start + off,
+                        "length": min(CHUNK, n - off),
+                        "pvs": [group.pv_name(loc[0]) for loc in copies]})
+                if repair and bad:
+                    src = group.source_for(vol, lp, exclude=set())
+                    for c in bad:
+                        off, ln = within + c * CHUNK, min(CHUNK, n - c * CHUNK)
+                        data = await src[1].read(layout.pp_offset(src[0][1], pp) + off, ln)
+                        for loc in copies:
+                            if loc != src[0]:
+                                await group.devices[loc[0]].write(
+                                    layout.pp_offset(loc[1], pp) + off, data, fua=True)
+                        report["repaired"] += 1
 
     @staticmethod
     def _force_stale(group: VolumeGroup, lvs: list[LVEntry], want) -> None:

@@ -186,3 +186,28 @@ def test_auto_resume_reactivates_and_resyncs(geo):
     assert "RPVC_IO_TIMEOUT" in labels and "LVM_MISSPVRET" in labels
     m = a.json("lslv", "-m", "datafslv")
     assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
+
+
+def test_online_verify_finds_and_repairs_exactly_the_corrupt_chunk(geo):
+    a = geo.a
+    configure_airline(geo)
+    qemu_io(a.nbd_uri("datafslv"), "write -P 0x42 0 8M")
+    assert "0 differing chunks" in a.ctl("syncvg", "--verify", "-v", "datavg")
+    m = a.json("lslv", "-m", "datafslv")
+    # flip bytes of copy 2 (at site B) behind the daemons' back: LP 2, 192 KiB in
+    c = m["map"][1]["copies"][1]
+    with open(geo.files[c["pv"]], "r+b") as f:
+        f.seek((8 << 20) + (c["pp"] - 1) * (4 << 20) + 192 * 1024 + 100)
+        f.write(b"corrupt")
+    r = a.run("syncvg", "--verify", "-l", "datafslv", "--json")
+    assert r.returncode == 1
+    report = json.loads(r.stdout)
+    assert [(x["lp"], x["offset"], x["length"]) for x in report["mismatches"]] == \
+        [(2, (4 << 20) + 192 * 1024, 64 * 1024)]
+    # only digests crossed the link: far fewer bytes than the LV read back over RPV
+    stats = a.json("rpvstat")
+    assert sum(s["kb_read"] for s in stats) < 1024
+    out = a.ctl("syncvg", "--verify", "--repair", "-l", "datafslv")
+    assert "1 differing chunks, 1 repaired" in out
+    assert "0 differing chunks" in a.ctl("syncvg", "--verify", "-v", "datavg")
+    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []

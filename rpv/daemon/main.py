@@ -91,6 +91,7 @@ class Daemon:
             "gmvg_add_rpvs": self.gmvg.add_rpvs, "gmvg_add_mirror": self.gmvg.add_mirror,
             "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
             "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
+            "syncvg_verify": self.lvm.verify,
         }
 
     def op_site(self, name: str | None = None) -> dict:
