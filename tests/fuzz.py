@@ -35,7 +35,8 @@ def rpv_seeds() -> list[bytes]:
         "siteB", "nodeB", "hdisk2", 1 << 30, 512, 1 << 22, 256))))
     list(c.events())
     frames += [c.send_write(2, 4096, b"x" * 4096, 1000, fua=True), c.send_read(3, 0, 512, 9),
-               c.send_flush(4, 5), c.send_ping(5, 5), c.send_discover(6)]
+               c.send_flush(4, 5), c.send_ping(5, 5), c.send_discover(6),
+               c.send_checksum(7, 0, 65537, 9)]
     return [b"".join(bytes(b) for f in frames for b in f)]
 
 
