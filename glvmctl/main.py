@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from glvmctl import devices, errlog, gmvg, lvm, rpv, stats
+from glvmctl import devices, errlog, gmvg, lvm, rpv, stats, tls
 from glvmctl.context import set_socket
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ stats.register(app)
 app.add_typer(rpv.server_app, name="rpvserver")
 app.add_typer(rpv.client_app, name="rpvclient")
 app.add_typer(gmvg.app, name="gmvg")
+app.add_typer(tls.app, name="tls")
 
 
 def main() -> None:

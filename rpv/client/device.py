@@ -14,6 +14,7 @@ import asyncio
 import enum
 import errno
 import itertools
+import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,7 +60,8 @@ class RPVClient:
                  on_timeout: Callable[[RPVClient, str], None] | None = None,
                  on_hello: Callable[[RPVClient, HelloInfo], None] | None = None,
                  auto_resume: bool = False,
-                 on_resumed: Callable[[RPVClient], None] | None = None):
+                 on_resumed: Callable[[RPVClient], None] | None = None,
+                 ssl: ssl_module.SSLContext | None = None):
         self.name = name
         self.pvid = pvid_to_bytes(pvid)
         self.server_addr = server_addr
@@ -72,6 +74,7 @@ class RPVClient:
         self._on_timeout = on_timeout
         self._on_hello = on_hello
         self.auto_resume = auto_resume
+        self.ssl = ssl
         self._on_resumed = on_resumed
         self._probe: asyncio.Task | None = None
         self.state = ClientState.DISABLED if server_addr == "none" else ClientState.ONLINE
@@ -377,7 +380,7 @@ class RPVClient:
         loop = self._loop
         _, link = await loop.create_connection(
             lambda: _Link(self), self.server_addr, self.server_port,
-            local_addr=(self.local_addr, 0))
+            local_addr=(self.local_addr, 0), ssl=self.ssl)
         try:
             info = await link.hello(self.pvid, self.site, self.node)
         except BaseException:
@@ -474,7 +477,8 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-async def discover(server_addr: str, local_addr: str, port: int, timeout: float):
+async def discover(server_addr: str, local_addr: str, port: int, timeout: float,
+                   ssl: ssl_module.SSLContext | None = None):
     """Ask an RPV server for its site name and the disks it offers this client."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future = loop.create_future()
@@ -506,7 +510,7 @@ async def discover(server_addr: str, local_addr: str, port: int, timeout: float)
 
     async def run():
         transport, _ = await loop.create_connection(_Discover, server_addr, port,
-                                                    local_addr=(local_addr, 0))
+                                                    local_addr=(local_addr, 0), ssl=ssl)
         try:
             return await fut
         finally:

@@ -23,6 +23,9 @@ class Config:
     nbd_socket: str = ""
     nbd_listen: str = ""
     metrics_listen: str = ""
+    tls_ca: str = ""  # with tls_cert and tls_key: mutual TLS on the RPV link
+    tls_cert: str = ""
+    tls_key: str = ""
     node: str = ""
     log_format: str = "json"
     log_level: str = "info"
@@ -53,6 +56,12 @@ class Config:
             split_hostport(self.nbd_listen, "nbd_listen")
         if self.metrics_listen:
             split_hostport(self.metrics_listen, "metrics_listen")
+        tls = [self.tls_ca, self.tls_cert, self.tls_key]
+        if any(tls) and not all(tls):
+            raise ConfigError("tls_ca, tls_cert and tls_key go together")
+        for path in filter(None, tls):
+            if not os.path.isfile(path):
+                raise ConfigError(f"TLS file {path} does not exist")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"log_format must be json or console, not {self.log_format!r}")
         for name in ("max_connections", "max_payload", "max_outstanding"):

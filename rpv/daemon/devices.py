@@ -55,6 +55,7 @@ class DeviceManager:
         self.rpv_server: RPVServer | None = None
         self.lvm = None  # lvm.manager.LVMManager, set by the daemon
         self.nbd = None  # rpv.nbd.NBDServer, set by the daemon
+        self.client_ssl = None  # ssl.SSLContext for RPV clients when TLS is configured
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
 
@@ -309,7 +310,8 @@ class DeviceManager:
             server_port=int(a["server_port"]), io_timeout=float(a["io_timeout"]),
             site=self.site(), node=self.node, size=0,
             on_timeout=self._client_timed_out, on_hello=self._client_hello,
-            auto_resume=a.get("auto_resume") == "y", on_resumed=self._client_resumed)
+            auto_resume=a.get("auto_resume") == "y", on_resumed=self._client_resumed,
+            ssl=self.client_ssl)
         if a["server_addr"] != "none":
             timeout = min(float(a["io_timeout"]), CONNECT_TIMEOUT_MAX)
             try:
@@ -454,7 +456,7 @@ class DeviceManager:
         except ValueError as e:
             raise CommandError(str(e)) from None
         try:
-            info = await discover(server_addr, local_addr, port, timeout)
+            info = await discover(server_addr, local_addr, port, timeout, self.client_ssl)
         except (OSError, TimeoutError) as e:
             raise CommandError(f"cannot query RPV server {server_addr} from {local_addr}: "
                                f"{_reason(e)}") from None

@@ -7,6 +7,7 @@ import asyncio
 import os
 import resource
 import signal
+import ssl
 import sys
 
 import structlog
@@ -14,6 +15,7 @@ import uvloop
 
 from lvm.gmvg import GMVG
 from lvm.manager import LVMManager
+from rpv import tls
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs, metrics
 from rpv.daemon.control import ControlServer
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nbd-socket", help="NBD unix socket path (default STATE_DIR/nbd.sock)")
     p.add_argument("--nbd-listen", help="also serve NBD on TCP IP:PORT")
     p.add_argument("--metrics-listen", help="serve Prometheus metrics on IP:PORT")
+    p.add_argument("--tls-ca", help="site CA certificate: enables mutual TLS on the RPV link")
+    p.add_argument("--tls-cert", help="this site's certificate (glvmctl tls issue)")
+    p.add_argument("--tls-key", help="this site's private key")
     p.add_argument("--node", help="node name reported to peers (default: host name)")
     p.add_argument("--log-format", choices=["json", "console"], help="log line format")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -66,6 +71,10 @@ class Daemon:
             max_connections=cfg.max_connections, max_payload=cfg.max_payload,
             max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
         self.devices.rpv_server = self.rpv
+        self.server_ssl = None
+        if cfg.tls_ca:
+            self.server_ssl = tls.server_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+            self.devices.client_ssl = tls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         self.lvm = LVMManager(self.devices, self.errlog)
         self.devices.lvm = self.lvm
         self.gmvg = GMVG(self.lvm)
@@ -126,7 +135,7 @@ class Daemon:
         cfg = self.cfg
         await self.devices.boot()
         host, port = cfgmod.split_hostport(cfg.listen, "listen")
-        await self.rpv.start(host, port)
+        await self.rpv.start(host, port, ssl=self.server_ssl)
         await self.nbd.start_unix(cfg.nbd_socket)
         if cfg.nbd_listen:
             await self.nbd.start_tcp(*cfgmod.split_hostport(cfg.nbd_listen, "nbd_listen"))
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in
                  ("state_dir", "listen", "socket", "nbd_socket", "nbd_listen", "metrics_listen",
-                  "node", "log_format", "log_level")}
+                  "node", "log_format", "log_level", "tls_ca", "tls_cert", "tls_key")}
     try:
         cfg = cfgmod.load(args.config, overrides)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         daemon = Daemon(cfg)
         uvloop.run(daemon.run(args.ready_fd))
-    except OSError as e:
+    except (OSError, ssl.SSLError) as e:
         log.error("rpvd_failed", error=str(e))
         print(f"rpvd: {e}", file=sys.stderr)
         sys.exit(1)

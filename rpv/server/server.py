@@ -66,12 +66,16 @@ class RPVServer:
         self._servers: list[asyncio.base_events.Server] = []
         self.connections: set[_ServerConnection] = set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl=None) -> None:
+        """Listen on host:port; with an SSL context every client must present a certificate
+        from the site CA (and still come from the export's client_addr)."""
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(lambda: _ServerConnection(self), host, port,
-                                       reuse_address=True, backlog=128)
+                                       reuse_address=True, backlog=128, ssl=ssl,
+                                       ssl_handshake_timeout=self.limits.handshake_timeout
+                                       if ssl else None)
         self._servers.append(srv)
-        log.info("rpv_listening", host=host, port=port)
+        log.info("rpv_listening", host=host, port=port, tls=ssl is not None)
 
     def site(self) -> str:
         return self._site()
