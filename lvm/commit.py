@@ -38,18 +38,28 @@ class GroupCommit:
 
 
 class RangeLock:
-    """Serialises overlapping byte ranges in arrival order; disjoint ranges run in parallel."""
+    """Serialises overlapping byte ranges in arrival order; disjoint ranges run in parallel.
+
+    An entry's future is created only when a later arrival has to wait for it, so the common
+    uncontended case costs a list append and a scan.
+    """
 
     def __init__(self):
-        self._active: list[tuple[int, int, asyncio.Future]] = []
+        self._active: list[list] = []  # [start, end, future or None]
 
     def acquire(self, start: int, end: int):
         return _Held(self, start, end)
 
-    async def _enter(self, start: int, end: int) -> asyncio.Future:
-        blockers = [f for s, e, f in self._active if s < end and start < e]
-        me = asyncio.get_running_loop().create_future()
-        entry = (start, end, me)
+    async def _enter(self, start: int, end: int) -> list:
+        loop = None
+        blockers = []
+        for e in self._active:
+            if e[0] < end and start < e[1]:
+                if e[2] is None:
+                    loop = loop or asyncio.get_running_loop()
+                    e[2] = loop.create_future()
+                blockers.append(e[2])
+        entry = [start, end, None]
         self._active.append(entry)  # registered now, so later arrivals wait for us
         try:
             for f in blockers:
@@ -61,7 +71,7 @@ class RangeLock:
 
     def _release(self, entry) -> None:
         self._active.remove(entry)
-        if not entry[2].done():
+        if entry[2] is not None and not entry[2].done():
             entry[2].set_result(None)
 
     def busy(self) -> int:

@@ -96,7 +96,9 @@ class LogicalVolume:
         vg = self.vg
         pp_size = vg.vgda.pp_size
         view = memoryview(data)
-        targets, coros, missed = [], [], []
+        targets, results, missed = [], [], []
+        remote: list[tuple[int, asyncio.Future]] = []
+        local: list[tuple[int, object, int, memoryview]] = []
         lp_ok: dict[int, int] = {}
         for lp, within, start, n in self._segments(offset, len(data)):
             lp_ok[lp] = 0
@@ -106,10 +108,26 @@ class LogicalVolume:
                 if loc in vg.vgsa.stale or not vg.usable(loc[0]):
                     missed.append((loc, within, n))
                     continue
+                dev = vg.devices[loc[0]]
+                pos = pp_offset(loc[1], pp_size) + within
                 targets.append((lp, loc, within, n))
-                coros.append(vg.devices[loc[0]].write(pp_offset(loc[1], pp_size) + within,
-                                                      piece, fua))
-        results = await asyncio.gather(*coros, return_exceptions=True)
+                results.append(None)
+                if not fua and hasattr(dev, "write_now"):
+                    local.append((len(results) - 1, dev, pos, piece))
+                else:  # remote copies first, so the round trips overlap the local writes
+                    submit = getattr(dev, "submit_write", None)
+                    remote.append((len(results) - 1,
+                                   submit(pos, piece, fua) if submit is not None
+                                   else asyncio.ensure_future(dev.write(pos, piece, fua))))
+        for i, dev, pos, piece in local:  # page-cache writes: inline, no task
+            try:
+                dev.write_now(pos, piece)
+            except OSError as e:
+                results[i] = e
+        if remote:
+            done = await asyncio.gather(*(f for _, f in remote), return_exceptions=True)
+            for (i, _), r in zip(remote, done, strict=True):
+                results[i] = r
         for (lp, loc, within, n), r in zip(targets, results, strict=True):
             if r is None:
                 lp_ok[lp] += 1

@@ -118,6 +118,18 @@ class RPVClient:
                          bytes(view[o:o + step]), fua)
             for o in range(0, len(data), step)))
 
+    def submit_write(self, offset: int, data, fua: bool = False) -> asyncio.Future:
+        """Start a write and return its future without creating a task (the LVM hot path)."""
+        if len(data) > self._max_payload:
+            return asyncio.ensure_future(self.write(offset, data, fua))
+        try:
+            check_range(self._size, offset, len(data))
+        except OSError as e:
+            fut = self._loop.create_future()
+            fut.set_exception(e)
+            return fut
+        return self._submit(Opcode.WRITE, offset, len(data), data, fua)
+
     async def flush(self) -> None:
         await self._submit(Opcode.FLUSH, 0, 0, None, False)
 
