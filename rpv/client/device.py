@@ -266,7 +266,7 @@ class RPVClient:
             bufs = conn.send_flush(req.rid, remaining)
         req.sent_on = link
         self._inflight += 1
-        link.transport.writelines(bufs)
+        link.queue(bufs)
 
     def _send_unsent(self) -> None:
         link = self._link
@@ -421,9 +421,24 @@ class _Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._hello: asyncio.Future | None = None
         self.closed = False
+        self._out: list = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+
+    def queue(self, buffers) -> None:
+        """Send at the end of this loop iteration: requests issued together (a queue depth's
+        worth) leave in one system call."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.extend(buffers)
+        if len(self._out) > 64:  # a burst of large writes: do not hold them back
+            self._flush()
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.closed:
+            self.transport.writelines(out)
 
     async def hello(self, pvid: bytes, site: str, node: str) -> HelloInfo:
         self._hello = asyncio.get_running_loop().create_future()

@@ -32,6 +32,8 @@ from rpv.protocol import VERSION as PROTOCOL_VERSION
 
 log = structlog.get_logger("rpv.server")
 
+CORK_LIMIT = 256 * 1024  # queued reply bytes that are written at once, not at iteration end
+
 
 @dataclass(slots=True)
 class Export:
@@ -118,6 +120,8 @@ class _ServerConnection(asyncio.Protocol):
         self._paused_writing = False
         self._reading_paused = False
         self._closed = False
+        self._out: list = []
+        self._out_bytes = 0
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -184,15 +188,36 @@ class _ServerConnection(asyncio.Protocol):
             if self.transport:
                 self.transport.abort()
 
+    def close_after_reply(self, reason: str) -> None:
+        """Send what is queued (the refusal), then close."""
+        if not self._closed:
+            log.info("rpv_connection_closed", peer=self.peer, reason=reason)
+            self._flush()
+            self._closed = True
+            self.transport.close()
+
     def _handshake_expired(self) -> None:
         if self.export is None:
             self.abort("no HELLO within handshake timeout")
 
     def _send(self, build, *args) -> None:
-        """Build a reply with the sans-IO connection and write it, unless we are closed
-        (a task may finish after the peer went away)."""
+        """Build a reply with the sans-IO connection and queue it, unless we are closed (a
+        task may finish after the peer went away). Replies produced in one loop iteration
+        leave in one system call."""
         if not self._closed:
-            self.transport.writelines(build(*args))
+            if not self._out:
+                asyncio.get_running_loop().call_soon(self._flush)
+            bufs = build(*args)
+            self._out.extend(bufs)
+            self._out_bytes += sum(len(b) for b in bufs)
+            if self._out_bytes >= CORK_LIMIT:  # big replies go now: back-pressure must see them
+                self._flush()
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        self._out_bytes = 0
+        if out and not self._closed:
+            self.transport.writelines(out)
 
     def _send_oserror(self, request_id: int, opcode: Opcode, e: OSError) -> None:
         self._send(self.conn.send_error, request_id, opcode, e.errno or errno.EIO, str(e))
@@ -246,7 +271,7 @@ class _ServerConnection(asyncio.Protocol):
                         reason=fail[1], client_site=ev.client_site)
             self._send(self.conn.send_error, ev.request_id, Opcode.HELLO, *fail)
             if fail[0] == errno.EACCES:
-                self.abort("peer address not allowed")
+                self.close_after_reply("peer address not allowed")
             return
         for other in list(srv.connections):
             if other is not self and other.export is not None \
@@ -364,10 +389,9 @@ class _ServerConnection(asyncio.Protocol):
                     device=self.export.server_name if self.export else None,
                     request_id=ev.request_id)
         if ev.request_id is not None and ev.opcode is not None and not self._closed:
-            self.transport.write(pc.build_error_reply(ev.request_id, ev.opcode, ev.code,
-                                                      ev.message))
-        self._closed = True
-        self.transport.close()
+            self._out.append(pc.build_error_reply(ev.request_id, ev.opcode, ev.code,
+                                                  ev.message))
+        self.close_after_reply(f"protocol error: {ev.message}")
 
     def on_closed(self, ev) -> None:
         if not self._closed:
