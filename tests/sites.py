@@ -72,8 +72,9 @@ class Site:
             os.close(wfd)
             log.close()
         try:
-            ready, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
-            line = os.read(rfd, 64) if ready else b""
+            poller = select.poll()  # not select(): descriptors may be above 1023
+            poller.register(rfd, select.POLLIN)
+            line = os.read(rfd, 64) if poller.poll(READY_TIMEOUT * 1000) else b""
         finally:
             os.close(rfd)
         if line != b"READY\n":
