@@ -118,6 +118,7 @@ async def _resync_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter) -> 
                 again = vg.resyncing[loc]
                 if not again:
                     vg.vgsa.stale.pop(loc, None)
+                    vg.pv_synced(loc[0])
                     break
                 vg.vgsa.stale[loc] = set(again)
         await vg.commit_vgsa()

@@ -153,6 +153,11 @@ class VolumeGroup:
             self._log("LVM_SA_STALEPP", self.pv_name(index),
                       f"volume group {self.name}: partitions on this PV are stale")
 
+    def pv_synced(self, index: int) -> None:
+        """A resync left no stale partition on the PV: the next miss is a new episode."""
+        if not any(loc[0] == index for loc in self.vgsa.stale):
+            self._episode.discard(index)
+
     def pv_returned(self, index: int, label: str) -> None:
         self.vgsa.pv_state[self.vgda.pv(index).pvid] = PV_ACTIVE
         self._episode.discard(index)
