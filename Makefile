@@ -24,6 +24,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+SOAK_FAULTS ?= 200
+SOAK_SEED ?= 1
+
+soak: $(STAMP)
+	$(PY) -m tests.soak --faults $(SOAK_FAULTS) --seed $(SOAK_SEED)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
 
