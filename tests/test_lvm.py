@@ -34,10 +34,13 @@ def build_datavg(geo, lps: int = 10) -> None:
     a.ctl("varyonvg", "datavg")
 
 
-def wait_for_log(site, match, timeout: float = 30.0) -> dict:
-    """Follow the daemon's JSON log until an event matches (bounded by ``timeout``)."""
+def wait_for_log(site, match, timeout: float = 30.0, since: int = 0) -> dict:
+    """Follow the daemon's JSON log until an event matches (bounded by ``timeout``),
+    ignoring the first ``since`` lines."""
     deadline = time.monotonic() + timeout
     with open(site.state_dir / "rpvd.log") as f:
+        for _ in range(since):
+            f.readline()
         while time.monotonic() < deadline:
             line = f.readline()
             if not line:
@@ -279,6 +282,7 @@ def test_overlapping_concurrent_writes_leave_copies_identical(geo):
 def test_kill_mid_write_then_varyon_resyncs_dirty_regions(geo):
     build_datavg(geo, lps=8)
     a = geo.a
+    mark = len(a.log_events())
     writer = subprocess.Popen(
         ["fio", "--name=crash", "--ioengine=nbd", f"--uri={a.nbd_uri('datafslv')}",
          "--rw=randwrite", "--bs=64k", "--size=32m", "--iodepth=32", "--time_based",
@@ -286,7 +290,8 @@ def test_kill_mid_write_then_varyon_resyncs_dirty_regions(geo):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # wait until the writer is mid-flight: the DRL has recorded dirty regions
-        wait_for_log(a, lambda e: e["event"] == "lvm_drl_commit" and e["regions"] > 0)
+        wait_for_log(a, lambda e: e["event"] == "lvm_drl_commit" and e["regions"] > 0,
+                     since=mark)
         os.kill(a.proc.pid, signal.SIGKILL)
         a.proc.wait()
     finally:

@@ -177,9 +177,13 @@ def test_auto_resume_reactivates_and_resyncs(geo):
     try:
         qemu_io(a.nbd_uri("datafslv"), "write -P 0x71 0 128k")
         assert a.json("lsvg", "datavg")["stale_pps"] > 0
+        mark = len(a.log_events())
     finally:
         b.cont()
-    wait_for_log(a, lambda e: e["event"] == "lvm_resync_done" and e["pps_total"] > 0)
+    for disk in ("hdisk3", "hdisk4"):  # each client resumes and its PV comes back by itself
+        wait_for_log(a, lambda e, d=disk: e["event"] == "errlog_entry"
+                     and e["label"] == "LVM_MISSPVRET" and e["device"] == d, since=mark)
+    a.ctl("syncvg", "-v", "datavg")  # waits for the background resync the return started
     vg = a.json("lsvg", "datavg")
     assert vg["stale_pps"] == 0 and all(p["state"] == "active" for p in vg["pvs"])
     labels = [e["label"] for e in a.json("errpt")]
