@@ -93,11 +93,11 @@ class VolumeGroup:
         self.lvs: dict = {}  # name -> LogicalVolume (set by the manager)
         self.drl_active: dict[tuple[int, int], float] = {}  # (lvid, region) -> last use
         self.drl_inflight: dict[tuple[int, int], int] = {}
+        self.drl_durable: set[tuple[int, int]] = set()  # listed in a completed DRL write
         self.resyncing: dict[Loc, set[int]] = {}
         self._episode: set[int] = set()  # PVs whose STALEPP was logged this episode
         self._vgsa_commit = GroupCommit(self._flush_vgsa)
         self._drl_commit = GroupCommit(self._flush_drl)
-        self._drl_pending = False
         self.resync_task: asyncio.Task | None = None
         self.resync_progress: dict = {}
 
@@ -250,16 +250,16 @@ class VolumeGroup:
                                          (offset + length - 1) // DRL_REGION + 1)]
 
     async def drl_enter(self, regions: list[tuple[int, int]]) -> None:
-        """Make sure ``regions`` are durably logged dirty before data is written to them."""
+        """Make sure ``regions`` are durably logged dirty before data is written to them.
+
+        A region counts only once a DRL write that lists it has completed: a writer that
+        finds its region merely active (another writer's commit still in flight) waits too.
+        """
         now = time.monotonic()
-        new = False
         for r in regions:
             self.drl_inflight[r] = self.drl_inflight.get(r, 0) + 1
-            if r not in self.drl_active:
-                new = True
             self.drl_active[r] = now
-        if new:
-            self._drl_pending = True
+        if any(r not in self.drl_durable for r in regions):
             await self._drl_commit.commit()
 
     def drl_leave(self, regions: list[tuple[int, int]]) -> None:
@@ -274,18 +274,23 @@ class VolumeGroup:
         if len(self.drl_active) > DRL_MAX_ACTIVE:
             # retire the least recently used idle regions; their data must be durable on
             # every copy before the log forgets them
-            idle = sorted((t, r) for r, t in self.drl_active.items()
-                          if r not in self.drl_inflight)
             excess = len(self.drl_active) - DRL_MAX_ACTIVE // 2
-            if idle[:excess]:
+            idle = [r for _, r in sorted((t, r) for r, t in self.drl_active.items()
+                                         if r not in self.drl_inflight)][:excess]
+            if idle:
+                self.drl_durable.difference_update(idle)  # late writers now wait for us
                 await self.flush_pvs()
-                for _, r in idle[:excess]:
-                    del self.drl_active[r]
-        await self._write_everywhere(Kind.DRL, lambda: {"regions": sorted(self.drl_active)})
-        log.info("lvm_drl_commit", vg=self.name, regions=len(self.drl_active))
+                for r in idle:
+                    if r not in self.drl_inflight:  # a writer may have arrived meanwhile
+                        self.drl_active.pop(r, None)
+        snapshot = set(self.drl_active)
+        await self._write_everywhere(Kind.DRL, lambda: {"regions": sorted(snapshot)})
+        self.drl_durable = snapshot
+        log.info("lvm_drl_commit", vg=self.name, regions=len(snapshot))
 
     async def drl_clear(self) -> None:
         self.drl_active.clear()
+        self.drl_durable = set()
         await self._write_everywhere(Kind.DRL, lambda: {"regions": []})
 
     async def flush_pvs(self) -> None:
