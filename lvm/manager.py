@@ -839,8 +839,11 @@ class LVMManager:
             if header is None or header[1].get("vgid") != group.vgda.vgid:
                 continue
             ours = {g["id"] for g in group.vgsa.gens}
-            wrote = [g for g in (theirs[1].get("gens", []) if theirs else [])
-                     if g["id"] not in ours and g.get("written")]
+            their = theirs[1].get("gens", []) if theirs else []
+            # only generations after the newest one both chains share: older ones may have
+            # been trimmed from our bounded history without being foreign
+            common = max((k for k, g in enumerate(their) if g["id"] in ours), default=-1)
+            wrote = [g for g in their[common + 1:] if g.get("written")]
             if wrote:
                 site = wrote[-1].get("site", "")
                 if discard_site != site:

@@ -35,10 +35,11 @@ class SplitBrain(Exception):
 
 
 def _wrote_after(side: Side, other: Side) -> dict | None:
-    """The newest written generation of ``side`` that ``other`` has never seen."""
+    """The newest written generation of ``side`` after the newest one ``other`` also has
+    (older entries may have been trimmed from a bounded chain without being foreign)."""
     seen = set(other.ids())
-    return next((g for g in reversed(side.chain) if g["id"] not in seen and g.get("written")),
-                None)
+    common = max((k for k, g in enumerate(side.chain) if g["id"] in seen), default=-1)
+    return next((g for g in reversed(side.chain[common + 1:]) if g.get("written")), None)
 
 
 def choose(chains: dict[int, list[dict]], seqs: dict[int, int],

@@ -1063,3 +1063,12 @@ def test_split_brain_choice():
     assert choose(chains, {0: 1, 1: 1, 2: 1}, discard_site="B") == ([0], [1, 2])
     with pytest.raises(SplitBrain):
         choose(chains, {0: 1, 1: 1, 2: 1}, discard_site="C")
+
+
+def test_split_brain_ignores_generations_trimmed_from_one_chain():
+    from lvm.splitbrain import choose
+    old = [_gen(f"o{i}", True) for i in range(5)]
+    shared = _gen("s", True)
+    a = old + [shared, _gen("a", True, "A")]  # A still lists old written generations
+    b = [shared, _gen("b", False, "B")]  # B's bounded chain dropped them
+    assert choose({0: a, 1: b}, {0: 1, 1: 1}) == ([0], [])
