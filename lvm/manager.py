@@ -838,12 +838,9 @@ class LVMManager:
                 continue
             if header is None or header[1].get("vgid") != group.vgda.vgid:
                 continue
-            ours = {g["id"] for g in group.vgsa.gens}
-            their = theirs[1].get("gens", []) if theirs else []
-            # only generations after the newest one both chains share: older ones may have
-            # been trimmed from our bounded history without being foreign
-            common = max((k for k, g in enumerate(their) if g["id"] in ours), default=-1)
-            wrote = [g for g in their[common + 1:] if g.get("written")]
+            wrote = splitbrain.written_since_shared(
+                theirs[1].get("gens", []) if theirs else [],
+                {g["id"] for g in group.vgsa.gens})
             if wrote:
                 site = wrote[-1].get("site", "")
                 if discard_site != site:

@@ -34,12 +34,17 @@ class SplitBrain(Exception):
         self.sides = sides
 
 
-def _wrote_after(side: Side, other: Side) -> dict | None:
-    """The newest written generation of ``side`` after the newest one ``other`` also has
+def written_since_shared(chain, seen: set[str]) -> list[dict]:
+    """The written generations of ``chain`` after the newest one whose id is in ``seen``
     (older entries may have been trimmed from a bounded chain without being foreign)."""
-    seen = set(other.ids())
-    common = max((k for k, g in enumerate(side.chain) if g["id"] in seen), default=-1)
-    return next((g for g in reversed(side.chain[common + 1:]) if g.get("written")), None)
+    common = max((k for k, g in enumerate(chain) if g["id"] in seen), default=-1)
+    return [g for g in chain[common + 1:] if g.get("written")]
+
+
+def _wrote_after(side: Side, other: Side) -> dict | None:
+    """The newest generation ``side`` wrote that ``other`` has not seen."""
+    wrote = written_since_shared(side.chain, set(other.ids()))
+    return wrote[-1] if wrote else None
 
 
 def choose(chains: dict[int, list[dict]], seqs: dict[int, int],
