@@ -50,6 +50,16 @@ class RangeLock:
     def acquire(self, start: int, end: int):
         return _Held(self, start, end)
 
+    def try_acquire(self, start: int, end: int) -> list | None:
+        """Take ``[start, end)`` now if nothing overlapping is held or waiting; the entry to
+        :meth:`release`, or None (the caller then waits through :meth:`acquire`)."""
+        for e in self._active:
+            if e[0] < end and start < e[1]:
+                return None
+        entry = [start, end, None]
+        self._active.append(entry)
+        return entry
+
     async def _enter(self, start: int, end: int) -> list:
         loop = None
         blockers = []
@@ -65,11 +75,11 @@ class RangeLock:
             for f in blockers:
                 await asyncio.shield(f)
         except BaseException:
-            self._release(entry)
+            self.release(entry)
             raise
         return entry
 
-    def _release(self, entry) -> None:
+    def release(self, entry) -> None:
         self._active.remove(entry)
         if entry[2] is not None and not entry[2].done():
             entry[2].set_result(None)
@@ -88,4 +98,4 @@ class _Held:
         self._entry = await self._lock._enter(self._start, self._end)
 
     async def __aexit__(self, *exc):
-        self._lock._release(self._entry)
+        self._lock.release(self._entry)

@@ -255,12 +255,17 @@ class VolumeGroup:
         A region counts only once a DRL write that lists it has completed: a writer that
         finds its region merely active (another writer's commit still in flight) waits too.
         """
+        self.drl_hold(regions)
+        if any(r not in self.drl_durable for r in regions):
+            await self._drl_commit.commit()
+
+    def drl_hold(self, regions: list[tuple[int, int]]) -> None:
+        """Count a writer in ``regions`` (keeps them from being retired); pair with drl_leave.
+        On its own, for a writer that found every region already durable."""
         now = time.monotonic()
         for r in regions:
             self.drl_inflight[r] = self.drl_inflight.get(r, 0) + 1
             self.drl_active[r] = now
-        if any(r not in self.drl_durable for r in regions):
-            await self._drl_commit.commit()
 
     def drl_leave(self, regions: list[tuple[int, int]]) -> None:
         for r in regions:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from functools import partial
 
 import structlog
 
@@ -29,6 +30,7 @@ class LogicalVolume:
         self.entry = entry
         self.name = entry.name
         self.lock = RangeLock()
+        self.tasks: set[asyncio.Task] = set()  # inline writes finishing the slow way
 
     @property
     def size(self) -> int:
@@ -44,7 +46,35 @@ class LogicalVolume:
             yield lp, within, pos - offset, n
             pos += n
 
+    def _one_lp(self, offset: int, length: int) -> tuple[int, int] | None:
+        """(lp, offset within it) when the request lies inside one LP of an online VG."""
+        vg = self.vg
+        if not vg.online or length <= 0 or offset < 0 or offset + length > self.size:
+            return None
+        lp, within = divmod(offset, vg.vgda.pp_size)
+        return (lp, within) if within + length <= vg.vgda.pp_size else None
+
     # -- reads ---------------------------------------------------------------------------------
+    def read_inline(self, offset: int, length: int) -> bytes | None:
+        """The NBD fast path: read now from a fresh local copy, or None to let :meth:`read`
+        serve (no local copy, several LPs, a failed read: it retries other copies)."""
+        where = self._one_lp(offset, length)
+        if where is None:
+            return None
+        lp, within = where
+        vg = self.vg
+        src = vg.source_for(self, lp, ())
+        if src is None:
+            return None
+        (_, pp), dev = src
+        read_now = getattr(dev, "read_now", None)
+        if read_now is None:
+            return None
+        try:
+            return read_now(pp_offset(pp, vg.vgda.pp_size) + within, length)
+        except OSError:
+            return None
+
     async def read(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)
         self.vg.check_online()
@@ -74,6 +104,83 @@ class LogicalVolume:
                     await vg.commit_vgsa()
 
     # -- writes --------------------------------------------------------------------------------
+    def write_inline(self, offset: int, data, fua: bool, done) -> bool:
+        """The NBD fast path: start a write without a task when it needs nothing but the data
+        itself: one LP, every copy fresh, on a usable PV and ready, the DRL regions already
+        durable, no overlapping write, no generation waiting for its 'written' mark, no FUA.
+
+        Local copies are written now and remote ones submitted with a callback; ``done`` runs
+        when the last copy answered. If any copy failed, the same accounting as :meth:`write`
+        (PV missing, stale chunks made durable, EIO if no copy took it) runs first, in a task.
+        Returns False, having done nothing, when the request must take :meth:`write`.
+        """
+        vg = self.vg
+        if fua or vg.needs_written_mark:
+            return False
+        n = len(data)
+        where = self._one_lp(offset, n)
+        if where is None:
+            return False
+        lp, within = where
+        regions = vg.drl_regions(self.entry.lvid, offset, n)
+        durable = vg.drl_durable
+        for r in regions:
+            if r not in durable:
+                return False
+        stale = vg.vgsa.stale
+        pp_size = vg.vgda.pp_size
+        local, remote = [], []
+        for m in self.entry.maps:
+            loc = m[lp]
+            if loc in stale or not vg.usable(loc[0]):
+                return False
+            dev = vg.devices[loc[0]]
+            pos = pp_offset(loc[1], pp_size) + within
+            if getattr(dev, "write_now", None) is not None:
+                local.append((loc, dev, pos))
+            elif getattr(dev, "accepts", None) is not None and dev.accepts(n):
+                remote.append((loc, dev, pos))
+            else:
+                return False
+        entry = self.lock.try_acquire(offset, offset + n)
+        if entry is None:
+            return False
+        vg.drl_hold(regions)
+        op = _InlineWrite(self, entry, regions, done, lp, within, n, len(remote) + 1)
+        for loc, dev, pos in remote:  # first, so the round trips overlap the local writes
+            if not dev.submit_write_cb(pos, data, False, partial(op.copy_done, loc)):
+                op.copy_done(loc, OSError(errno.EIO, f"{dev.name}: write not accepted"))
+        for loc, dev, pos in local:
+            try:
+                dev.write_now(pos, data)
+            except OSError as e:
+                op.failures[loc] = e
+            op.locs.append(loc)
+        op.copy_done(None, None)  # the submitter's own count: done can only run from here on
+        return True
+
+    async def _finish_inline(self, op: _InlineWrite) -> None:
+        """The slow end of an inline write: a copy failed, or a generation wants its mark."""
+        vg = self.vg
+        failure = None
+        try:
+            try:
+                if op.failures:
+                    await self._account(
+                        (op.lp,), [(op.lp, loc, op.within, op.n, op.failures.get(loc))
+                                   for loc in op.locs], [])
+            finally:
+                vg.drl_leave(op.regions)
+                self.lock.release(op.entry)
+            if vg.needs_written_mark:
+                await vg.mark_written()
+        except Exception as e:
+            failure = e
+        except BaseException as e:  # cancelled at shutdown: still answer, then go
+            op.done(e)
+            raise
+        op.done(failure)
+
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
         check_range(self.size, offset, len(data))
         vg = self.vg
@@ -99,9 +206,9 @@ class LogicalVolume:
         targets, results, missed = [], [], []
         remote: list[tuple[int, asyncio.Future]] = []
         local: list[tuple[int, object, int, memoryview]] = []
-        lp_ok: dict[int, int] = {}
+        lps = []
         for lp, within, start, n in self._segments(offset, len(data)):
-            lp_ok[lp] = 0
+            lps.append(lp)
             piece = view[start:start + n]
             for m in self.entry.maps:
                 loc = m[lp]
@@ -128,7 +235,17 @@ class LogicalVolume:
             done = await asyncio.gather(*(f for _, f in remote), return_exceptions=True)
             for (i, _), r in zip(remote, done, strict=True):
                 results[i] = r
-        for (lp, loc, within, n), r in zip(targets, results, strict=True):
+        await self._account(lps, [(*t, r) for t, r in zip(targets, results, strict=True)],
+                            missed)
+
+    async def _account(self, lps, outcomes, missed: list) -> None:
+        """After the copies of a write answered: a PV whose copy failed is marked missing,
+        every copy that missed the write is marked stale and that is made durable; EIO when
+        some LP took the write on no copy at all. ``outcomes``: (lp, loc, within, n, None or
+        the exception) per copy written; ``missed``: (loc, within, n) per copy skipped."""
+        vg = self.vg
+        lp_ok = dict.fromkeys(lps, 0)
+        for lp, loc, within, n, r in outcomes:
             if r is None:
                 lp_ok[lp] += 1
             elif isinstance(r, OSError):
@@ -154,3 +271,36 @@ class LogicalVolume:
     async def flush(self) -> None:
         self.vg.check_online()
         await self.vg.flush_pvs()
+
+
+class _InlineWrite:
+    """One write on the inline path: counts the copies still to answer."""
+
+    __slots__ = ("lv", "entry", "regions", "done", "lp", "within", "n", "pending", "locs",
+                 "failures")
+
+    def __init__(self, lv: LogicalVolume, entry, regions, done, lp: int, within: int, n: int,
+                 pending: int):
+        self.lv, self.entry, self.regions, self.done = lv, entry, regions, done
+        self.lp, self.within, self.n, self.pending = lp, within, n, pending
+        self.locs: list = []
+        self.failures: dict = {}
+
+    def copy_done(self, loc, exc: OSError | None) -> None:
+        if loc is not None:
+            self.locs.append(loc)
+            if exc is not None:
+                self.failures[loc] = exc
+        self.pending -= 1
+        if self.pending:
+            return
+        lv = self.lv
+        vg = lv.vg
+        if self.failures or vg.needs_written_mark:
+            task = asyncio.get_running_loop().create_task(lv._finish_inline(self))
+            lv.tasks.add(task)
+            task.add_done_callback(lv.tasks.discard)
+            return
+        vg.drl_leave(self.regions)
+        lv.lock.release(self.entry)
+        self.done(None)

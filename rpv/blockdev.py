@@ -40,6 +40,18 @@ class BlockDevice(Protocol):
         """Make every completed write durable."""
 
 
+# Optional inline fast paths, used by the NBD server when a device offers them (FileDisk and
+# LogicalVolume do); everything else goes through the async methods above:
+#
+#   read_inline(offset, length) -> bytes | None
+#       the data, read now; None when only the async ``read`` can serve this request (nothing
+#       was done); OSError for a request that failed.
+#   write_inline(offset, data, fua, done) -> bool
+#       start the write now; False when only the async ``write`` can serve it (nothing was
+#       done). True means ``done(None | OSError)`` is called exactly once: later, or already
+#       before write_inline returned. ``done`` must not raise.
+
+
 class ExportRegistry(Protocol):
     """What the NBD server asks of the daemon: which devices are exported, by name."""
 
@@ -101,6 +113,19 @@ class FileDisk:
         done = 0
         while done < len(view):
             done += os.pwrite(self._fd, view[done:], offset + done)
+
+    read_inline = read_now
+
+    def write_inline(self, offset: int, data, fua: bool, done) -> bool:
+        if fua:
+            return False
+        try:
+            self.write_now(offset, data)
+        except OSError as e:
+            done(e)
+        else:
+            done(None)
+        return True
 
     async def read(self, offset: int, length: int) -> bytes:
         return self.read_now(offset, length)

@@ -16,7 +16,16 @@ import uvloop
 
 from rpv.blockdev import FileDisk, check_range, create_sparse_file
 from rpv.nbd import NBDServer
-from rpv.nbd.protocol import IHAVEOPT, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, Cmd, CmdFlag, Opt, Rep
+from rpv.nbd.protocol import (
+    IHAVEOPT,
+    REQUEST_MAGIC,
+    SIMPLE_REPLY_MAGIC,
+    Cmd,
+    CmdFlag,
+    Err,
+    Opt,
+    Rep,
+)
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -69,6 +78,34 @@ class GatedDisk(MemDisk):
     async def _delay(self, op: str, offset: int) -> None:
         if offset == 0:
             await self.gate.wait()
+
+
+class CallbackDisk(MemDisk):
+    """A device with the inline write path (as a logical volume has): writes at offset 0
+    complete inline at once, writes at ``refused`` are left to the async path, and all other
+    writes are answered when the test calls :meth:`answer`."""
+
+    def __init__(self, name: str, refused: int = -1):
+        super().__init__(name)
+        self.refused = refused
+        self.held: list = []
+        self.inline = 0
+
+    def write_inline(self, offset, data, fua, done):
+        if offset == self.refused:
+            return False
+        self.inline += 1
+        self.buf[offset:offset + len(data)] = data
+        if offset == 0:
+            done(None)
+        else:
+            self.held.append(done)
+        return True
+
+    def answer(self, error: OSError | None = None) -> None:
+        held, self.held = self.held, []
+        for done in held:
+            done(error)
 
 
 class FailingDisk(MemDisk):
@@ -221,6 +258,57 @@ def test_out_of_order_replies(run, sock):
         assert await c.reply(lengths) == (1, 0, b"A" * 4096)
         c.close()
         await server.close()
+
+    run(body)
+
+
+def test_inline_writes_complete_later_in_any_order(run, sock):
+    async def body():
+        dev = CallbackDisk("hdisk1", refused=3 * 4096)
+        server = NBDServer(Registry(dev), max_inflight_requests=4)
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(b"".join(request(Cmd.WRITE, h, h * 4096, 4096, 0, bytes([h]) * 4096)
+                        for h in range(8)))
+        # handle 0 completes inline, handle 3 takes the async path; the other inline writes
+        # stay in flight, and the in-flight limit (4) stops the server from taking more
+        assert {(await c.reply())[:2] for _ in range(2)} == {(0, 0), (3, 0)}
+        conn = only_connection(server)
+        await until(lambda: conn._read_paused)
+        assert dev.inline == 5 and conn.peak_inflight <= 4
+        assert [w[0] for w in dev.writes] == [3 * 4096]  # the refused one, written async
+        while dev.held:
+            dev.answer()
+            await asyncio.sleep(0)
+        got = {(await c.reply())[:2] for _ in range(6)}
+        assert got == {(h, 0) for h in (1, 2, 4, 5, 6, 7)}
+        assert bytes(dev.buf[:8 * 4096]) == b"".join(bytes([h]) * 4096 for h in range(8))
+        c.send(request(Cmd.WRITE, 9, 4096, 4096, 0, b"e" * 4096))
+        await until(lambda: dev.held)
+        dev.answer(OSError(errno.ENOSPC, "full"))
+        assert await c.reply() == (9, Err.ENOSPC, b"")
+        c.close()
+        await server.close()
+
+    run(body)
+
+
+def test_close_waits_for_inline_writes_in_flight(run, sock):
+    async def body():
+        dev = CallbackDisk("hdisk1")
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        c.send(request(Cmd.WRITE, 1, 4096, 4, 0, b"data"))
+        await until(lambda: dev.held)
+        closing = asyncio.create_task(server.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        dev.answer()
+        assert await c.reply() == (1, 0, b"")  # answered before the disconnect
+        assert await c.at_eof()
+        await closing
+        c.close()
 
     run(body)
 

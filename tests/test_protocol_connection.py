@@ -683,3 +683,62 @@ def test_table_shape():
     for (_role, state, op, _kind), nxt in TRANSITIONS.items():
         if op is not Opcode.HELLO:
             assert nxt is state
+
+
+# --- receiving into the protocol's buffers (asyncio.BufferedProtocol) ----------------------
+
+
+def pump_buffered(conn: Connection, data: bytes, sizes) -> list:
+    """Deliver ``data`` the way a BufferedProtocol transport does, in chunks of ``sizes``."""
+    events, pos = [], 0
+    for size in itertools.cycle(sizes):
+        if pos >= len(data):
+            return events
+        buf = conn.get_buffer(-1)
+        n = min(size, len(buf), len(data) - pos)
+        buf[:n] = data[pos:pos + n]
+        del buf
+        conn.buffer_updated(n)
+        pos += n
+        events.extend(conn.events())
+
+
+@pytest.mark.parametrize("sizes", [[1 << 20], [7, 65536, 3], [4096], [36, 100_000], [1]])
+def test_large_and_small_frames_through_get_buffer(sizes):
+    client, server = ready_pair(max_payload=4 << 20)
+    big = bytes(range(256)) * 4096  # 1 MiB: received straight into its own buffer
+    small = b"s" * 4000
+    stream = join(client.send_write(1, 0, big, 5) + client.send_write(2, 4096, small, 5)
+                  + client.send_write(3, 1 << 20, big[:65536], 5, fua=True))
+    if sizes == [1]:
+        stream = stream[: 36 + 70_000]  # byte by byte: keep it short
+    events = pump_buffered(server, stream, sizes)
+    if sizes == [1]:
+        assert events == [] and server.buffered == 70_000
+        return
+    assert events == [WriteRequest(1, 0, big, 5, False), WriteRequest(2, 4096, small, 5, False),
+                      WriteRequest(3, 1 << 20, big[:65536], 5, True)]
+    assert server.buffered == 0
+
+
+def test_large_payload_mixing_receive_data_and_get_buffer():
+    client, server = ready_pair(max_payload=4 << 20)
+    big = bytes(range(256)) * 1024
+    stream = join(client.send_write(1, 0, big, 5)) + VECTORS["ping_req"][:10]
+    server.receive_data(stream[:1000])
+    assert server.next_event() is NEED_DATA
+    events = pump_buffered(server, stream[1000:200_000], [50_000])
+    server.receive_data(stream[200_000:])  # the rest of the payload and a partial PING
+    events += list(server.events())
+    assert events == [WriteRequest(1, 0, big, 5, False)]
+    assert server.buffered == 10
+
+
+def test_eof_in_the_middle_of_a_large_payload():
+    client, server = ready_pair(max_payload=4 << 20)
+    stream = join(client.send_write(1, 0, bytes(1 << 20), 5))
+    assert pump_buffered(server, stream[:300_000], [65536]) == []
+    server.receive_data(b"")
+    [err] = list(server.events())
+    assert isinstance(err, ProtocolError) and err.code == EPROTO
+    assert server.state is State.CLOSED and server.buffered == 0

@@ -45,8 +45,9 @@ class _Req:
     data: bytes | None
     fua: bool
     deadline: float
-    future: asyncio.Future
+    future: asyncio.Future | None  # None when ``callback`` takes the outcome instead
     sent_on: object = None
+    callback: Callable[[OSError | None], None] | None = None
     rid: int = 0
     started: float = 0.0
 
@@ -129,6 +130,23 @@ class RPVClient:
             fut.set_exception(e)
             return fut
         return self._submit(Opcode.WRITE, offset, len(data), data, fua)
+
+    def accepts(self, length: int) -> bool:
+        """Whether :meth:`submit_write_cb` would take a write of ``length`` bytes now."""
+        return self.state is ClientState.ONLINE and length <= self._max_payload
+
+    def submit_write_cb(self, offset: int, data, fua: bool,
+                        callback: Callable[[OSError | None], None]) -> bool:
+        """Start a write whose outcome goes to ``callback(None | OSError)``: no future, no task.
+
+        Returns False, having done nothing, when the request cannot be queued now (the device
+        is not online, or the write needs splitting or is out of range); the caller then takes
+        the general path. The callback runs once, from the reply (or failure) handling.
+        """
+        if not self.accepts(len(data)) or offset < 0 or offset + len(data) > self._size:
+            return False
+        self._queue(Opcode.WRITE, offset, len(data), data, fua, None, callback)
+        return True
 
     async def flush(self) -> None:
         await self._submit(Opcode.FLUSH, 0, 0, None, False)
@@ -239,10 +257,15 @@ class RPVClient:
                                       + (f" ({self.last_error})" if self.last_error else "")))
             return fut
         fut = self._loop.create_future()
+        self._queue(opcode, offset, length, data, fua, fut, None)
+        return fut
+
+    def _queue(self, opcode: Opcode, offset: int, length: int, data, fua: bool,
+               fut: asyncio.Future | None, callback) -> None:
         rid = next(self._ids)
         now = self._loop.time()
         req = _Req(opcode, offset, length, data, fua, now + self.io_timeout, fut, rid=rid,
-                   started=now)
+                   started=now, callback=callback)
         self._pending[rid] = req
         if self._timer is None:
             self._timer = self._loop.call_at(req.deadline, self._check_deadlines)
@@ -251,7 +274,6 @@ class RPVClient:
             self._send(link, req)
         elif link is None:
             self._ensure_connecting()
-        return fut
 
     def _send(self, link: _Link, req: _Req) -> None:
         remaining = max(0, int((req.deadline - self._loop.time()) * 1000))
@@ -288,7 +310,10 @@ class RPVClient:
         elif req.opcode is Opcode.READ or req.opcode is Opcode.WRITE:  # not FLUSH, CHECKSUM
             self.stats.completed(req.opcode is Opcode.WRITE, req.length,
                                  self._loop.time() - req.started)
-        if not req.future.done():
+        if req.callback is not None:
+            req.callback(OSError(ev.status, f"{self.name}: remote {req.opcode.name}: "
+                                            f"{ev.message}") if ev.status else None)
+        elif not req.future.done():
             if ev.status:
                 req.future.set_exception(OSError(ev.status, f"{self.name}: remote "
                                                  f"{req.opcode.name}: {ev.message}"))
@@ -328,7 +353,9 @@ class RPVClient:
         pending, self._pending = self._pending, {}
         self._inflight = 0
         for req in pending.values():
-            if not req.future.done():
+            if req.callback is not None:  # later: _fail runs inside other bookkeeping
+                self._loop.call_soon(req.callback, OSError(errno.EIO, reason))
+            elif not req.future.done():
                 req.future.set_exception(OSError(errno.EIO, reason))
         if self._timer:
             self._timer.cancel()
@@ -411,7 +438,7 @@ class RPVClient:
         return link
 
 
-class _Link(asyncio.Protocol):
+class _Link(asyncio.BufferedProtocol):
     """One TCP connection of an RPV client, wrapping the sans-IO connection."""
 
     def __init__(self, client: RPVClient):
@@ -445,9 +472,12 @@ class _Link(asyncio.Protocol):
         self.transport.writelines(self.conn.send_hello(0, pvid, site, node))
         return await self._hello
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer(sizehint)  # large READ replies land in place
+
+    def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
-        conn.receive_data(data)
+        conn.buffer_updated(nbytes)
         client = self.client
         while True:
             ev = conn.next_event()

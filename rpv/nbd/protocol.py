@@ -165,6 +165,7 @@ READONLY_FLAGS = (
 MIN_BLOCK_SIZE = 512
 PREFERRED_BLOCK_SIZE = 4096
 MAX_REQUEST_LENGTH = 32 << 20
+_RECV_CHUNK = 256 << 10  # the scratch buffer headers and small requests are received into
 MAX_OPTION_LENGTH = 64 << 10
 MAX_STRING = 4096  # the spec's cap on export names and messages
 
@@ -371,7 +372,8 @@ class ServerConnection:
         self._discard = 0  # payload bytes of an oversized WRITE still to skip
         self._discard_handle = 0
         self._need = 0  # payload bytes of the pending WRITE still to collect
-        self._parts: list[bytes] = []
+        self._payload: bytearray | None = None  # that WRITE's payload, filled in place
+        self._scratch: bytearray | None = None
         self._pending: tuple[int, int, int, int] | None = None  # flags, handle, offset, length
 
     # ---------------------------------------------------------------- byte plumbing
@@ -384,15 +386,18 @@ class ServerConnection:
         if self.state is State.CLOSED:
             return
         if self._need:
-            # Collecting a WRITE payload: keep the chunks as they are, join once at the end.
+            # Collecting a WRITE payload: straight into its buffer.
             need = self._need
+            payload = self._payload
+            got = len(payload) - need
             if len(data) <= need:
-                self._parts.append(data)
+                payload[got:got + len(data)] = data
                 self._need = need - len(data)
                 return
-            self._parts.append(data[:need])
+            view = memoryview(data)
+            payload[got:] = view[:need]
             self._need = 0
-            data = data[need:]
+            data = view[need:]
         elif self._discard:
             n = min(self._discard, len(data))
             self._discard -= n
@@ -403,6 +408,23 @@ class ServerConnection:
                 return
             data = data[n:]
         self._buf += data
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes go (``asyncio.BufferedProtocol``): straight into the
+        pending WRITE's payload while one is being collected, else a scratch buffer. Follow
+        with :meth:`buffer_updated`."""
+        if self._need:
+            return memoryview(self._payload)[len(self._payload) - self._need:]
+        if self._scratch is None:
+            self._scratch = bytearray(_RECV_CHUNK)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the buffer :meth:`get_buffer` returned."""
+        if self._need:
+            self._need -= nbytes
+        elif nbytes:
+            self.receive_data(memoryview(self._scratch)[:nbytes])
 
     def data_to_send(self) -> bytes:
         """Bytes the protocol produced itself since the last call (possibly empty)."""
@@ -474,8 +496,9 @@ class ServerConnection:
                     # Payload incomplete: move what we have out of the buffer and collect the
                     # rest chunk by chunk (receive_data), so a large payload is copied once.
                     self._pending = (flags, handle, offset, length)
+                    payload = self._payload = bytearray(length)
                     with memoryview(buf) as view:
-                        self._parts = [view[28:].tobytes()] if avail > 28 else []
+                        payload[:avail - 28] = view[28:]
                     self._need = end - avail
                     del buf[:]
                     return NEED_DATA
@@ -500,13 +523,9 @@ class ServerConnection:
 
     def _finish_write(self) -> Event | _NeedData:
         flags, handle, offset, length = self._pending  # type: ignore[misc]
-        parts = self._parts
+        data = self._payload
         self._pending = None
-        self._parts = []
-        if len(parts) == 1 and type(parts[0]) is bytes:
-            data = parts[0]
-        else:
-            data = b"".join(parts)
+        self._payload = None
         err = self._check(CMD_WRITE, flags, offset, length)
         if err:
             self._out.append(_pack_reply(SIMPLE_REPLY_MAGIC, err, handle))

@@ -1,10 +1,11 @@
 """asyncio adapter around :mod:`rpv.nbd.protocol`: an NBD server generic over BlockDevice.
 
-Each connection is an :class:`asyncio.Protocol`. Requests are pipelined: every request runs as
-its own task and its reply is written when it completes, so replies may go out of order. A
-device that also offers synchronous page-cache I/O (``read_now(offset, length)`` and
-``write_now(offset, data)``, as FileDisk does) has its READs and non-FUA WRITEs served inline,
-without a task. Replies produced in one pass are written with one system call.
+Each connection is an :class:`asyncio.Protocol`. Requests are pipelined and their replies are
+written as they complete, so replies may go out of order. A device that offers the inline fast
+paths (``read_inline`` / ``write_inline``, see :mod:`rpv.blockdev`; FileDisk and logical
+volumes do) has its READs and WRITEs started from the receive path without a task; whatever a
+device cannot serve inline runs as a task per request. Replies produced in one pass (or one
+loop iteration) are written with one system call.
 
 Per connection the number of requests in flight and the bytes they hold are bounded; at the
 bound, or while the transport's write buffer is above its high-water mark, the connection
@@ -23,6 +24,7 @@ import errno
 import os
 import socket
 import stat
+from functools import partial
 from typing import Any
 
 import structlog
@@ -209,7 +211,7 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: feeds the sans-IO core and runs its requests as tasks."""
 
     def __init__(self, server: NBDServer, cid: int):
@@ -222,8 +224,8 @@ class _Connection(asyncio.Protocol):
                                       max_request_length=server.max_request_length)
         self._transport: asyncio.Transport | None = None
         self._device: BlockDevice | None = None
-        self._read_now: Any = None
-        self._write_now: Any = None
+        self._read_inline: Any = None
+        self._write_inline: Any = None
         self.export: str | None = None
         self.peer: Any = None
         self.tasks: set[asyncio.Task] = set()
@@ -234,6 +236,7 @@ class _Connection(asyncio.Protocol):
         self.peak_inflight_bytes = 0
         self.requests = 0
         self._blocked = False  # stopped pulling requests because of a limit
+        self._pumping = False
         self._read_paused = False
         self._write_paused = False
         self._stopped = False  # no more requests will be started
@@ -269,8 +272,11 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_later(server.handshake_timeout,
                                                 self._handshake_timed_out)
 
-    def data_received(self, data: bytes) -> None:
-        self._core.receive_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._core.get_buffer(sizehint)  # WRITE payloads land in place
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._core.buffer_updated(nbytes)
         self._pump()
 
     def eof_received(self) -> bool:
@@ -304,6 +310,7 @@ class _Connection(asyncio.Protocol):
     def _pump(self) -> None:
         """Turn buffered bytes into events while under the limits."""
         core = self._core
+        self._pumping = True
         while not self._stopped:
             if self._batch_bytes >= _BATCH_LIMIT:
                 self._flush()  # may call pause_writing()
@@ -317,13 +324,12 @@ class _Connection(asyncio.Protocol):
             ev = core.next_event()
             if type(ev) is Request:
                 kind = ev.kind
-                if kind == CMD_READ and self._read_now is not None:
+                if kind == CMD_READ and self._read_inline is not None:
                     self._inline_read(ev)
-                elif (kind == CMD_WRITE and self._write_now is not None
-                      and not ev.flags & FLAG_FUA):
+                elif kind == CMD_WRITE and self._write_inline is not None:
                     self._inline_write(ev)
                 else:
-                    self._start(ev)
+                    self._spawn(ev, self._begin(ev))
                 continue
             if ev is NEED_DATA:
                 self._blocked = False
@@ -332,6 +338,7 @@ class _Connection(asyncio.Protocol):
                     self._transport.resume_reading()
                 break
             self._on_event(ev)
+        self._pumping = False
         if core.has_data_to_send:
             self._batch.append(core.data_to_send())
         self._flush()
@@ -366,9 +373,8 @@ class _Connection(asyncio.Protocol):
             pass
         elif type(ev) is ExportOpened:
             self._device = ev.device
-            # Devices with synchronous page-cache I/O (FileDisk) are served inline: no task.
-            self._read_now = getattr(ev.device, "read_now", None)
-            self._write_now = getattr(ev.device, "write_now", None)
+            self._read_inline = getattr(ev.device, "read_inline", None)
+            self._write_inline = getattr(ev.device, "write_inline", None)
             self.export = ev.name
             if self._timer is not None:
                 self._timer.cancel()
@@ -405,7 +411,8 @@ class _Connection(asyncio.Protocol):
             self._read_paused = True
             self._transport.pause_reading()
 
-    def _start(self, req: Request) -> None:
+    def _begin(self, req: Request) -> int:
+        """Count a request in flight; returns the bytes it holds against the limit."""
         nbytes = req.length if req.kind <= CMD_WRITE else 0  # READ=0, WRITE=1
         self.inflight += 1
         self.inflight_bytes += nbytes
@@ -414,30 +421,41 @@ class _Connection(asyncio.Protocol):
             self.peak_inflight = self.inflight
         if self.inflight_bytes > self.peak_inflight_bytes:
             self.peak_inflight_bytes = self.inflight_bytes
+        return nbytes
+
+    def _spawn(self, req: Request, nbytes: int) -> None:
         task = self._loop.create_task(self._execute(req, nbytes))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def _inline_read(self, req: Request) -> None:
-        self.requests += 1
         try:
-            data = self._read_now(req.offset, req.length)
+            data = self._read_inline(req.offset, req.length)
+            if data is None:
+                self._spawn(req, self._begin(req))
+                return
             if len(data) != req.length:
                 raise OSError(errno.EIO, "short read")
         except Exception as exc:
+            self.requests += 1
             self._queue_error(req, exc)
             return
+        self.requests += 1
         self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
 
     def _inline_write(self, req: Request) -> None:
-        self.requests += 1
+        nbytes = self._begin(req)
         try:
-            self._write_now(req.offset, req.data)
-        except Exception as exc:
-            self._queue_error(req, exc)
+            taken = self._write_inline(req.offset, req.data, (req.flags & FLAG_FUA) != 0,
+                                       partial(self._written, req, nbytes))
+        except Exception as exc:  # a device bug: answer EIO rather than lose the request
+            self._complete(req, nbytes, None, exc)
             return
-        self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle))
-        self._batch_bytes += 16
+        if not taken:
+            self._spawn(req, nbytes)
+
+    def _written(self, req: Request, nbytes: int, failure: BaseException | None) -> None:
+        self._complete(req, nbytes, None, failure)
 
     def _queue_data(self, header: bytes, data: bytes) -> None:
         if len(data) <= _SMALL_REPLY:
@@ -467,7 +485,7 @@ class _Connection(asyncio.Protocol):
         try:
             if kind == CMD_READ:
                 data = await device.read(req.offset, req.length)
-                if type(data) is not bytes:
+                if type(data) is not bytes and type(data) is not bytearray:
                     data = bytes(data)
                 if len(data) != req.length:
                     raise OSError(errno.EIO, f"device returned {len(data)} bytes, "
@@ -486,6 +504,11 @@ class _Connection(asyncio.Protocol):
             self.inflight_bytes -= nbytes
             self._maybe_forget()
             raise
+        self._complete(req, nbytes, data, failure)
+
+    def _complete(self, req: Request, nbytes: int, data: bytes | None,
+                  failure: BaseException | None) -> None:
+        """A request finished: queue its reply and send it soon (batched with its peers)."""
         self.inflight -= 1
         self.inflight_bytes -= nbytes
         if self._is_lost:
@@ -498,6 +521,8 @@ class _Connection(asyncio.Protocol):
         else:
             self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle))
             self._batch_bytes += 16
+        if self._pumping:
+            return  # completed inside the pump, which sends the batch when it ends
         if self._blocked and not self._stopped:
             self._pump()  # flushes too
         elif self._stopped:

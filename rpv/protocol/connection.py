@@ -145,6 +145,12 @@ _OPCODES = {int(op): op for op in Opcode}
 _U32 = 0xFFFFFFFF
 
 
+DIRECT_PAYLOAD = 64 * 1024
+"""Payloads at least this large are received straight into their own buffer (one copy)."""
+RECV_CHUNK = 256 * 1024
+"""Size of the scratch buffer that headers and small frames are received into."""
+
+
 class _Fail(Exception):
     """Internal: carries a protocol error out of the parser."""
 
@@ -178,6 +184,9 @@ class Connection:
         self._pos = 0
         self._eof = False
         self._frame: tuple | None = None  # validated header waiting for its payload
+        self._big: bytearray | None = None  # that frame's large payload, being filled
+        self._big_got = 0
+        self._scratch: bytearray | None = None
 
     # --- introspection ---------------------------------------------------------------
 
@@ -193,7 +202,7 @@ class Connection:
     @property
     def buffered(self) -> int:
         """Received bytes not yet turned into events."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + (self._big_got if self._big is not None else 0)
 
     # --- receiving -------------------------------------------------------------------
 
@@ -204,6 +213,15 @@ class Connection:
         if not data:
             self._eof = True
             return
+        big = self._big
+        if big is not None:
+            got = self._big_got
+            n = min(len(big) - got, len(data))
+            big[got:got + n] = memoryview(data)[:n]
+            self._big_got = got + n
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
         buf = self._buf
         if self._pos:
             if self._pos == len(buf):
@@ -212,6 +230,25 @@ class Connection:
                 del buf[: self._pos]  # O(1) front trim in CPython
             self._pos = 0
         buf += data
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes go (``asyncio.BufferedProtocol``): straight into a
+        large payload while one is being received, else a scratch buffer. Follow with
+        :meth:`buffer_updated`."""
+        big = self._big
+        if big is not None and self._big_got < len(big):
+            return memoryview(big)[self._big_got:]
+        if self._scratch is None:
+            self._scratch = bytearray(RECV_CHUNK)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the buffer :meth:`get_buffer` returned."""
+        big = self._big
+        if big is not None and self._big_got < len(big):
+            self._big_got += nbytes
+        elif nbytes:
+            self.receive_data(memoryview(self._scratch)[:nbytes])
 
     def events(self) -> Iterator[Event]:
         """Yield every event available now."""
@@ -233,6 +270,7 @@ class Connection:
         self._buf = bytearray()
         self._pos = 0
         self._frame = None
+        self._big = None
 
     def _need_data(self, avail: int) -> Event | _Sentinel:
         if not self._eof:
@@ -286,7 +324,19 @@ class Connection:
             self._pos = pos
             self._frame = frame
         plen = frame[3]
+        big = self._big
+        if big is not None:
+            if self._big_got < plen:
+                return self._need_data(avail)
+            self._big = None
+            self._frame = None
+            return self._complete(frame, big)
         if avail < plen:
+            if plen >= DIRECT_PAYLOAD:  # collect the rest in place, not through _buf
+                big = self._big = bytearray(plen)  # plen was checked against max_payload
+                big[:avail] = memoryview(buf)[pos:pos + avail]
+                self._big_got = avail
+                self._pos = pos + avail
             return self._need_data(avail)
         self._frame = None
         if plen:

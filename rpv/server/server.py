@@ -106,7 +106,7 @@ class RPVServer:
         self._servers.clear()
 
 
-class _ServerConnection(asyncio.Protocol):
+class _ServerConnection(asyncio.BufferedProtocol):
     def __init__(self, server: RPVServer):
         self.server = server
         lim = server.limits
@@ -156,8 +156,11 @@ class _ServerConnection(asyncio.Protocol):
         self._paused_writing = False
         self._update_reading()
 
-    def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer(sizehint)  # large WRITE payloads land in place
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.buffer_updated(nbytes)
         self._process()
 
     def _process(self) -> None:

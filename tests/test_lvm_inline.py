@@ -1,0 +1,271 @@
+"""The logical volume's inline fast paths (``write_inline`` / ``read_inline``), which the NBD
+server uses without a task per request: they must keep every rule of the async path.
+
+A write is acknowledged only when every copy answered; a copy that failed is marked stale and
+that is durable before the acknowledgement; anything the fast path cannot do exactly (FUA,
+several LPs, a region not yet logged, an overlapping write, a stale or missing copy, a remote
+disk that is not ready, a generation still waiting for its mark) is refused untouched, so the
+async path serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from lvm import layout
+from lvm.layout import Kind, MiB, pp_offset
+from lvm.metadata import PV_MISSING, VGDA, VGSA, LVEntry, PVEntry
+from lvm.vg import VolumeGroup
+from lvm.volume import LogicalVolume
+
+PP = 4 * MiB
+LOCAL, REMOTE = 1, 2
+
+
+class MemDisk:
+    """A local disk in memory, with the synchronous page-cache calls FileDisk offers."""
+
+    def __init__(self, name: str, size: int = 64 * MiB):
+        self.name = name
+        self.size = size
+        self.buf = bytearray(size)
+        self.fail = False
+        self.flushes = 0
+
+    def read_now(self, offset, length):
+        if self.fail:
+            raise OSError(errno.EIO, f"{self.name}: injected read error")
+        return bytes(self.buf[offset:offset + length])
+
+    def write_now(self, offset, data):
+        if self.fail:
+            raise OSError(errno.EIO, f"{self.name}: injected write error")
+        self.buf[offset:offset + len(data)] = data
+
+    async def read(self, offset, length):
+        return self.read_now(offset, length)
+
+    async def write(self, offset, data, fua=False):
+        self.write_now(offset, data)
+
+    async def flush(self):
+        self.flushes += 1
+
+
+class RemoteDisk:
+    """A remote disk (no page-cache calls): writes are answered when the test says so."""
+
+    def __init__(self, name: str, size: int = 64 * MiB):
+        self.name = name
+        self.size = size
+        self.buf = bytearray(size)
+        self.fail = False
+        self.ready = True
+        self.waiting: list = []
+
+    async def flush(self):
+        pass
+
+    async def read(self, offset, length):
+        return bytes(self.buf[offset:offset + length])
+
+    async def write(self, offset, data, fua=False):
+        if self.fail:
+            raise OSError(errno.EIO, f"{self.name}: injected write error")
+        self.buf[offset:offset + len(data)] = data
+
+    def accepts(self, length):
+        return self.ready
+
+    def submit_write_cb(self, offset, data, fua, callback):
+        if not self.ready:
+            return False
+        self.waiting.append((offset, bytes(data), callback))
+        return True
+
+    def answer(self, error: OSError | None = None) -> None:
+        for offset, data, callback in self.waiting:
+            if error is None:
+                self.buf[offset:offset + len(data)] = data
+            callback(error)
+        self.waiting.clear()
+
+
+def make_lv(local: MemDisk, remote: RemoteDisk) -> LogicalVolume:
+    """A two-copy LV of 2 LPs: copy 1 on the local disk, copy 2 on the remote one."""
+    entry = LVEntry("lv00", 1, 2, "y", 0, [[(LOCAL, 0), (LOCAL, 1)], [(REMOTE, 0), (REMOTE, 1)]])
+    vgda = VGDA("v" * 32, "vg", PP, quorum=False,
+                pvs=[PVEntry("a" * 32, LOCAL, 10), PVEntry("b" * 32, REMOTE, 10)],
+                lvs={"lv00": entry})
+    vg = VolumeGroup(vgda, VGSA(), {LOCAL: local, REMOTE: remote}, {k: 0 for k in Kind},
+                     is_local=lambda d: d is local, quorum_active=False)
+    vg.new_generation()
+    vg.vgsa.current["written"] = True
+    vg.drl_durable = {(1, r) for r in range(2 * PP // (4 * MiB))}
+    return LogicalVolume(vg, entry)
+
+
+def at(disk: MemDisk, pp: int, within: int, n: int) -> bytes:
+    return bytes(disk.buf[pp_offset(pp, PP) + within:pp_offset(pp, PP) + within + n])
+
+
+def vgsa_on(disk: MemDisk) -> dict:
+    area = layout.AREAS[Kind.VGSA]
+    raw = bytes(disk.buf[area.offset:area.offset + 2 * area.slot_size])
+    rec = layout.newest(Kind.VGSA, raw[:area.slot_size], raw[area.slot_size:])
+    return rec[1] if rec else {}
+
+
+class Done:
+    def __init__(self):
+        self.calls: list = []
+        self.event = asyncio.Event()
+
+    def __call__(self, exc):
+        self.calls.append(exc)
+        self.event.set()
+
+
+@pytest.fixture
+def disks():
+    return MemDisk("hdisk1"), RemoteDisk("hdisk2")
+
+
+@pytest.mark.asyncio
+async def test_write_is_acknowledged_only_when_every_copy_answered(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    done = Done()
+    data = b"\xab" * 4096
+    assert lv.write_inline(8192, data, False, done) is True
+    assert at(local, 0, 8192, 4096) == data  # the local copy is written at once
+    assert done.calls == [] and len(remote.waiting) == 1
+    assert lv.lock.busy() == 1 and lv.vg.drl_inflight == {(1, 0): 1}
+    remote.answer()
+    assert done.calls == [None]
+    assert at(remote, 0, 8192, 4096) == data
+    assert lv.lock.busy() == 0 and lv.vg.drl_inflight == {}
+    assert lv.vg.vgsa.stale == {}
+
+
+@pytest.mark.asyncio
+async def test_failed_remote_copy_is_durably_stale_before_the_acknowledgement(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    done = Done()
+    assert lv.write_inline(PP + 65536, b"x" * 4096, False, done)
+    remote.answer(OSError(errno.EIO, "link down"))
+    assert done.calls == []  # not before the stale mark is on disk
+    await asyncio.wait_for(done.event.wait(), 5)
+    assert done.calls == [None]  # one good copy: the write succeeded
+    assert lv.vg.vgsa.stale == {(REMOTE, 1): {1}}
+    on_disk = vgsa_on(local)
+    assert [REMOTE, 1, [1]] in on_disk["stale"]
+    assert on_disk["pv_state"]["b" * 32] == PV_MISSING
+    assert lv.lock.busy() == 0 and lv.vg.drl_inflight == {}
+    # the next write skips the missing PV: it is not inline any more (a copy is stale)
+    assert lv.write_inline(0, b"y" * 4096, False, Done()) is False
+
+
+@pytest.mark.asyncio
+async def test_write_that_no_copy_took_fails_with_eio(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    local.fail = True
+    done = Done()
+    assert lv.write_inline(0, b"z" * 512, False, done)
+    remote.answer(OSError(errno.EIO, "link down"))
+    await asyncio.wait_for(done.event.wait(), 5)
+    assert isinstance(done.calls[0], OSError) and done.calls[0].errno == errno.EIO
+    assert lv.lock.busy() == 0 and lv.vg.drl_inflight == {}
+
+
+@pytest.mark.asyncio
+async def test_new_generation_during_the_write_is_marked_written_first(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    done = Done()
+    assert lv.write_inline(0, b"g" * 4096, False, done)
+    lv.vg.new_generation()  # as if another write lost a PV meanwhile
+    remote.answer()
+    assert done.calls == []
+    await asyncio.wait_for(done.event.wait(), 5)
+    assert done.calls == [None]
+    assert lv.vg.vgsa.current["written"] is True
+    assert vgsa_on(local)["gens"][-1]["written"] is True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", ["fua", "two_lps", "drl_not_durable", "overlap", "stale_copy",
+                                  "missing_pv", "remote_not_ready", "unmarked_generation",
+                                  "vg_closed", "out_of_range"])
+async def test_refused_requests_are_left_untouched_for_the_async_path(disks, case):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    vg = lv.vg
+    offset, n, fua = 4096, 4096, False
+    if case == "fua":
+        fua = True
+    elif case == "two_lps":
+        offset = PP - 2048
+    elif case == "drl_not_durable":
+        vg.drl_durable = set()
+    elif case == "overlap":
+        held = lv.lock.try_acquire(0, 8192)
+        assert held is not None
+    elif case == "stale_copy":
+        vg.vgsa.mark((REMOTE, 0), {0})
+    elif case == "missing_pv":
+        vg.vgsa.pv_state["b" * 32] = PV_MISSING
+    elif case == "remote_not_ready":
+        remote.ready = False
+    elif case == "unmarked_generation":
+        vg.new_generation()
+    elif case == "vg_closed":
+        vg.online = False
+    elif case == "out_of_range":
+        offset = 2 * PP
+    busy = lv.lock.busy()
+    done = Done()
+    assert lv.write_inline(offset, b"r" * n, fua, done) is False
+    assert done.calls == [] and remote.waiting == []
+    assert at(local, 0, 4096, 4096) == bytes(4096)
+    assert lv.lock.busy() == busy and vg.drl_inflight == {}
+
+
+@pytest.mark.asyncio
+async def test_async_write_overlapping_an_inline_write_waits_for_it(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    first = Done()
+    assert lv.write_inline(0, b"1" * 8192, False, first)
+    second = asyncio.ensure_future(lv.write(4096, b"2" * 4096))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not second.done()
+    assert at(local, 0, 4096, 4096) == b"1" * 4096  # the later write did not overtake
+    remote.answer()
+    await asyncio.wait_for(second, 5)
+    assert at(local, 0, 0, 8192) == b"1" * 4096 + b"2" * 4096
+    assert at(remote, 0, 0, 8192) == b"1" * 4096 + b"2" * 4096
+
+
+@pytest.mark.asyncio
+async def test_read_inline_serves_the_local_copy_or_defers(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    local.buf[pp_offset(1, PP) + 512:pp_offset(1, PP) + 1024] = b"L" * 512
+    remote.buf[pp_offset(1, PP) + 512:pp_offset(1, PP) + 1024] = b"R" * 512
+    assert lv.read_inline(PP + 512, 512) == b"L" * 512
+    assert lv.read_inline(PP - 512, 1024) is None  # two LPs: the async read joins them
+    lv.vg.vgsa.mark((LOCAL, 1), {0})
+    assert lv.read_inline(PP + 512, 512) is None  # stale local copy: the remote one serves
+    assert await lv.read(PP + 512, 512) == b"R" * 512
+    lv.vg.vgsa.stale.clear()
+    local.fail = True
+    assert lv.read_inline(PP + 512, 512) is None  # a failing disk: the async path retries
+    assert await lv.read(PP + 512, 512) == b"R" * 512
+    assert lv.vg.pv_state(LOCAL) == PV_MISSING

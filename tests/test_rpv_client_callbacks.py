@@ -1,0 +1,112 @@
+"""The RPV client's callback submission (``submit_write_cb``), the LVM's inline write path:
+every accepted write is answered exactly once — by the server's reply, or with EIO when its
+deadline passes — and a write the client cannot take now is refused without side effects."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from rpv.blockdev import FileDisk, create_sparse_file
+from rpv.client.device import ClientState, RPVClient
+from tests.test_checksum import PVID, MemDisk, serve
+
+MiB = 1 << 20
+
+
+class StalledDisk(MemDisk):
+    """Writes never complete: the server never answers them."""
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        await asyncio.Event().wait()
+
+
+class Outcomes:
+    def __init__(self, expected: int):
+        self.got: dict[int, OSError | None] = {}
+        self.expected = expected
+        self.all_in = asyncio.Event()
+
+    def callback(self, key: int):
+        def done(exc):
+            assert key not in self.got, "answered twice"
+            self.got[key] = exc
+            if len(self.got) == self.expected:
+                self.all_in.set()
+        return done
+
+
+@pytest.mark.asyncio
+async def test_writes_are_answered_by_their_replies(tmp_path):
+    path = str(tmp_path / "disk.img")
+    create_sparse_file(path, 8 * MiB)
+    disk = FileDisk("hdisk1", path)
+    server, port = await serve(disk)
+    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                       io_timeout=10)
+    try:
+        await client.open(5)
+        out = Outcomes(3)
+        for i in range(3):
+            assert client.submit_write_cb(i * 4096, bytes([65 + i]) * 4096, False,
+                                          out.callback(i))
+        assert not client.submit_write_cb(8 * MiB - 512, bytes(1024), False, out.callback(9))
+        assert not client.accepts(client._max_payload + 1)
+        await asyncio.wait_for(out.all_in.wait(), 5)
+        assert out.got == {0: None, 1: None, 2: None}
+        assert disk.read_now(0, 3 * 4096) == b"A" * 4096 + b"B" * 4096 + b"C" * 4096
+        assert client.stats.writes == 3 and client.outstanding() == 0
+    finally:
+        await client.close()
+        await server.close()
+        disk.close()
+
+
+@pytest.mark.asyncio
+async def test_server_error_reaches_the_callback():
+    server, port = await serve(MemDisk(bytes(MiB)))  # its writes fail with EROFS
+    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                       io_timeout=10)
+    try:
+        await client.open(5)
+        out = Outcomes(1)
+        assert client.submit_write_cb(0, b"x" * 512, False, out.callback(0))
+        await asyncio.wait_for(out.all_in.wait(), 5)
+        assert out.got[0].errno == errno.EROFS
+        assert client.state is ClientState.ONLINE and client.stats.errors == 1
+    finally:
+        await client.close()
+        await server.close()
+
+
+@pytest.mark.asyncio
+async def test_deadline_fails_every_waiting_write_once_then_refuses():
+    server, port = await serve(StalledDisk(bytes(MiB)))
+    timeouts = []
+    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                       io_timeout=0.3, on_timeout=lambda c, reason: timeouts.append(reason))
+    try:
+        await client.open(5)
+        out = Outcomes(4)
+        for i in range(4):
+            assert client.submit_write_cb(i * 512, b"s" * 512, False, out.callback(i))
+        await asyncio.wait_for(out.all_in.wait(), 5)
+        assert {k: e.errno for k, e in out.got.items()} == dict.fromkeys(range(4), errno.EIO)
+        assert len(timeouts) == 1 and client.state is ClientState.FAILED
+        assert not client.accepts(512)
+        assert not client.submit_write_cb(0, b"s" * 512, False, out.callback(5))
+        await asyncio.sleep(0)
+        assert 5 not in out.got
+    finally:
+        await client.close()
+        await server.close()
+
+
+@pytest.mark.asyncio
+async def test_disabled_client_refuses():
+    client = RPVClient("hdisk9", PVID, "none", "127.0.0.1", io_timeout=1, size=MiB)
+    assert not client.accepts(512)
+    assert not client.submit_write_cb(0, b"d" * 512, False, lambda exc: None)
+    assert client.outstanding() == 0
