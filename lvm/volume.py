@@ -31,6 +31,7 @@ class LogicalVolume:
         self.name = entry.name
         self.lock = RangeLock()
         self.tasks: set[asyncio.Task] = set()  # inline writes finishing the slow way
+        self._local_queue: list = []  # inline writes' local copies, for this loop iteration
 
     @property
     def size(self) -> int:
@@ -109,8 +110,9 @@ class LogicalVolume:
         itself: one LP, every copy fresh, on a usable PV and ready, the DRL regions already
         durable, no overlapping write, no generation waiting for its 'written' mark, no FUA.
 
-        Local copies are written now and remote ones submitted with a callback; ``done`` runs
-        when the last copy answered. If any copy failed, the same accounting as :meth:`write`
+        Remote copies are submitted with a callback and local ones written at the end of the
+        loop iteration, so the remote site starts on a whole batch while the local writes run;
+        ``done`` runs when the last copy answered. If any copy failed, the same accounting as :meth:`write`
         (PV missing, stale chunks made durable, EIO if no copy took it) runs first, in a task.
         Returns False, having done nothing, when the request must take :meth:`write`.
         """
@@ -146,18 +148,30 @@ class LogicalVolume:
         if entry is None:
             return False
         vg.drl_hold(regions)
-        op = _InlineWrite(self, entry, regions, done, lp, within, n, len(remote) + 1)
-        for loc, dev, pos in remote:  # first, so the round trips overlap the local writes
+        op = _InlineWrite(self, entry, regions, done, lp, within, n,
+                          len(remote) + len(local) + 1)
+        for loc, dev, pos in remote:
             if not dev.submit_write_cb(pos, data, False, partial(op.copy_done, loc)):
                 op.copy_done(loc, OSError(errno.EIO, f"{dev.name}: write not accepted"))
-        for loc, dev, pos in local:
+        if local:
+            # Local copies are written at the end of this loop iteration, after the remote
+            # requests of the whole batch have left: the remote site works on them meanwhile.
+            queue = self._local_queue
+            if not queue:
+                asyncio.get_running_loop().call_soon(self._write_local_queue)
+            queue.extend((op, loc, dev, pos, data) for loc, dev, pos in local)
+        op.copy_done(None, None)  # the submitter's own count: done can only run from here on
+        return True
+
+    def _write_local_queue(self) -> None:
+        queue, self._local_queue = self._local_queue, []
+        for op, loc, dev, pos, data in queue:
             try:
                 dev.write_now(pos, data)
             except OSError as e:
-                op.failures[loc] = e
-            op.locs.append(loc)
-        op.copy_done(None, None)  # the submitter's own count: done can only run from here on
-        return True
+                op.copy_done(loc, e)
+            else:
+                op.copy_done(loc, None)
 
     async def _finish_inline(self, op: _InlineWrite) -> None:
         """The slow end of an inline write: a copy failed, or a generation wants its mark."""

@@ -311,34 +311,36 @@ class _Connection(asyncio.BufferedProtocol):
         """Turn buffered bytes into events while under the limits."""
         core = self._core
         self._pumping = True
-        while not self._stopped:
-            if self._batch_bytes >= _BATCH_LIMIT:
-                self._flush()  # may call pause_writing()
-            if (self.inflight >= self._max_requests or self.inflight_bytes >= self._max_bytes
-                    or self._write_paused):
-                self._blocked = True
-                if not self._read_paused:
-                    self._read_paused = True
-                    self._transport.pause_reading()
-                break
-            ev = core.next_event()
-            if type(ev) is Request:
-                kind = ev.kind
-                if kind == CMD_READ and self._read_inline is not None:
-                    self._inline_read(ev)
-                elif kind == CMD_WRITE and self._write_inline is not None:
-                    self._inline_write(ev)
-                else:
-                    self._spawn(ev, self._begin(ev))
-                continue
-            if ev is NEED_DATA:
-                self._blocked = False
-                if self._read_paused:
-                    self._read_paused = False
-                    self._transport.resume_reading()
-                break
-            self._on_event(ev)
-        self._pumping = False
+        try:
+            while not self._stopped:
+                if self._batch_bytes >= _BATCH_LIMIT:
+                    self._flush()  # may call pause_writing()
+                if (self.inflight >= self._max_requests or self.inflight_bytes >= self._max_bytes
+                        or self._write_paused):
+                    self._blocked = True
+                    if not self._read_paused:
+                        self._read_paused = True
+                        self._transport.pause_reading()
+                    break
+                ev = core.next_event()
+                if type(ev) is Request:
+                    kind = ev.kind
+                    if kind == CMD_READ and self._read_inline is not None:
+                        self._inline_read(ev)
+                    elif kind == CMD_WRITE and self._write_inline is not None:
+                        self._inline_write(ev)
+                    else:
+                        self._spawn(ev, self._begin(ev))
+                    continue
+                if ev is NEED_DATA:
+                    self._blocked = False
+                    if self._read_paused:
+                        self._read_paused = False
+                        self._transport.resume_reading()
+                    break
+                self._on_event(ev)
+        finally:
+            self._pumping = False  # replies completed meanwhile are in the batch
         if core.has_data_to_send:
             self._batch.append(core.data_to_send())
         self._flush()

@@ -33,6 +33,7 @@ from rpv.protocol import VERSION as PROTOCOL_VERSION
 log = structlog.get_logger("rpv.server")
 
 CORK_LIMIT = 256 * 1024  # queued reply bytes that are written at once, not at iteration end
+REPLY_BATCH = 4  # replies sent together: the client completes these while we write the rest
 
 
 @dataclass(slots=True)
@@ -213,8 +214,8 @@ class _ServerConnection(asyncio.BufferedProtocol):
             bufs = build(*args)
             self._out.extend(bufs)
             self._out_bytes += sum(len(b) for b in bufs)
-            if self._out_bytes >= CORK_LIMIT:  # big replies go now: back-pressure must see them
-                self._flush()
+            if self._out_bytes >= CORK_LIMIT or len(self._out) >= REPLY_BATCH:
+                self._flush()  # back-pressure must see big replies; the client starts early
 
     def _flush(self) -> None:
         out, self._out = self._out, []
