@@ -6,13 +6,14 @@ with a write to the same blocks; writes that land on a PP while it is being resy
 their chunks, and the PP is declared fresh only when a pass finds nothing left, under a lock
 on the whole LP. The destination is flushed before the VGSA forgets the PP, so a crash never
 leaves a copy marked good whose data was still in flight. Progress survives restarts because
-each finished PP is committed to the VGSA.
+each finished batch of PPs is committed to the VGSA.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 import structlog
@@ -24,6 +25,8 @@ from lvm.vg import VolumeGroup
 log = structlog.get_logger("lvm.resync")
 
 RUN_LIMIT = 1024 * 1024  # bytes copied per locked step
+RUN_WINDOW = 4  # runs copied at once: the link stays busy
+BATCH_PPS = 4  # partitions copied before one flush of their destinations and one VGSA commit
 
 
 class ResyncStats:
@@ -53,26 +56,42 @@ def _runs(chunks: list[int], chunk: int) -> list[tuple[int, int]]:
 
 async def resync(vg: VolumeGroup, want: Callable[[Loc], bool] | None = None, parallel: int = 1,
                  rate: float = 0.0, progress: Callable[[dict], None] | None = None) -> dict:
-    """Resync every stale PP selected by ``want`` on usable PVs; return statistics."""
+    """Resync every stale PP selected by ``want`` on usable PVs; return statistics.
+
+    Each of ``parallel`` workers takes up to BATCH_PPS partitions at a time and copies them;
+    then, while it copies the next batch, it flushes this batch's destinations once, declares
+    fresh (under the LP lock) every PP that no write re-marked meanwhile, and commits the VGSA
+    once for the batch. A PP written during its copy goes back in the queue for another pass
+    over the chunks that changed.
+    """
     locs = vg.stale_locs(want)
     stats = ResyncStats(len(locs))
-    queue: asyncio.Queue[Loc] = asyncio.Queue()
-    for loc in locs:
-        queue.put_nowait(loc)
+    queue: deque[Loc] = deque(locs)
     limiter = _RateLimiter(rate)
 
     async def worker() -> None:
-        while not queue.empty():
-            loc = queue.get_nowait()
-            try:
-                await _resync_pp(vg, loc, stats, limiter)
-            except OSError as e:
-                stats.failed.append(f"{vg.pv_name(loc[0])} PP {loc[1] + 1}: {e}")
-                log.warning("lvm_resync_pp_failed", vg=vg.name, pv=vg.pv_name(loc[0]),
-                            pp=loc[1], error=str(e))
-            stats.pps_done += 1
-            if progress:
-                progress(stats.as_dict())
+        finishing: asyncio.Future | None = None
+        try:
+            while queue or finishing:
+                batch = [queue.popleft() for _ in range(min(BATCH_PPS, len(queue)))]
+                for loc in batch:  # from here on, writes to loc are noted for another pass
+                    vg.resyncing[loc] = set()
+                try:
+                    copied = await _copy_batch(vg, batch, stats, limiter)
+                    if finishing is not None:
+                        await finishing
+                        finishing = None
+                        if progress:
+                            progress(stats.as_dict())
+                except BaseException:
+                    _forget(vg, batch)
+                    raise
+                if batch:
+                    finishing = asyncio.ensure_future(
+                        _finish_batch(vg, batch, copied, stats, queue))
+        finally:
+            if finishing is not None and not finishing.done():
+                finishing.cancel()
 
     log.info("lvm_resync_start", vg=vg.name, stale_pps=len(locs), parallel=parallel)
     await asyncio.gather(*(worker() for _ in range(max(1, parallel))))
@@ -80,50 +99,109 @@ async def resync(vg: VolumeGroup, want: Callable[[Loc], bool] | None = None, par
     return stats.as_dict()
 
 
-async def _resync_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter) -> None:
-    owner = vg.owners.get(loc)
-    if owner is None:  # no LV uses it any more
-        vg.vgsa.stale.pop(loc, None)
+async def _copy_batch(vg: VolumeGroup, batch: list[Loc], stats: ResyncStats,
+                      limiter) -> list[Loc]:
+    """Copy the PPs of ``batch``; return those copied (failures are counted and logged)."""
+    window = asyncio.Semaphore(RUN_WINDOW)  # runs in flight, across the whole batch
+    results = await asyncio.gather(*(_copy_pp(vg, loc, stats, limiter, window)
+                                     for loc in batch), return_exceptions=True)
+    copied = []
+    for loc, r in zip(batch, results, strict=True):
+        if r is True:
+            copied.append(loc)
+        elif r is False:
+            stats.pps_done += 1
+        elif isinstance(r, OSError):
+            _failed(vg, loc, stats, r)
+        else:
+            raise r
+    return copied
+
+
+async def _finish_batch(vg: VolumeGroup, batch: list[Loc], copied: list[Loc],
+                        stats: ResyncStats, requeue: deque[Loc]) -> None:
+    """Flush the copies, then forget the stale state of every PP not written meanwhile."""
+    again_later = []
+    try:
+        flushed = []
+        for index in sorted({loc[0] for loc in copied}):
+            try:
+                await vg.devices[index].flush()
+            except OSError as e:
+                for loc in copied:
+                    if loc[0] == index:
+                        _failed(vg, loc, stats, e)
+            else:
+                flushed.extend(loc for loc in copied if loc[0] == index)
+        for loc in flushed:  # the data is durable: forget the stale state unless rewritten
+            owner = vg.owners.get(loc)
+            if owner is None:  # its LV went away meanwhile
+                vg.vgsa.stale.pop(loc, None)
+                stats.pps_done += 1
+                continue
+            lv_name, _, lp = owner
+            pp_size = vg.vgda.pp_size
+            async with vg.lvs[lv_name].lock.acquire(lp * pp_size, (lp + 1) * pp_size):
+                again = vg.resyncing.pop(loc)
+                if again:
+                    vg.vgsa.stale[loc] = set(again)
+                    again_later.append(loc)
+                    continue
+                vg.vgsa.stale.pop(loc, None)
+                vg.pv_synced(loc[0])
+                stats.pps_done += 1
         await vg.commit_vgsa()
-        return
+    finally:
+        _forget(vg, batch)
+    requeue.extend(again_later)  # only now: a worker taking them sets up their tracking anew
+
+
+def _forget(vg: VolumeGroup, batch: list[Loc]) -> None:
+    for loc in batch:
+        vg.resyncing.pop(loc, None)
+
+
+def _failed(vg: VolumeGroup, loc: Loc, stats: ResyncStats, e: OSError) -> None:
+    stats.failed.append(f"{vg.pv_name(loc[0])} PP {loc[1] + 1}: {e}")
+    stats.pps_done += 1
+    log.warning("lvm_resync_pp_failed", vg=vg.name, pv=vg.pv_name(loc[0]), pp=loc[1],
+                error=str(e))
+
+
+async def _copy_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter,
+                   window: asyncio.Semaphore) -> bool:
+    """Copy the stale chunks of ``loc`` from a good copy; False if no LV uses it any more."""
+    owner = vg.owners.get(loc)
+    if owner is None:
+        vg.vgsa.stale.pop(loc, None)  # committed with the batch
+        return False
     lv_name, _copy, lp = owner
     lv = vg.lvs[lv_name]
     pp_size = vg.vgda.pp_size
     lp_base = lp * pp_size
     dst = vg.devices[loc[0]]
-    vg.resyncing[loc] = set()
-    try:
-        while True:
-            vg.check_online()
-            if not vg.usable(loc[0]):
-                raise OSError(5, "destination PV is not usable")
-            marked = vg.vgsa.stale.get(loc, set())
-            chunks = sorted(range(pp_size // CHUNK) if marked is None else marked)
-            vg.resyncing[loc] = set()
-            for start, length in _runs(chunks, CHUNK):
-                async with lv.lock.acquire(lp_base + start, lp_base + start + length):
-                    src = vg.source_for(lv, lp, exclude={loc})
-                    if src is None:
-                        raise OSError(5, f"no good copy of LP {lp + 1} of {lv_name}")
-                    data = await src[1].read(pp_offset(src[0][1], pp_size) + start, length)
-                    try:
-                        await dst.write(pp_offset(loc[1], pp_size) + start, data)
-                    except OSError as e:
-                        vg.pv_failed(loc[0], f"resync write failed: {e}")
-                        raise
-                stats.bytes += length
-                await limiter.take(length)
-            await dst.flush()
-            async with lv.lock.acquire(lp_base, lp_base + pp_size):
-                again = vg.resyncing[loc]
-                if not again:
-                    vg.vgsa.stale.pop(loc, None)
-                    vg.pv_synced(loc[0])
-                    break
-                vg.vgsa.stale[loc] = set(again)
-        await vg.commit_vgsa()
-    finally:
-        vg.resyncing.pop(loc, None)
+    vg.check_online()
+    if not vg.usable(loc[0]):
+        raise OSError(5, "destination PV is not usable")
+    marked = vg.vgsa.stale.get(loc, set())
+    chunks = sorted(range(pp_size // CHUNK) if marked is None else marked)
+
+    async def copy(start: int, length: int) -> None:
+        async with window, lv.lock.acquire(lp_base + start, lp_base + start + length):
+            src = vg.source_for(lv, lp, exclude={loc})
+            if src is None:
+                raise OSError(5, f"no good copy of LP {lp + 1} of {lv_name}")
+            data = await src[1].read(pp_offset(src[0][1], pp_size) + start, length)
+            try:
+                await dst.write(pp_offset(loc[1], pp_size) + start, data)
+            except OSError as e:
+                vg.pv_failed(loc[0], f"resync write failed: {e}")
+                raise
+        stats.bytes += length
+        await limiter.take(length)
+
+    await asyncio.gather(*(copy(start, length) for start, length in _runs(chunks, CHUNK)))
+    return True
 
 
 class _RateLimiter:

@@ -112,8 +112,9 @@ class LogicalVolume:
 
         Remote copies are submitted with a callback and local ones written at the end of the
         loop iteration, so the remote site starts on a whole batch while the local writes run;
-        ``done`` runs when the last copy answered. If any copy failed, the same accounting as :meth:`write`
-        (PV missing, stale chunks made durable, EIO if no copy took it) runs first, in a task.
+        ``done`` runs when the last copy answered. If any copy failed, the same accounting as
+        :meth:`write` (PV missing, stale chunks made durable, EIO if no copy took it) runs
+        first, in a task.
         Returns False, having done nothing, when the request must take :meth:`write`.
         """
         vg = self.vg

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from lvm.resync import BATCH_PPS
 from tests.conftest import qemu_io, run
 from tests.lvmtools import diff_blocks, read_copy
 
@@ -445,8 +446,8 @@ def test_resync_resumes_after_restart(geo):
         [str(__import__("tests.sites", fromlist=["GLVMCTL"]).GLVMCTL), "--socket", a.socket,
          "syncvg", "-v", "datavg", "--rate", "8", "--json"],
         stdout=subprocess.PIPE, text=True)
-    first = json.loads(syncer.stdout.readline())  # one PP done, durably
-    assert first["pps_done"] == 1
+    first = json.loads(syncer.stdout.readline())  # one batch of PPs done, durably
+    assert first["pps_done"] == BATCH_PPS
     os.kill(a.proc.pid, signal.SIGKILL)
     a.proc.wait()
     syncer.wait()
