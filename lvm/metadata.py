@@ -105,7 +105,10 @@ class VGDA:
                    d["next_lvid"], d["created"], d["modified"], d.get("last_site", ""))
 
     def pv(self, index: int) -> PVEntry:
-        return next(p for p in self.pvs if p.index == index)
+        for p in self.pvs:  # a plain loop: this is on the I/O path (VolumeGroup.usable)
+            if p.index == index:
+                return p
+        raise KeyError(f"no PV with index {index} in volume group {self.name}")
 
     def pv_by_pvid(self, pvid: str) -> PVEntry | None:
         return next((p for p in self.pvs if p.pvid == pvid), None)

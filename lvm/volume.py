@@ -64,17 +64,18 @@ class LogicalVolume:
             return None
         lp, within = where
         vg = self.vg
-        src = vg.source_for(self, lp, ())
-        if src is None:
-            return None
-        (_, pp), dev = src
-        read_now = getattr(dev, "read_now", None)
-        if read_now is None:
-            return None
-        try:
-            return read_now(pp_offset(pp, vg.vgda.pp_size) + within, length)
-        except OSError:
-            return None
+        stale = vg.vgsa.stale
+        for m in self.entry.maps:  # the first fresh copy on a usable local disk
+            loc = m[lp]
+            if loc in stale:
+                continue
+            read_now = getattr(vg.devices.get(loc[0]), "read_now", None)
+            if read_now is not None and vg.usable(loc[0]):
+                try:
+                    return read_now(pp_offset(loc[1], vg.vgda.pp_size) + within, length)
+                except OSError:
+                    return None
+        return None
 
     async def read(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)
