@@ -325,7 +325,7 @@ class RPVClient:
                 req.future.set_result(ev.digests)
             else:
                 req.future.set_result(None)
-        if self._pending and self._inflight < self._max_outstanding:
+        if len(self._pending) > self._inflight < self._max_outstanding:  # some wait unsent
             self._send_unsent()
 
     def _check_deadlines(self) -> None:

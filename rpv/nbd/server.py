@@ -1,6 +1,7 @@
 """asyncio adapter around :mod:`rpv.nbd.protocol`: an NBD server generic over BlockDevice.
 
-Each connection is an :class:`asyncio.Protocol`. Requests are pipelined and their replies are
+Each connection is an :class:`asyncio.BufferedProtocol` (WRITE payloads are received straight
+into their own buffer). Requests are pipelined and their replies are
 written as they complete, so replies may go out of order. A device that offers the inline fast
 paths (``read_inline`` / ``write_inline``, see :mod:`rpv.blockdev`; FileDisk and logical
 volumes do) has its READs and WRITEs started from the receive path without a task; whatever a
@@ -212,7 +213,8 @@ def _remove_stale_socket(path: str) -> None:
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """One client connection: feeds the sans-IO core and runs its requests as tasks."""
+    """One client connection: feeds the sans-IO core and starts its requests, inline where the
+    device allows, else as tasks."""
 
     def __init__(self, server: NBDServer, cid: int):
         self._server = server
@@ -433,31 +435,29 @@ class _Connection(asyncio.BufferedProtocol):
     def _inline_read(self, req: Request) -> None:
         try:
             data = self._read_inline(req.offset, req.length)
-            if data is None:
-                self._spawn(req, self._begin(req))
-                return
-            if len(data) != req.length:
+            if data is not None and len(data) != req.length:
                 raise OSError(errno.EIO, "short read")
         except Exception as exc:
-            self.requests += 1
-            self._queue_error(req, exc)
+            data = exc
+        if data is None:  # the device wants its async path
+            self._spawn(req, self._begin(req))
             return
         self.requests += 1
-        self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
+        if isinstance(data, Exception):
+            self._queue_error(req, data)
+        else:
+            self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
 
     def _inline_write(self, req: Request) -> None:
         nbytes = self._begin(req)
         try:
             taken = self._write_inline(req.offset, req.data, (req.flags & FLAG_FUA) != 0,
-                                       partial(self._written, req, nbytes))
+                                       partial(self._complete, req, nbytes, None))
         except Exception as exc:  # a device bug: answer EIO rather than lose the request
             self._complete(req, nbytes, None, exc)
             return
         if not taken:
             self._spawn(req, nbytes)
-
-    def _written(self, req: Request, nbytes: int, failure: BaseException | None) -> None:
-        self._complete(req, nbytes, None, failure)
 
     def _queue_data(self, header: bytes, data: bytes) -> None:
         if len(data) <= _SMALL_REPLY:
