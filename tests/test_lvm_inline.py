@@ -25,15 +25,20 @@ PP = 4 * MiB
 LOCAL, REMOTE = 1, 2
 
 
-class MemDisk:
-    """A local disk in memory, with the synchronous page-cache calls FileDisk offers."""
-
+class _Disk:
     def __init__(self, name: str, size: int = 64 * MiB):
         self.name = name
         self.size = size
         self.buf = bytearray(size)
         self.fail = False
         self.flushes = 0
+
+    async def flush(self):
+        self.flushes += 1
+
+
+class MemDisk(_Disk):
+    """A local disk in memory, with the synchronous page-cache calls FileDisk offers."""
 
     def read_now(self, offset, length):
         if self.fail:
@@ -51,23 +56,14 @@ class MemDisk:
     async def write(self, offset, data, fua=False):
         self.write_now(offset, data)
 
-    async def flush(self):
-        self.flushes += 1
 
-
-class RemoteDisk:
+class RemoteDisk(_Disk):
     """A remote disk (no page-cache calls): writes are answered when the test says so."""
 
     def __init__(self, name: str, size: int = 64 * MiB):
-        self.name = name
-        self.size = size
-        self.buf = bytearray(size)
-        self.fail = False
+        super().__init__(name, size)
         self.ready = True
         self.waiting: list = []
-
-    async def flush(self):
-        pass
 
     async def read(self, offset, length):
         return bytes(self.buf[offset:offset + length])

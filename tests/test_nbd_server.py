@@ -293,26 +293,6 @@ def test_inline_writes_complete_later_in_any_order(run, sock):
     run(body)
 
 
-def test_close_waits_for_inline_writes_in_flight(run, sock):
-    async def body():
-        dev = CallbackDisk("hdisk1")
-        server = NBDServer(Registry(dev))
-        await server.start_unix(sock)
-        c = await Client.connect(sock)
-        c.send(request(Cmd.WRITE, 1, 4096, 4, 0, b"data"))
-        await until(lambda: dev.held)
-        closing = asyncio.create_task(server.close())
-        await asyncio.sleep(0.05)
-        assert not closing.done()
-        dev.answer()
-        assert await c.reply() == (1, 0, b"")  # answered before the disconnect
-        assert await c.at_eof()
-        await closing
-        c.close()
-
-    run(body)
-
-
 def test_pipelined_writes_then_flush(run, sock):
     async def body():
         dev = MemDisk("hdisk1")
@@ -441,22 +421,27 @@ def test_backpressure_inline_file_disk(run, sock, tmp_path):
     run(body, timeout=30)
 
 
-def test_close_waits_for_inflight_requests(run, sock):
+@pytest.mark.parametrize("inline", [False, True], ids=["task", "inline"])
+def test_close_waits_for_inflight_requests(run, sock, inline):
     async def body():
-        dev = GatedDisk("hdisk1")
+        dev = CallbackDisk("hdisk1") if inline else GatedDisk("hdisk1")
+        offset = 4096 if inline else 0  # the offsets each device holds back
         server = NBDServer(Registry(dev))
         await server.start_unix(sock)
         c = await Client.connect(sock)
-        c.send(request(Cmd.WRITE, 1, 0, 4, 0, b"data"))
-        await until(lambda: ("write", 0) in dev.started)
+        c.send(request(Cmd.WRITE, 1, offset, 4, 0, b"data"))
+        await until(lambda: dev.held if inline else ("write", 0) in dev.started)
         closing = asyncio.create_task(server.close())
         await asyncio.sleep(0.05)
         assert not closing.done()
-        dev.gate.set()
+        if inline:
+            dev.answer()
+        else:
+            dev.gate.set()
         assert await c.reply() == (1, 0, b"")  # answered before the disconnect
         assert await c.at_eof()
         await closing
-        assert dev.buf[:4] == b"data"
+        assert dev.buf[offset:offset + 4] == b"data"
         assert not os.path.exists(sock)
         c.close()
 
