@@ -40,7 +40,7 @@ def _write_private(path: str, data: bytes) -> None:
 def init_ca(directory: str, name: str = "glvm site CA", days: int = 3650) -> tuple[str, str]:
     """Create ca.pem and ca.key in ``directory`` (refusing to overwrite)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -62,12 +62,7 @@ def init_ca(directory: str, name: str = "glvm site CA", days: int = 3650) -> tup
                                          key_agreement=False, encipher_only=False,
                                          decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    return _save(key, cert, cert_path, key_path)
 
 
 def issue(directory: str, site: str, days: int = 825) -> tuple[str, str]:
@@ -100,6 +95,13 @@ def issue(directory: str, site: str, days: int = 825) -> tuple[str, str]:
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
+    return _save(key, cert, cert_path, key_path)
+
+
+def _save(key, cert, cert_path: str, key_path: str) -> tuple[str, str]:
+    """Write the private key (mode 0600) and the certificate as PEM; return their paths."""
+    from cryptography.hazmat.primitives import serialization
+
     _write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))

@@ -97,6 +97,20 @@ def test_nothing_varies_on_at_daemon_start(geo):
     assert [e["export-name"] for e in exports] == ["hdisk1", "hdisk2"]
 
 
+def b_writes_alone_then_links_back(a, b) -> None:
+    """Site B takes the VG over on its own disk and writes 0xbb at 0, then gives its disks
+    back to its RPV servers and A's RPV clients point at B again."""
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("rmdev", "-l", s)
+    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+    qemu_io(b.nbd_uri("datafslv"), "write -P 0xbb 0 64k")
+    b.ctl("varyoffvg", "datavg")
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("mkdev", "-l", s)
+    for d in ("hdisk3", "hdisk4"):
+        a.ctl("chdev", "-l", d, "-a", f"server_addr={b.addr}")
+
+
 def test_split_brain_is_detected_not_merged(geo, tmp_path):
     """Both sites write while apart (A with quorum off, B after a forced import): the join
     refuses and names both sides until the administrator picks the survivor."""
@@ -108,15 +122,7 @@ def test_split_brain_is_detected_not_merged(geo, tmp_path):
     for d in ("hdisk3", "hdisk4"):  # the link goes away
         a.ctl("chdev", "-l", d, "-a", "server_addr=none")
     qemu_io(a.nbd_uri("datafslv"), "write -P 0xaa 0 64k")  # A keeps writing
-    for s in ("rpvserver0", "rpvserver1"):
-        b.ctl("rmdev", "-l", s)
-    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
-    qemu_io(b.nbd_uri("datafslv"), "write -P 0xbb 0 64k")  # and so does B
-    b.ctl("varyoffvg", "datavg")
-    for s in ("rpvserver0", "rpvserver1"):
-        b.ctl("mkdev", "-l", s)
-    for d in ("hdisk3", "hdisk4"):
-        a.ctl("chdev", "-l", d, "-a", f"server_addr={b.addr}")
+    b_writes_alone_then_links_back(a, b)
     err = a.fails("varyonvg", "datavg")
     assert "split brain" in err and "Poughkeepsie" in err and "--discard-site" in err
     assert a.json("lsvg", "datavg")["pvs"][2]["state"] == "missing"  # nothing merged
@@ -139,15 +145,7 @@ def test_split_brain_at_fresh_varyon(geo):
         a.ctl("chdev", "-l", d, "-a", "server_addr=none")
     qemu_io(a.nbd_uri("datafslv"), "write -P 0xaa 0 64k")
     a.ctl("varyoffvg", "datavg")
-    for s in ("rpvserver0", "rpvserver1"):
-        b.ctl("rmdev", "-l", s)
-    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
-    qemu_io(b.nbd_uri("datafslv"), "write -P 0xbb 0 64k")
-    b.ctl("varyoffvg", "datavg")
-    for s in ("rpvserver0", "rpvserver1"):
-        b.ctl("mkdev", "-l", s)
-    for d in ("hdisk3", "hdisk4"):
-        a.ctl("chdev", "-l", d, "-a", f"server_addr={b.addr}")
+    b_writes_alone_then_links_back(a, b)
     err = a.fails("varyonvg", "datavg")
     assert "split brain" in err and "Philadelphia" in err and "Poughkeepsie" in err
     # keep B's data this time: A's own disks are the ones recopied
