@@ -17,6 +17,7 @@ from collections.abc import Callable
 import structlog
 
 from lvm import layout, policy, splitbrain
+from lvm.copy import copy_range
 from lvm.layout import Kind
 from lvm.metadata import (
     CHUNK,
@@ -45,6 +46,7 @@ MiB = 1 << 20
 
 
 VERIFY_REGION = 4 * MiB
+BACKGROUND_PASSES = 8  # resync passes one background resync makes at most
 
 
 async def _checksum(dev: BlockDevice, offset: int, length: int) -> bytes:
@@ -72,6 +74,7 @@ class LVMManager:
         self.vgs: dict[str, VolumeGroup] = {}
         self._lock = asyncio.Lock()
         self._resync_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     # -- lookups -------------------------------------------------------------------------------
     def _disk(self, name: str) -> tuple[str, BlockDevice]:
@@ -495,7 +498,12 @@ class LVMManager:
 
         async def run():
             try:
-                await self._run_resync(group, None, 2, 0.0, None)
+                # partitions that go stale while a pass runs (a copy that missed writes, a
+                # server that restarted) are taken by the next pass
+                for _ in range(BACKGROUND_PASSES):
+                    stats = await self._run_resync(group, None, 2, 0.0, None)
+                    if stats["failed"] or not group.stale_locs():
+                        break
             except OSError as e:
                 log.warning("lvm_background_resync_stopped", vg=group.name, error=str(e))
 
@@ -548,14 +556,18 @@ class LVMManager:
             group = self._online(vg)
             vols = [group.lvs[n] for n in group.vgda.lvs]
         group.check_online()
-        report = {"regions": 0, "bytes": 0, "mismatches": [], "repaired": 0, "skipped": 0}
+        report = {"regions": 0, "bytes": 0, "mismatches": [], "repaired": 0, "skipped": 0,
+                  "failed": []}
         async with self._resync_lock(group.name):
-            for vol in vols:
-                for lp in range(vol.entry.lps):
-                    await self._verify_lp(group, vol, lp, repair, report)
-                    if progress:
-                        progress({"lv": vol.name, "lp": lp + 1, "lps": vol.entry.lps,
-                                  "mismatches": len(report["mismatches"])})
+            try:
+                for vol in vols:
+                    for lp in range(vol.entry.lps):
+                        await self._verify_lp(group, vol, lp, repair, report)
+                        if progress:
+                            progress({"lv": vol.name, "lp": lp + 1, "lps": vol.entry.lps,
+                                      "mismatches": len(report["mismatches"])})
+            finally:
+                await group.settle()  # a repair that failed marked a PV missing
         log.info("lvm_verify_done", vg=group.name, regions=report["regions"],
                  mismatches=len(report["mismatches"]), repaired=report["repaired"])
         return report
@@ -589,11 +601,15 @@ class LVMManager:
                     src = group.source_for(vol, lp, exclude=set())
                     for c in bad:
                         off, ln = within + c * CHUNK, min(CHUNK, n - c * CHUNK)
-                        data = await src[1].read(layout.pp_offset(src[0][1], pp) + off, ln)
-                        for loc in copies:
-                            if loc != src[0]:
-                                await group.devices[loc[0]].write(
-                                    layout.pp_offset(loc[1], pp) + off, data, fua=True)
+                        try:
+                            for loc in copies:
+                                if loc != src[0]:
+                                    await copy_range(group, vol, lp, loc, off, ln, fua=True)
+                        except OSError as e:  # copy_range marked the PV and chunks
+                            report["failed"].append({"lv": vol.name, "lp": lp + 1,
+                                                     "offset": start + c * CHUNK,
+                                                     "error": str(e)})
+                            continue
                         report["repaired"] += 1
 
     @staticmethod
@@ -605,7 +621,7 @@ class LVMManager:
                 src = group.source_for(vol, lp, exclude=set())
                 for m in e.maps:
                     if src is not None and m[lp] != src[0] and (want is None or want(m[lp])):
-                        group.vgsa.mark(m[lp], None)
+                        group.mark_stale(m[lp], None)  # a running resync sees it too
 
     # -- varyon / varyoff / import / export -------------------------------------------------------
     async def _scan(self, pvids: list[str], vgid: str) -> dict[str, tuple[BlockDevice, PVMeta]]:
@@ -710,7 +726,7 @@ class LVMManager:
                 group.new_generation()  # running without some PVs: histories may diverge
             await group.commit_vgsa()
             await group.write_vgda()
-            await self._recover_dirty_regions(group, drl_rec[1].get("regions", []))
+            await self._recover_dirty_regions(group, drl_rec[1])
         except (OSError, CommandError) as e:
             raise CommandError(f"varyonvg {name} failed: {e}") from None
         self.vgs[name] = group
@@ -753,11 +769,19 @@ class LVMManager:
             status = "NONAME" if name is None else "PVMISSING"
         return {"name": name, "pvid": pvid, "status": status}
 
-    async def _recover_dirty_regions(self, group: VolumeGroup, regions: list) -> None:
+    async def _recover_dirty_regions(self, group: VolumeGroup, drl: dict) -> None:
         """Make the copies of every region logged dirty identical again (from one copy), or
-        mark the copies that cannot be written stale; then clear the log."""
+        mark the copies that cannot be written stale; then flush every PV (so what they
+        hold is durable before tracking starts) and clear the log.
+
+        The source is a copy on a host that has not booted again since the log was written
+        (its page cache still holds what it acknowledged), local first."""
+        regions = drl.get("regions", [])
+        avoid = group.rebooted_since(drl.get("boots", {}))
+        if avoid and regions:
+            log.warning("lvm_drl_host_rebooted", vg=group.name,
+                        pvs=[group.pv_name(i) for i in sorted(avoid)])
         by_id = {e.lvid: group.lvs[e.name] for e in group.vgda.lvs.values()}
-        pp = group.vgda.pp_size
         copied = 0
         for lvid, region in regions:
             vol = by_id.get(lvid)
@@ -766,7 +790,7 @@ class LVMManager:
             start = region * DRL_REGION
             end = min(start + DRL_REGION, vol.size)
             for lp, within, _, n in vol._segments(start, max(0, end - start)):
-                src = group.source_for(vol, lp, exclude=set())
+                src = group.source_for(vol, lp, exclude=set(), avoid=avoid)
                 for m in vol.entry.maps:
                     loc = m[lp]
                     if src is not None and loc == src[0]:
@@ -774,17 +798,14 @@ class LVMManager:
                     if src is None or loc in group.vgsa.stale or not group.usable(loc[0]):
                         group.mark_stale(loc, chunks_of(within, n))
                         continue
-                    data = await src[1].read(layout.pp_offset(src[0][1], pp) + within, n)
                     try:
-                        await group.devices[loc[0]].write(layout.pp_offset(loc[1], pp) + within,
-                                                          data)
-                        copied += n
-                    except OSError as e:
-                        group.pv_failed(loc[0], f"dirty-region recovery failed: {e}")
-                        group.mark_stale(loc, chunks_of(within, n))
+                        copied += await copy_range(group, vol, lp, loc, within, n,
+                                                   avoid=avoid)
+                    except OSError as e:  # copy_range marked what failed
+                        log.warning("lvm_drl_recovery_failed", vg=group.name, lv=vol.name,
+                                    lp=lp, error=str(e))
+        await group.flush_pvs()
         if regions:
-            await group.flush_pvs()
-            await group.commit_vgsa()
             log.info("lvm_drl_recovered", vg=group.name, regions=len(regions), bytes=copied)
         await group.drl_clear()
 
@@ -805,6 +826,32 @@ class LVMManager:
                   for p in group.vgda.pvs]
         return {"pv_status": status, "returned": returned,
                 "messages": [f"varyonvg: Volume group {group.name} is varied on."]}
+
+    def pv_server_restarted(self, disk: str, rebooted: bool) -> bool:
+        """The RPV server behind ``disk`` answered as a new instance (it restarted, perhaps
+        after a power loss): mark what it took since its last flush stale, make that durable
+        (acknowledgements wait for it), then resync. False when no varied-on VG uses it."""
+        for group in self.vgs.values():
+            for index, dev in group.devices.items():
+                if dev is not None and dev.name == disk:
+                    group.server_restarted(index, rebooted)
+                    self._background(self._settle_and_resync(group))
+                    return True
+        return False
+
+    async def _settle_and_resync(self, group: VolumeGroup) -> None:
+        try:
+            await group.settle()
+        except OSError as e:
+            log.warning("lvm_settle_failed", vg=group.name, error=str(e))
+            return
+        if group.online and self.vgs.get(group.name) is group:
+            self._start_background_resync(group)
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def pv_came_back(self, disk: str) -> None:
         """An RPV client resumed by itself (auto_resume): as varyonvg on the online VG."""

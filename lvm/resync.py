@@ -12,13 +12,14 @@ each finished batch of PPs is committed to the VGSA.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections import deque
 from collections.abc import Callable
 
 import structlog
 
-from lvm.layout import pp_offset
+from lvm.copy import copy_range
 from lvm.metadata import CHUNK, Loc
 from lvm.vg import VolumeGroup
 
@@ -125,14 +126,12 @@ async def _finish_batch(vg: VolumeGroup, batch: list[Loc], copied: list[Loc],
     try:
         flushed = []
         for index in sorted({loc[0] for loc in copied}):
-            try:
-                await vg.devices[index].flush()
-            except OSError as e:
+            if await vg.flush_pv(index):
+                flushed.extend(loc for loc in copied if loc[0] == index)
+            else:
                 for loc in copied:
                     if loc[0] == index:
-                        _failed(vg, loc, stats, e)
-            else:
-                flushed.extend(loc for loc in copied if loc[0] == index)
+                        _failed(vg, loc, stats, OSError(errno.EIO, "flush failed"))
         for loc in flushed:  # the data is durable: forget the stale state unless rewritten
             owner = vg.owners.get(loc)
             if owner is None:  # its LV went away meanwhile
@@ -179,7 +178,6 @@ async def _copy_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter,
     lv = vg.lvs[lv_name]
     pp_size = vg.vgda.pp_size
     lp_base = lp * pp_size
-    dst = vg.devices[loc[0]]
     vg.check_online()
     if not vg.usable(loc[0]):
         raise OSError(5, "destination PV is not usable")
@@ -188,16 +186,7 @@ async def _copy_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter,
 
     async def copy(start: int, length: int) -> None:
         async with window, lv.lock.acquire(lp_base + start, lp_base + start + length):
-            src = vg.source_for(lv, lp, exclude={loc})
-            if src is None:
-                raise OSError(5, f"no good copy of LP {lp + 1} of {lv_name}")
-            data = await src[1].read(pp_offset(src[0][1], pp_size) + start, length)
-            try:
-                await dst.write(pp_offset(loc[1], pp_size) + start, data)
-            except OSError as e:
-                vg.pv_failed(loc[0], f"resync write failed: {e}")
-                raise
-        stats.bytes += length
+            stats.bytes += await copy_range(vg, lv, lp, loc, start, length)
         await limiter.take(length)
 
     await asyncio.gather(*(copy(start, length) for start, length in _runs(chunks, CHUNK)))

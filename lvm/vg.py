@@ -5,6 +5,15 @@ memory and writes each, as a new generation, to every usable PV. A PV whose I/O 
 marked missing at once: later I/O skips it without waiting, and every partition on it that
 misses a write is marked stale — durably, in the VGSA on the remaining PVs, before that write
 is acknowledged.
+
+Two rules keep acknowledgements honest when machines, not only processes, fail:
+
+* No acknowledgement while the VGSA in memory is ahead of the VGSA on disk: every change
+  (a stale mark, a PV state, a generation's "written" mark) bumps a version, and an I/O path
+  that acknowledges first waits until a commit covering that version has completed.
+* Each PV remembers what was written to it since its last completed flush. When the PV stops
+  being usable, or its server turns out to be a new instance, those regions may have been
+  lost with a page cache: they are marked stale, like the writes the PV missed.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from lvm.layout import Kind
 from lvm.metadata import (
     CHUNK,
     DRL_REGION,
+    MAX_CHUNKS_PER_PP,
     PV_ACTIVE,
     PV_MISSING,
     VGDA,
@@ -32,10 +42,12 @@ from lvm.metadata import (
 )
 from lvm.policy import has_quorum
 from rpv.blockdev import BlockDevice
+from rpv.instance import boot_hash, boot_of
 
 log = structlog.get_logger("lvm")
 
 DRL_MAX_ACTIVE = 256
+_NONE = object()
 
 
 @dataclass(slots=True)
@@ -100,6 +112,13 @@ class VolumeGroup:
         self._drl_commit = GroupCommit(self._flush_drl)
         self.resync_task: asyncio.Task | None = None
         self.resync_progress: dict = {}
+        self._vgsa_version = 0  # in-memory VGSA changes an acknowledgement may rely on
+        self._vgsa_durable = 0  # the version the last completed VGSA commit wrote
+        # per PV index: PP -> 64 KiB chunks written since the PV's last completed flush
+        # (None: all of the PP); and the sets a flush in progress is making durable
+        self.unflushed: dict[int, dict[int, set[int] | None]] = {}
+        self._flushing: dict[int, list[dict[int, set[int] | None]]] = {}
+        self.boot = boot_hash().hex()
 
     # -- PV state ------------------------------------------------------------------------------
     @property
@@ -120,11 +139,14 @@ class VolumeGroup:
         return dev.name if dev is not None else self.vgda.pv(index).pvid[:16]
 
     def pv_failed(self, index: int, reason: str) -> None:
-        """Stop using a PV whose I/O failed (in memory; callers commit the VGSA)."""
+        """Stop using a PV whose I/O failed (in memory; callers commit the VGSA). What it
+        took since its last completed flush may be lost with it: that is marked stale."""
         pvid = self.vgda.pv(index).pvid
         if self.vgsa.pv_state.get(pvid, PV_ACTIVE) != PV_ACTIVE:
             return
         self.vgsa.pv_state[pvid] = PV_MISSING
+        self.vgsa_changed()
+        self.lose_unflushed(index)
         self.new_generation()  # from here on the PVs may hold different histories
         log.error("lvm_pv_missing", vg=self.name, device=self.pv_name(index), reason=reason)
         self._log("LVM_SA_PVMISS", self.pv_name(index), reason)
@@ -132,6 +154,62 @@ class VolumeGroup:
 
     def new_generation(self) -> None:
         self.vgsa.new_generation(os.urandom(8).hex(), self.site, time.time())
+        self.vgsa_changed()
+
+    # -- what acknowledgements rely on ---------------------------------------------------------
+    def vgsa_changed(self) -> None:
+        """The VGSA in memory changed: acknowledgements wait until a commit covers it."""
+        self._vgsa_version += 1
+
+    @property
+    def vgsa_ahead(self) -> bool:
+        """Whether the VGSA in memory holds changes no completed commit has written."""
+        return self._vgsa_durable < self._vgsa_version
+
+    async def settle(self) -> None:
+        """Return once the VGSA on disk covers every change made in memory so far."""
+        if self._vgsa_durable < self._vgsa_version:
+            await self.commit_vgsa()
+
+    def note_written(self, loc: Loc, within: int, length: int) -> None:
+        """A PV took a write into its cache: remember it until the PV's next flush."""
+        pps = self.unflushed.get(loc[0])
+        if pps is None:
+            pps = self.unflushed[loc[0]] = {}
+        chunks = pps.get(loc[1], _NONE)
+        if chunks is None:  # all of the PP already
+            return
+        if chunks is _NONE:
+            chunks = pps[loc[1]] = set()
+        first, last = within // CHUNK, (within + length - 1) // CHUNK
+        if first == last:
+            chunks.add(first)
+        else:
+            chunks.update(range(first, last + 1))
+            if len(chunks) > MAX_CHUNKS_PER_PP:
+                pps[loc[1]] = None
+
+    def lose_unflushed(self, index: int) -> None:
+        """Mark stale (in memory) everything PV ``index`` took since its last completed
+        flush, including what a flush in progress covers: it may be gone."""
+        for pps in (self.unflushed.pop(index, {}), *self._flushing.get(index, ())):
+            self._mark_lost(index, pps)
+
+    def _mark_lost(self, index: int, pps: dict[int, set[int] | None]) -> None:
+        for pp, chunks in pps.items():
+            loc = (index, pp)
+            if loc in self.owners:  # an LV removed meanwhile has nothing to lose
+                self.mark_stale(loc, chunks)
+
+    def server_restarted(self, index: int, rebooted: bool) -> None:
+        """The RPV server behind PV ``index`` answered as a new instance: it may have lost
+        what it acknowledged since the last flush. Marked stale in memory here; the caller
+        commits (acknowledgements wait for that commit) and resyncs."""
+        lost = sum(len(p) for p in (self.unflushed.get(index, {}),
+                                    *self._flushing.get(index, ())))
+        log.warning("lvm_pv_server_restarted", vg=self.name, device=self.pv_name(index),
+                    host_rebooted=rebooted, unflushed_pps=lost)
+        self.lose_unflushed(index)
 
     @property
     def needs_written_mark(self) -> bool:
@@ -140,12 +218,14 @@ class VolumeGroup:
 
     async def mark_written(self) -> None:
         """Record, durably and once per generation, that this generation changed data: the
-        evidence split-brain detection needs."""
+        evidence split-brain detection needs. Writers that find the mark already set in
+        memory still wait for it to be durable (``vgsa_ahead``) before they acknowledge."""
         gen = self.vgsa.current
         if gen is not None and not gen["written"]:
             gen["written"] = True
             gen["first_write"] = time.time()
-            await self.commit_vgsa()
+            self.vgsa_changed()
+        await self.settle()
 
     def note_stale(self, index: int) -> None:
         if index not in self._episode:
@@ -160,6 +240,7 @@ class VolumeGroup:
 
     def pv_returned(self, index: int, label: str) -> None:
         self.vgsa.pv_state[self.vgda.pv(index).pvid] = PV_ACTIVE
+        self.vgsa_changed()
         self._episode.discard(index)
         self._log(label, self.pv_name(index), f"volume group {self.name}")
 
@@ -193,12 +274,16 @@ class VolumeGroup:
 
     # -- stale marking ---------------------------------------------------------------------------
     def mark_stale(self, loc: Loc, chunks: set[int] | None) -> bool:
-        """Record missed writes on ``loc``; True if the VGSA must be committed."""
+        """Record missed writes on ``loc`` (None: all of it); True if that was news, which
+        :meth:`settle` then makes durable."""
         pending = self.resyncing.get(loc)
         if pending is not None:
             pending |= chunks if chunks is not None else set(range(self.chunks_per_pp))
         self.note_stale(loc[0])
-        return self.vgsa.mark(loc, chunks)
+        if self.vgsa.mark(loc, chunks):
+            self.vgsa_changed()
+            return True
+        return False
 
     @property
     def chunks_per_pp(self) -> int:
@@ -209,7 +294,15 @@ class VolumeGroup:
 
     async def _flush_vgsa(self) -> None:
         self.vgsa.updated = time.time()
-        await self._write_everywhere(Kind.VGSA, lambda: self.vgsa.to_json())
+        written = 0
+
+        def payload() -> dict:
+            nonlocal written
+            written = self._vgsa_version  # what this very serialisation contains
+            return self.vgsa.to_json()
+
+        await self._write_everywhere(Kind.VGSA, payload)
+        self._vgsa_durable = max(self._vgsa_durable, written)
 
     async def write_vgda(self) -> None:
         self.vgda.modified = time.time()
@@ -289,45 +382,109 @@ class VolumeGroup:
                     if r not in self.drl_inflight:  # a writer may have arrived meanwhile
                         self.drl_active.pop(r, None)
         snapshot = set(self.drl_active)
-        await self._write_everywhere(Kind.DRL, lambda: {"regions": sorted(snapshot)})
+        await self._write_everywhere(Kind.DRL, lambda: {"regions": sorted(snapshot),
+                                                        "boots": self.host_boots()})
         self.drl_durable = snapshot
         log.info("lvm_drl_commit", vg=self.name, regions=len(snapshot))
 
     async def drl_clear(self) -> None:
         self.drl_active.clear()
         self.drl_durable = set()
-        await self._write_everywhere(Kind.DRL, lambda: {"regions": []})
+        await self._write_everywhere(Kind.DRL, lambda: {"regions": [],
+                                                        "boots": self.host_boots()})
 
     async def flush_pvs(self) -> None:
-        """Flush every usable PV; a PV that fails is marked missing (and its data stale)."""
-        targets = self.usable_pvs()
-        results = await asyncio.gather(*(self.devices[i].flush() for i in targets),
-                                       return_exceptions=True)
-        failed = [i for i, r in zip(targets, results, strict=True)
-                  if isinstance(r, BaseException)]
-        for i in failed:
-            self.pv_failed(i, "flush failed")
-            # writes acknowledged on it may not be durable: its partitions can no longer be
-            # trusted, so all of them become stale
-            for loc in self.owners:
-                if loc[0] == i:
-                    self.mark_stale(loc, None)
-        if failed:
-            await self.commit_vgsa()
+        """Flush every usable PV (:meth:`flush_pv`); return once the VGSA on disk records
+        any PV that failed. PVs that failed earlier had their unflushed writes marked then."""
+        await asyncio.gather(*(self.flush_pv(i) for i in self.usable_pvs()))
+        await self.settle()
+
+    async def flush_pv(self, index: int) -> bool:
+        """Flush one PV. The writes it took before the flush started are then durable and
+        forgotten; if the flush fails, the PV is marked missing and those writes stale (in
+        memory: the caller settles) and False is returned."""
+        snap = self.unflushed.pop(index, None) or {}
+        self._flushing.setdefault(index, []).append(snap)
+        try:
+            await self.devices[index].flush()
+        except OSError as e:
+            self._mark_lost(index, snap)
+            self.pv_failed(index, f"flush failed: {e}")
+            return False
+        except BaseException:  # cancelled: nothing was proven durable
+            self._merge_unflushed(index, snap)
+            raise
+        finally:
+            self._flush_done(index, snap)
+        return True
+
+    def _flush_done(self, index: int, snap: dict) -> None:
+        left = [s for s in self._flushing.get(index, ()) if s is not snap]
+        if left:
+            self._flushing[index] = left
+        else:
+            self._flushing.pop(index, None)
+
+    def _merge_unflushed(self, index: int, snap: dict) -> None:
+        pps = self.unflushed.setdefault(index, {})
+        for pp, chunks in snap.items():
+            cur = pps.get(pp, _NONE)
+            if chunks is None or cur is None:
+                pps[pp] = None
+            elif cur is _NONE:
+                pps[pp] = set(chunks)
+            else:
+                cur |= chunks
 
     # -- resync --------------------------------------------------------------------------------
     def stale_locs(self, want: Callable[[Loc], bool] | None = None) -> list[Loc]:
         return sorted(loc for loc in self.vgsa.stale
                       if (want is None or want(loc)) and self.usable(loc[0]))
 
-    def source_for(self, lv, lp: int, exclude: set[Loc]) -> tuple[Loc, BlockDevice] | None:
-        """A good copy of ``lp``: usable, not stale, not excluded, local disks first."""
-        best = None
+    def source_for(self, lv, lp: int, exclude: set[Loc],
+                   avoid: frozenset[int] = frozenset()) -> tuple[Loc, BlockDevice] | None:
+        """A good copy of ``lp``: usable, not stale, not excluded; local disks first, and
+        copies on the PVs ``avoid`` (whose host may have lost its page cache) last."""
+        ranked = []
         for loc in (m[lp] for m in lv.entry.maps):
             if loc in exclude or loc in self.vgsa.stale or not self.usable(loc[0]):
                 continue
             dev = self.devices[loc[0]]
-            if self.is_local(dev):
+            rank = (loc[0] in avoid, not self.is_local(dev))
+            if rank == (False, False):
                 return loc, dev
-            best = best or (loc, dev)
-        return best
+            ranked.append((rank, loc, dev))
+        if not ranked:
+            return None
+        _, loc, dev = min(ranked, key=lambda r: r[0])
+        return loc, dev
+
+    # -- which hosts rebooted ----------------------------------------------------------------
+    def host_boot(self, index: int) -> str | None:
+        """The boot of the host that holds PV ``index`` now (hex), if known."""
+        dev = self.devices.get(index)
+        if dev is None:
+            return None
+        if self.is_local(dev):
+            return self.boot
+        instance = getattr(dev, "instance", None)
+        return boot_of(instance).hex() if instance else None
+
+    def host_boots(self) -> dict[str, str]:
+        """PV index -> boot of its host, for the dirty-region log."""
+        out = {}
+        for p in self.vgda.pvs:
+            boot = self.host_boot(p.index)
+            if boot is not None:
+                out[str(p.index)] = boot
+        return out
+
+    def rebooted_since(self, boots: dict[str, str]) -> frozenset[int]:
+        """PVs whose host booted again since ``boots`` (from :meth:`host_boots`) was
+        recorded: what they had not synced then may be gone."""
+        out = set()
+        for key, then in boots.items():
+            now = self.host_boot(int(key))
+            if now is not None and now != then:
+                out.add(int(key))
+        return frozenset(out)

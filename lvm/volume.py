@@ -4,7 +4,10 @@ Write path: overlapping writes are ordered by a range lock; the touched regions 
 the dirty-region log first; every non-stale copy on a usable PV is written concurrently; copies
 that are stale, on a missing PV, or whose write failed are marked stale (changed 64 KiB chunks)
 and that is made durable in the VGSA before the write is acknowledged. If no copy of some
-logical partition took the write, the caller gets EIO.
+logical partition took the write, the caller gets EIO (after that accounting). Every copy
+that took a write is remembered until its PV's next flush (``VolumeGroup.note_written``), and
+nothing is acknowledged while the VGSA in memory is ahead of the disk
+(``VolumeGroup.settle``).
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ class LogicalVolume:
             except OSError as e:
                 log.warning("lvm_read_failed", lv=self.name, lp=lp, pv=dev.name, error=str(e))
                 vg.pv_failed(loc[0], f"read failed: {e}")
-                if vg.mark_stale(loc, None):
-                    await vg.commit_vgsa()
+                vg.mark_stale(loc, None)
+                await vg.settle()
 
     # -- writes --------------------------------------------------------------------------------
     def write_inline(self, offset: int, data, fua: bool, done) -> bool:
@@ -119,7 +122,7 @@ class LogicalVolume:
         Returns False, having done nothing, when the request must take :meth:`write`.
         """
         vg = self.vg
-        if fua or vg.needs_written_mark:
+        if fua or vg.needs_written_mark or vg.vgsa_ahead:
             return False
         n = len(data)
         where = self._one_lp(offset, n)
@@ -188,8 +191,7 @@ class LogicalVolume:
             finally:
                 vg.drl_leave(op.regions)
                 self.lock.release(op.entry)
-            if vg.needs_written_mark:
-                await vg.mark_written()
+            await vg.mark_written()  # and wait for every VGSA change made so far
         except Exception as e:
             failure = e
         except BaseException as e:  # cancelled at shutdown: still answer, then go
@@ -210,10 +212,9 @@ class LogicalVolume:
                 await self._write_copies(offset, data, fua)
             finally:
                 vg.drl_leave(regions)
-        if vg.needs_written_mark:
-            # checked after the copies were written: a PV lost during this write opened a
-            # new generation, and it is that one the acknowledgement must mark as written
-            await vg.mark_written()
+        # after the copies were written: a PV lost during this write opened a new generation,
+        # and it is that one the acknowledgement must mark as written
+        await vg.mark_written()
 
     async def _write_copies(self, offset: int, data: bytes, fua: bool) -> None:
         vg = self.vg
@@ -236,17 +237,22 @@ class LogicalVolume:
                 targets.append((lp, loc, within, n))
                 results.append(None)
                 if not fua and hasattr(dev, "write_now"):
-                    local.append((len(results) - 1, dev, pos, piece))
-                else:  # remote copies first, so the round trips overlap the local writes
-                    submit = getattr(dev, "submit_write", None)
-                    remote.append((len(results) - 1,
-                                   submit(pos, piece, fua) if submit is not None
-                                   else asyncio.ensure_future(dev.write(pos, piece, fua))))
-        for i, dev, pos, piece in local:  # page-cache writes: inline, no task
+                    local.append((len(results) - 1, loc, within, dev, pos, piece))
+                    continue
+                # remote copies first, so the round trips overlap the local writes
+                submit = getattr(dev, "submit_write", None)
+                fut = (submit(pos, piece, fua) if submit is not None
+                       else asyncio.ensure_future(dev.write(pos, piece, fua)))
+                if not fua:  # noted as it completes, before anything else can happen
+                    fut.add_done_callback(partial(_note_if_written, vg, loc, within, n))
+                remote.append((len(results) - 1, fut))
+        for i, loc, within, dev, pos, piece in local:  # page-cache writes: inline, no task
             try:
                 dev.write_now(pos, piece)
             except OSError as e:
                 results[i] = e
+            else:
+                vg.note_written(loc, within, len(piece))
         if remote:
             done = await asyncio.gather(*(f for _, f in remote), return_exceptions=True)
             for (i, _), r in zip(remote, done, strict=True):
@@ -256,9 +262,10 @@ class LogicalVolume:
 
     async def _account(self, lps, outcomes, missed: list) -> None:
         """After the copies of a write answered: a PV whose copy failed is marked missing,
-        every copy that missed the write is marked stale and that is made durable; EIO when
-        some LP took the write on no copy at all. ``outcomes``: (lp, loc, within, n, None or
-        the exception) per copy written; ``missed``: (loc, within, n) per copy skipped."""
+        every copy that missed the write is marked stale and that is made durable; then EIO
+        when some LP took the write on no copy at all (the LPs that did take it stay
+        accounted for). ``outcomes``: (lp, loc, within, n, None or the exception) per copy
+        written; ``missed``: (loc, within, n) per copy skipped."""
         vg = self.vg
         lp_ok = dict.fromkeys(lps, 0)
         for lp, loc, within, n, r in outcomes:
@@ -271,22 +278,24 @@ class LogicalVolume:
                 missed.append((loc, within, n))
             else:
                 raise r
+        for loc, within, n in missed:
+            vg.mark_stale(loc, chunks_of(within, n))
+        await vg.settle()
         failed_lps = [lp for lp, ok in lp_ok.items() if ok == 0]
         if failed_lps:
             vg._log("LVM_IO_FAIL", self.name,
                     f"write to LP {failed_lps[0] + 1} failed on every copy")
             raise OSError(errno.EIO, f"{self.name}: write failed on every copy of LP "
                                      f"{failed_lps[0] + 1}")
-        if missed:
-            changed = False
-            for loc, within, n in missed:
-                changed |= vg.mark_stale(loc, chunks_of(within, n))
-            if changed:
-                await vg.commit_vgsa()
 
     async def flush(self) -> None:
         self.vg.check_online()
         await self.vg.flush_pvs()
+
+
+def _note_if_written(vg: VolumeGroup, loc, within: int, n: int, fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        vg.note_written(loc, within, n)
 
 
 class _InlineWrite:
@@ -307,12 +316,14 @@ class _InlineWrite:
             self.locs.append(loc)
             if exc is not None:
                 self.failures[loc] = exc
+            else:
+                self.lv.vg.note_written(loc, self.within, self.n)
         self.pending -= 1
         if self.pending:
             return
         lv = self.lv
         vg = lv.vg
-        if self.failures or vg.needs_written_mark:
+        if self.failures or vg.needs_written_mark or vg.vgsa_ahead:
             task = asyncio.get_running_loop().create_task(lv._finish_inline(self))
             lv.tasks.add(task)
             task.add_done_callback(lv.tasks.discard)

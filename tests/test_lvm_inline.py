@@ -96,10 +96,11 @@ def make_lv(local: MemDisk, remote: RemoteDisk) -> LogicalVolume:
     vgda = VGDA("v" * 32, "vg", PP, quorum=False,
                 pvs=[PVEntry("a" * 32, LOCAL, 10), PVEntry("b" * 32, REMOTE, 10)],
                 lvs={"lv00": entry})
-    vg = VolumeGroup(vgda, VGSA(), {LOCAL: local, REMOTE: remote}, {k: 0 for k in Kind},
+    vgsa = VGSA()  # as varyon reads it: a generation already marked written, on disk
+    vgsa.new_generation("g" * 16, "", 0.0)
+    vgsa.current["written"] = True
+    vg = VolumeGroup(vgda, vgsa, {LOCAL: local, REMOTE: remote}, {k: 0 for k in Kind},
                      is_local=lambda d: d is local, quorum_active=False)
-    vg.new_generation()
-    vg.vgsa.current["written"] = True
     vg.drl_durable = {(1, r) for r in range(2 * PP // (4 * MiB))}
     return LogicalVolume(vg, entry)
 

@@ -6,6 +6,12 @@ and unanswered requests are re-sent until their deadline. When any deadline pass
 fails *all* outstanding requests with ``EIO``, reports the timeout once (``on_timeout``) and
 fails new I/O at once until :meth:`resume`. ``server_addr = none`` does the same without the
 report (a planned outage).
+
+A server that answers a reconnect as a different instance (it restarted, perhaps after its
+host lost power) may have forgotten writes it acknowledged since the last completed FLUSH.
+``on_new_instance`` lets the owner (the LVM) mark those regions stale; without an owner that
+takes it, the requests waiting then fail with ``EIO``, so the next FLUSH reports the loss
+instead of succeeding on the new instance.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import structlog
 from rpv import protocol as pc
 from rpv.blockdev import check_range
 from rpv.client.stats import IOStats
+from rpv.instance import same_boot
 from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
 
 log = structlog.get_logger("rpv.client")
@@ -52,6 +59,7 @@ class _Req:
     callback: Callable[[OSError | None], None] | None = None
     rid: int = 0
     started: float = 0.0
+    covers: int = 0  # FLUSH: writes acknowledged before it was queued
 
 
 class RPVClient:
@@ -64,6 +72,7 @@ class RPVClient:
                  on_hello: Callable[[RPVClient, HelloInfo], None] | None = None,
                  auto_resume: bool = False,
                  on_resumed: Callable[[RPVClient], None] | None = None,
+                 on_new_instance: Callable[[RPVClient, bool], bool] | None = None,
                  ssl: ssl_module.SSLContext | None = None):
         self.name = name
         self.pvid = pvid_to_bytes(pvid)
@@ -79,6 +88,7 @@ class RPVClient:
         self.auto_resume = auto_resume
         self.ssl = ssl
         self._on_resumed = on_resumed
+        self.on_new_instance = on_new_instance
         self._probe: asyncio.Task | None = None
         self.state = ClientState.DISABLED if server_addr == "none" else ClientState.ONLINE
         self.server_info: HelloInfo | None = None
@@ -93,6 +103,9 @@ class RPVClient:
         self._inflight = 0
         self.last_error = ""
         self.stats = IOStats()
+        self.instance: bytes | None = None  # the server instance that answered last HELLO
+        self._acked_writes = 0  # non-FUA writes acknowledged, ever
+        self._flushed_writes = 0  # of those, how many a completed FLUSH covered
 
     # -- BlockDevice ---------------------------------------------------------------------------
     @property
@@ -217,12 +230,24 @@ class RPVClient:
         if addr == "none":
             self._fail(f"{self.name}: server_addr set to none", ClientState.DISABLED)
         else:
-            self._drop_link("server address changed")
+            if self._connecting is not None:  # it may be reaching the old address
+                self._connecting.cancel()
+                self._connecting = None
             self.state = ClientState.ONLINE
+            self._drop_link("server address changed")
 
     def set_io_timeout(self, seconds: float) -> None:
-        """New deadlines apply to requests submitted from now on."""
+        """Deadlines become ``seconds`` from each request's submission: a lower value brings
+        outstanding deadlines forward at once; a higher one applies to new requests only."""
         self.io_timeout = float(seconds)
+        if not self._pending:
+            return
+        for req in self._pending.values():
+            req.deadline = min(req.deadline, req.started + self.io_timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        earliest = min(r.deadline for r in self._pending.values())
+        self._timer = self._loop.call_at(earliest, self._check_deadlines)
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -268,6 +293,8 @@ class RPVClient:
         now = self._loop.time()
         req = _Req(opcode, offset, length, data, fua, now + self.io_timeout, fut, rid=rid,
                    started=now, callback=callback)
+        if opcode is Opcode.FLUSH:
+            req.covers = self._acked_writes
         self._pending[rid] = req
         if self._timer is None:
             self._timer = self._loop.call_at(req.deadline, self._check_deadlines)
@@ -310,8 +337,12 @@ class RPVClient:
         if ev.status:
             self.stats.errors += 1
         elif req.opcode is Opcode.READ or req.opcode is Opcode.WRITE:  # not FLUSH, CHECKSUM
+            if req.opcode is Opcode.WRITE and not req.fua:
+                self._acked_writes += 1
             self.stats.completed(req.opcode is Opcode.WRITE, req.length,
                                  self._loop.time() - req.started)
+        elif req.opcode is Opcode.FLUSH and req.covers > self._flushed_writes:
+            self._flushed_writes = req.covers
         if req.callback is not None:
             req.callback(OSError(ev.status, f"{self.name}: remote {req.opcode.name}: "
                                             f"{ev.message}") if ev.status else None)
@@ -352,20 +383,40 @@ class RPVClient:
         """Enter a non-online state: fail every outstanding request with EIO."""
         self.state = state
         self.last_error = reason
+        self._fail_requests(reason)
+        if self._connecting:
+            self._connecting.cancel()
+            self._connecting = None
+        self._drop_link(reason)
+
+    def _fail_requests(self, reason: str) -> None:
+        """Fail every outstanding request with EIO (the state does not change)."""
         pending, self._pending = self._pending, {}
         self._inflight = 0
         for req in pending.values():
-            if req.callback is not None:  # later: _fail runs inside other bookkeeping
+            if req.callback is not None:  # later: this runs inside other bookkeeping
                 self._loop.call_soon(req.callback, OSError(errno.EIO, reason))
             elif not req.future.done():
                 req.future.set_exception(OSError(errno.EIO, reason))
         if self._timer:
             self._timer.cancel()
             self._timer = None
-        if self._connecting:
-            self._connecting.cancel()
-            self._connecting = None
-        self._drop_link(reason)
+
+    def _new_instance(self, info: HelloInfo, previous: bytes) -> None:
+        """The server restarted since our last session: what it acknowledged but had not
+        flushed may be gone. Runs before anything is sent to (or answered by) the new
+        instance."""
+        rebooted = not same_boot(previous, info.instance)
+        unflushed = self._acked_writes - self._flushed_writes
+        log.warning("rpvc_server_restarted", device=self.name, server=self.server_addr,
+                    host_rebooted=rebooted, unflushed_writes=unflushed,
+                    outstanding=len(self._pending))
+        self._flushed_writes = self._acked_writes  # reported below, once
+        if self.on_new_instance is not None and self.on_new_instance(self, rebooted):
+            return  # the owner marks what may be lost stale before acknowledging more
+        if unflushed:
+            self._fail_requests(f"RPV server {self.server_addr} restarted: {unflushed} "
+                                f"acknowledged writes since the last flush may be lost")
 
     # -- connection management ----------------------------------------------------------------
     def _drop_link(self, reason: str) -> None:
@@ -404,15 +455,21 @@ class RPVClient:
                                 server=self.server_addr, reason=self.last_error)
                 await asyncio.sleep(CONNECT_BACKOFF[min(attempt, len(CONNECT_BACKOFF) - 1)])
                 continue
-            if self.state is not ClientState.ONLINE:
-                link.close()
+            if self.state is not ClientState.ONLINE or self._link is not None:
+                link.close()  # failed meanwhile, or open() adopted a link of its own
                 return
             self._adopt(link)
             return
 
     def _adopt(self, link: _Link) -> None:
-        if self._link is not None and self._link is not link:
-            self._link.close()
+        """Use ``link`` from now on. Requests sent on a link it replaces are sent again on
+        this one at once (the server closed the old session when this one said HELLO)."""
+        old = self._link
+        if old is not None and old is not link:
+            old.close()
+            for req in self._pending.values():
+                req.sent_on = None
+            self._inflight = 0
         self._link = link
         self.last_error = ""
         self._send_unsent()
@@ -433,6 +490,9 @@ class RPVClient:
                                        f"to {info.disk_size}")
         self._size = info.disk_size
         self.server_info = info
+        previous, self.instance = self.instance, info.instance
+        if previous is not None and previous != info.instance:
+            self._new_instance(info, previous)
         self._max_payload = min(info.max_payload, 4 * 1024 * 1024)
         self._max_outstanding = max(1, min(info.max_outstanding, 256))
         if self._on_hello:

@@ -311,7 +311,7 @@ class DeviceManager:
             site=self.site(), node=self.node, size=0,
             on_timeout=self._client_timed_out, on_hello=self._client_hello,
             auto_resume=a.get("auto_resume") == "y", on_resumed=self._client_resumed,
-            ssl=self.client_ssl)
+            on_new_instance=self._client_new_instance, ssl=self.client_ssl)
         if a["server_addr"] != "none":
             timeout = min(float(a["io_timeout"]), CONNECT_TIMEOUT_MAX)
             try:
@@ -343,6 +343,11 @@ class DeviceManager:
             task = asyncio.get_running_loop().create_task(self.lvm.pv_came_back(client.name))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _client_new_instance(self, client: RPVClient, rebooted: bool) -> bool:
+        """The server restarted: the LVM marks what it may have lost (True), if it uses
+        the disk; otherwise the client fails what waits (see RPVClient)."""
+        return self.lvm is not None and self.lvm.pv_server_restarted(client.name, rebooted)
 
     def _client_timed_out(self, client: RPVClient, reason: str) -> None:
         self.errlog.log("RPVC_IO_TIMEOUT", client.name, "disk", "rpvclient", reason)

@@ -33,6 +33,7 @@ from .constants import (
     status_name,
 )
 from .events import (
+    INSTANCE_SIZE,
     ChecksumReply,
     ChecksumRequest,
     ConnectionClosed,
@@ -68,6 +69,7 @@ __all__ = [
     "FEATURE_FUA",
     "FLAG_FUA",
     "FLAG_REPLY",
+    "INSTANCE_SIZE",
     "MAGIC",
     "MAX_CHECKSUM_LENGTH",
     "MAX_MESSAGE",

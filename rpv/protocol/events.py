@@ -7,6 +7,8 @@ from typing import ClassVar
 
 from .constants import VERSION, DeviceState, Opcode
 
+INSTANCE_SIZE = 16  # bytes of a server instance id in HELLO: 8 of boot id, 8 per daemon start
+
 
 @dataclass(frozen=True, slots=True)
 class HelloInfo:
@@ -21,6 +23,9 @@ class HelloInfo:
     max_outstanding: int
     features: int = 0
     version: int = VERSION
+    # who answered: a hash of the server host's boot id, then a random id of this daemon
+    # start. A client that sees it change treats unflushed writes as lost (DESIGN inv. 10).
+    instance: bytes = bytes(INSTANCE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from .constants import (
     DeviceState,
     Opcode,
 )
-from .events import DiscoverEntry, DiscoverInfo, HelloInfo
+from .events import INSTANCE_SIZE, DiscoverEntry, DiscoverInfo, HelloInfo
 from .pvid import PVID_SIZE
 
 # --- construct schemas -------------------------------------------------------------------
@@ -80,6 +80,7 @@ HelloReplyPayload = Struct(
     "block_size" / Int32ub,
     "max_payload" / Int32ub,
     "max_outstanding" / Int32ub,
+    "instance" / Bytes(INSTANCE_SIZE),
     Terminated,
 )
 DiscoverEntrySchema = Struct(
@@ -179,7 +180,7 @@ REPLY_EXT_SIZE = REPLY_EXT_STRUCT.size  # 4
 # Payload size bounds for the variable control payloads (u8-prefixed strings).
 HELLO_REQUEST_MIN = 1 + 1 + 4 + PVID_SIZE + 1 + 1
 HELLO_REQUEST_MAX = HELLO_REQUEST_MIN + 2 * 255
-HELLO_REPLY_MIN = 1 + 4 + 3 * 1 + 8 + 4 + 4 + 4
+HELLO_REPLY_MIN = 1 + 4 + 3 * 1 + 8 + 4 + 4 + 4 + INSTANCE_SIZE
 HELLO_REPLY_MAX = HELLO_REPLY_MIN + 3 * 255
 DISCOVER_REPLY_MIN = 1 + 1 + 2
 
@@ -254,6 +255,7 @@ def encode_hello_reply(info: HelloInfo) -> bytes:
             block_size=info.block_size,
             max_payload=info.max_payload,
             max_outstanding=info.max_outstanding,
+            instance=info.instance,
         )
     )
 
@@ -304,6 +306,7 @@ def decode_hello_reply(payload: bytes) -> HelloInfo:
         max_outstanding=c.max_outstanding,
         features=c.features,
         version=c.version,
+        instance=bytes(c.instance),
     )
 
 

@@ -19,6 +19,7 @@ import structlog
 
 from rpv import protocol as pc
 from rpv.blockdev import BlockDevice, check_range
+from rpv.instance import new_instance
 from rpv.protocol import (
     FEATURE_FLUSH,
     FEATURE_FUA,
@@ -61,10 +62,11 @@ class RPVServer:
     """Listener plus the set of live connections."""
 
     def __init__(self, exports: Callable[[], list[Export]], site: Callable[[], str],
-                 node: str, limits: Limits | None = None):
+                 node: str, limits: Limits | None = None, instance: bytes | None = None):
         self._exports = exports
         self._site = site
         self.node = node
+        self.instance = instance if instance is not None else new_instance()
         self.limits = limits or Limits()
         self._servers: list[asyncio.base_events.Server] = []
         self.connections: set[_ServerConnection] = set()
@@ -288,7 +290,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
         info = HelloInfo(version=PROTOCOL_VERSION, features=FEATURE_FUA | FEATURE_FLUSH,
                          server_site=srv.site(), server_node=srv.node, disk_name=exp.disk_name,
                          disk_size=exp.size, block_size=512, max_payload=lim.max_payload,
-                         max_outstanding=lim.max_outstanding)
+                         max_outstanding=lim.max_outstanding, instance=srv.instance)
         self._send(self.conn.send_hello_reply, ev.request_id, info)
         log.info("rpv_session", peer=self.peer, device=exp.server_name, disk=exp.disk_name,
                  pvid=pvid, client_site=ev.client_site, client_node=ev.client_node)
