@@ -3,6 +3,10 @@
 A site's daemon is started with ``--ready-fd`` and the test waits on that pipe, so there is no
 polling and no fixed sleep. glvmctl runs as a real subprocess, exactly as an administrator
 would run it.
+
+A ``Site(lazy=True)`` keeps its disks on a LazyFS (tests/lazyfs.py) mounted at ``root/disks``,
+so :meth:`Site.power_loss` can drop the data its daemon wrote but did not sync, as a host power
+loss does. ``kill()``, ``stop()`` and ``close()`` unmount it; ``start()`` mounts it again.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.lazyfs import LazyFS
 
 BIN = Path(sys.executable).parent
 RPVD = str(BIN / "rpvd")
@@ -38,6 +45,9 @@ class Site:
     port: int = 6192
     proc: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
+    lazy: bool = False  # disks on a LazyFS at root/disks, for power_loss()
+    boot_id: str | None = None  # given to rpvd as GLVM_BOOT_ID
+    lazyfs: LazyFS | None = field(default=None, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -55,19 +65,24 @@ class Site:
         return f"nbd+unix:///{export}?socket={self.nbd_socket}"
 
     def disk_path(self, name: str) -> str:
-        return str(self.root / name)
+        return str(self.root / "disks" / name) if self.lazy else str(self.root / name)
 
     # -- process control -------------------------------------------------------------------
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.lazy and self.lazyfs is None:
+            fs = LazyFS(self.root / "disks.backing", self.root / "disks")
+            fs.mount()
+            self.lazyfs = fs
+        env = dict(os.environ, GLVM_BOOT_ID=self.boot_id) if self.boot_id else None
         rfd, wfd = os.pipe()
         log = open(self.root / "rpvd.stderr", "ab")  # noqa: SIM115 — kept for the process
         try:
             self.proc = subprocess.Popen(
                 [RPVD, "--state-dir", str(self.state_dir), "--listen", f"{self.addr}:{self.port}",
                  "--node", self.node, "--ready-fd", str(wfd), *self.extra_args],
-                pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=log)
+                pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=log, env=env)
         finally:
             os.close(wfd)
             log.close()
@@ -83,19 +98,52 @@ class Site:
                                + self.stderr()[-3000:])
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM the daemon (SIGKILL after 10 s), then unmount a lazy site's disks."""
+        try:
+            if self.proc and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            self.unmount()
 
     def kill(self) -> None:
+        """kill -9 the daemon, then unmount a lazy site's disks (the host stays up: what the
+        daemon wrote is written back). Teardown calls this, so it always unmounts."""
+        try:
+            self._kill9()
+        finally:
+            self.unmount()
+
+    def close(self) -> None:
+        """Teardown: no daemon left running and no mount left behind."""
+        self.kill()
+
+    def _kill9(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
             self.proc.wait()
+
+    def unmount(self) -> None:
+        """Unmount the LazyFS of a lazy site, if mounted (the next start() mounts it again)."""
+        fs, self.lazyfs = self.lazyfs, None
+        if fs is not None:
+            fs.unmount()
+
+    def power_loss(self, restart: bool = True) -> None:
+        """The site's host loses power: kill -9 the daemon, drop the unsynced data of the
+        site's disks, take a new boot id and, if ``restart``, start the daemon again."""
+        assert self.lazy, f"site {self.name}: power_loss() needs Site(lazy=True)"
+        assert self.lazyfs is not None, f"site {self.name}: power_loss() before start()"
+        self._kill9()
+        self.lazyfs.crash()
+        self.boot_id = str(uuid.uuid4())
+        if restart:
+            self.start()
 
     def pause(self) -> None:
         os.kill(self.proc.pid, signal.SIGSTOP)
