@@ -337,6 +337,8 @@ def test_site_power_loss_restarts_with_disk_available(lazy_site):
     assert site.lazyfs.stats()["crashes"] == 1
     assert site.boot_id is not None and site.proc.poll() is None
     first_boot = site.boot_id
+    environ = Path(f"/proc/{site.proc.pid}/environ").read_bytes().split(b"\0")
+    assert f"GLVM_BOOT_ID={first_boot}".encode() in environ
     assert site.json("lspv", "hdisk2")[0]["pvid"] == pvid
     assert {d["name"]: d["state"] for d in site.json("lsdev", "-C", "-c", "disk")} == \
         {"hdisk2": "Available"}
