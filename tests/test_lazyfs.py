@@ -8,6 +8,9 @@ import fcntl
 import json
 import os
 import random
+import select
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -308,6 +311,40 @@ def test_unmount_while_a_file_is_open(tmp_path):
     finally:
         with contextlib.suppress(OSError):  # ENOTCONN: the filesystem is gone
             os.close(fd)
+
+
+def test_a_test_process_that_dies_leaves_no_mount(tmp_path):
+    """The LazyFS process watches a pipe from its parent: when the parent dies without
+    unmounting (kill -9, os._exit), the mount goes away on its own, data written back."""
+    child = ("import os, sys\n"
+             "from pathlib import Path\n"
+             "from tests.lazyfs import LazyFS\n"
+             f"fs = LazyFS(Path({str(tmp_path / 'b')!r}), Path({str(tmp_path / 'm')!r}))\n"
+             "fs.mount()\n"
+             f"fd = os.open({str(tmp_path / 'm' / 'f')!r}, os.O_RDWR | os.O_CREAT)\n"
+             "os.write(fd, b'unsynced')\n"
+             "print(fs.proc.pid, flush=True)\n"
+             "os._exit(0)\n")
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                       timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert r.returncode == 0, r.stderr
+        try:
+            pidfd = os.pidfd_open(int(r.stdout))
+        except ProcessLookupError:
+            pidfd = None  # already gone
+        if pidfd is not None:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                assert poller.poll(20_000), "the orphaned LazyFS process did not exit"
+            finally:
+                os.close(pidfd)
+        assert not is_mounted(tmp_path / "m")
+    finally:  # if this test fails, it must not be what leaves a mount behind
+        if is_mounted(tmp_path / "m"):
+            subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "m")], timeout=30)
+    assert (tmp_path / "b" / "f").read_bytes() == b"unsynced"
 
 
 # -- a real daemon on a lazy site ------------------------------------------------------------
