@@ -41,6 +41,8 @@ from pathlib import Path
 PAGE = 4096
 CONTROL = "/.lazyfs"
 MAX_WRITE = 1 << 20
+RUN_PAGES = MAX_WRITE // PAGE  # pages per pwritev (IOV_MAX is 1024)
+BATCH_PAGES = 4 * RUN_PAGES  # pages written back per hold of the mutex
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 MOUNT_TIMEOUT = 20.0
@@ -92,7 +94,7 @@ class LazyOps:
         self.crashes = 0
         self.syncs = 0
 
-    # -- helpers (call with the lock held) --------------------------------------------------
+    # -- helpers (call with the mutex held) -------------------------------------------------
     def _real(self, path: str) -> str:
         return self.backing + path
 
@@ -119,22 +121,41 @@ class LazyOps:
             self.order.pop((f, idx), None)
 
     def _write_back(self, f: _File, idxs) -> None:
-        """pwrite the given dirty pages of ``f`` (clipped to the file size) and mark them clean."""
+        """Write the given dirty pages of ``f`` (clipped to the file size) and mark them clean:
+        one pwritev per run of up to 1 MiB of consecutive pages."""
         size = os.fstat(f.fd).st_size
-        run_start, run = None, []
-        for idx in sorted(idxs) + [None]:
-            if run and (idx is None or idx != run_start + len(run)):
-                data = b"".join(run)[:max(0, size - run_start * PAGE)]
-                done = 0
-                while done < len(data):
-                    done += os.pwrite(f.fd, data[done:], run_start * PAGE + done)
-                run_start, run = None, []
-            if idx is None:
-                break
-            if not run:
-                run_start = idx
-            run.append(f.pages.pop(idx))
-            self.order.pop((f, idx), None)
+        idxs = sorted(idxs)
+        i = 0
+        while i < len(idxs):
+            j = i + 1
+            while j < len(idxs) and idxs[j] == idxs[j - 1] + 1 and j - i < RUN_PAGES:
+                j += 1
+            start = idxs[i] * PAGE
+            bufs = []
+            for idx in idxs[i:j]:
+                bufs.append(memoryview(f.pages.pop(idx)))
+                self.order.pop((f, idx), None)
+            keep = min(len(bufs) * PAGE, max(0, size - start))
+            bufs = bufs[:keep // PAGE] + ([bufs[keep // PAGE][:keep % PAGE]] if keep % PAGE else [])
+            done = os.pwritev(f.fd, bufs, start) if bufs else 0
+            if done < keep:  # short write: the rest one call at a time
+                rest = b"".join(bufs)
+                while done < keep:
+                    done += os.pwrite(f.fd, rest[done:], start + done)
+            i = j
+
+    def _flush_file(self, f: _File) -> int | None:
+        """Write back the pages ``f`` has now, 4 MiB per hold of the mutex so other I/O goes on
+        meanwhile; return a dup of its fd for the caller to sync, None if ``f`` is gone."""
+        with self.mutex:
+            todo = sorted(f.pages)
+        for i in range(0, len(todo), BATCH_PAGES):
+            with self.mutex:
+                if self.files.get(f.key) is not f:
+                    return None
+                self._write_back(f, [idx for idx in todo[i:i + BATCH_PAGES] if idx in f.pages])
+        with self.mutex:
+            return os.dup(f.fd) if self.files.get(f.key) is f else None
 
     def _key_of(self, path: str) -> tuple[int, int] | None:
         try:
@@ -176,10 +197,14 @@ class LazyOps:
         with self.mutex:
             self.syncs += count
             files = list(self.files.values())
-            for f in files:
-                self._write_back(f, list(f.pages))
-                os.fsync(f.fd)
-            for f in files:
+        for f in files:
+            fd = self._flush_file(f)
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            with self.mutex:
                 self._forget_if_idle(f)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -370,13 +395,11 @@ class LazyOps:
         return len(data)
 
     def fsync(self, path: str, datasync: int, fi) -> int:
-        with self.mutex:
-            h = self.handles[fi.fh]
-            if isinstance(h, _Control):
-                return 0
-            self._write_back(h, list(h.pages))
-            fd = os.dup(h.fd)
-        try:  # outside the lock: other files' I/O goes on while the backing store syncs
+        h = self.handles[fi.fh]
+        if isinstance(h, _Control):
+            return 0
+        fd = self._flush_file(h)  # an open handle keeps h (and its fd) alive
+        try:  # outside the mutex: other I/O goes on while the backing store syncs
             (os.fdatasync if datasync else os.fsync)(fd)
         finally:
             os.close(fd)
