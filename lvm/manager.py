@@ -245,7 +245,7 @@ class LVMManager:
                 await self._write_header(d, vgda, index)
             await group.write_vgda()
             await group.commit_vgsa()
-            await group._drl_commit.commit()
+            await group.commit_drl()
             self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
             return {"vg": vg}
 
@@ -780,7 +780,8 @@ class LVMManager:
         avoid = group.rebooted_since(drl.get("boots", {}))
         if avoid and regions:
             log.warning("lvm_drl_host_rebooted", vg=group.name,
-                        pvs=[group.pv_name(i) for i in sorted(avoid)])
+                        pvs=[group.pv_name(i) for i in sorted(avoid)],
+                        boots_logged=drl.get("boots", {}), boots_now=group.host_boots())
         by_id = {e.lvid: group.lvs[e.name] for e in group.vgda.lvs.values()}
         copied = 0
         for lvid, region in regions:
@@ -842,6 +843,7 @@ class LVMManager:
     async def _settle_and_resync(self, group: VolumeGroup) -> None:
         try:
             await group.settle()
+            await group.commit_drl()
         except OSError as e:
             log.warning("lvm_settle_failed", vg=group.name, error=str(e))
             return
@@ -914,7 +916,7 @@ class LVMManager:
     async def _bring_current(group: VolumeGroup) -> None:
         await group.commit_vgsa()
         await group.write_vgda()
-        await group._drl_commit.commit()
+        await group.commit_drl()
 
     async def varyoffvg(self, vg: str) -> dict:
         async with self._lock:

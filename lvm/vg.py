@@ -387,6 +387,12 @@ class VolumeGroup:
         self.drl_durable = snapshot
         log.info("lvm_drl_commit", vg=self.name, regions=len(snapshot))
 
+    async def commit_drl(self) -> None:
+        """Write the dirty-region log again (its active regions, and the boot of each PV's
+        host as it is now): after a host rebooted and what it lost was marked stale, its
+        copies are trusted again by the next dirty-region recovery."""
+        await self._drl_commit.commit()
+
     async def drl_clear(self) -> None:
         self.drl_active.clear()
         self.drl_durable = set()

@@ -11,8 +11,10 @@ Run in the foreground::
 
     python -m tests.lazyfs BACKING_DIR MOUNTPOINT [--ready-fd N] [--max-dirty BYTES]
 
-The control file ``MOUNTPOINT/.lazyfs`` takes ``crash`` or ``sync`` written to it and reads
-back one line of JSON stats. :class:`LazyFS` drives all of this from a test.
+The control file ``MOUNTPOINT/.lazyfs`` takes ``crash`` or ``sync`` written to it, and
+``fail /NAME`` / ``heal /NAME`` (writes and syncs of that file fail with EIO until healed: a
+disk that died, below the product), and reads back one line of JSON stats. :class:`LazyFS`
+drives all of this from a test.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class LazyOps:
         self.order: OrderedDict[tuple[_File, int], None] = OrderedDict()  # oldest-dirtied first
         self.crashes = 0
         self.syncs = 0
+        self.failing: set[str] = set()  # paths whose writes and syncs fail (``fail``)
 
     # -- helpers (call with the mutex held) -------------------------------------------------
     def _real(self, path: str) -> str:
@@ -357,6 +360,8 @@ class LazyOps:
     def write(self, path: str, data: bytes, offset: int, fi) -> int:
         if isinstance(self.handles[fi.fh], _Control):
             return self._command(data)
+        if path in self.failing:
+            raise OSError(errno.EIO, f"{path}: injected disk failure")
         with self.mutex:
             h = self.handles[fi.fh]
             end = offset + len(data)
@@ -386,10 +391,15 @@ class LazyOps:
 
     def _command(self, data: bytes) -> int:
         word = data.decode(errors="replace").strip()
+        verb, _, arg = word.partition(" ")
         if word == "crash":
             self.crash()
         elif word == "sync":
             self.sync()
+        elif verb == "fail" and arg.startswith("/"):
+            self.failing.add(arg)
+        elif verb == "heal" and arg.startswith("/"):
+            self.failing.discard(arg)
         else:
             raise OSError(errno.EINVAL, f"unknown command {word!r}")
         return len(data)
@@ -398,6 +408,8 @@ class LazyOps:
         h = self.handles[fi.fh]
         if isinstance(h, _Control):
             return 0
+        if path in self.failing:
+            raise OSError(errno.EIO, f"{path}: injected disk failure")
         fd = self._flush_file(h)  # an open handle keeps h (and its fd) alive
         try:  # outside the mutex: other I/O goes on while the backing store syncs
             (os.fdatasync if datasync else os.fsync)(fd)
@@ -586,6 +598,14 @@ class LazyFS:
     def sync(self) -> None:
         """Write every dirty page back and fsync the backing files."""
         self._control("sync")
+
+    def fail(self, name: str) -> None:
+        """From now on writes and syncs of ``name`` (a path inside the mount) fail with
+        EIO, through descriptors already open too, until :meth:`heal`."""
+        self._control(f"fail /{name.lstrip('/')}")
+
+    def heal(self, name: str) -> None:
+        self._control(f"heal /{name.lstrip('/')}")
 
     def stats(self) -> dict:
         assert self.proc is not None, "not mounted"

@@ -134,16 +134,19 @@ class Site:
         if fs is not None:
             fs.unmount()
 
-    def power_loss(self, restart: bool = True) -> None:
+    def power_loss(self, restart: bool = True) -> int:
         """The site's host loses power: kill -9 the daemon, drop the unsynced data of the
-        site's disks, take a new boot id and, if ``restart``, start the daemon again."""
+        site's disks, take a new boot id and, if ``restart``, start the daemon again.
+        Returns how many bytes of unsynced data were dropped."""
         assert self.lazy, f"site {self.name}: power_loss() needs Site(lazy=True)"
         assert self.lazyfs is not None, f"site {self.name}: power_loss() before start()"
         self._kill9()
+        dropped = self.lazyfs.stats()["dirty_bytes"]
         self.lazyfs.crash()
         self.boot_id = str(uuid.uuid4())
         if restart:
             self.start()
+        return dropped
 
     def pause(self) -> None:
         os.kill(self.proc.pid, signal.SIGSTOP)

@@ -36,9 +36,15 @@ Fault kinds: blackhole, stall_up, stall_down (one-way partitions), reset (the li
 resetting), reset_once (one reset, the client must reconnect and re-send by itself), latency
 (slow link, optional bandwidth cap), sigstop_b, kill_b (kill -9), restart_b (SIGTERM + start),
 kill_a (kill -9 of the production daemon mid-write), restart_a, disk_a / disk_b (a disk file
-made immutable with ``chattr +i``: every write to it fails with EPERM, even through the
-daemon's open descriptor; repaired with ``chattr -i``), failover (kill -9 of A or a planned
-varyoffvg, ``importvg -f`` / ``varyonvg -f`` at B, production at B, then the seed's failback).
+made unwritable: every write to it fails, even through the daemon's open descriptor; repaired
+after), failover (kill -9 of A or a planned varyoffvg, ``importvg -f`` / ``varyonvg -f`` at B,
+production at B, then the seed's failback), and the power losses (``POWER_KINDS``): every
+site's disks sit on a LazyFS mount (tests/lazyfs.py) that keeps written data in memory until
+fsync; a power loss kills -9 the site's rpvd, drops that unsynced data, gives the "host" a new
+boot id and restarts it. The checker knows what was promised: every acknowledged write
+survives a power loss while the other site's copy was good; when A held the only good copy
+(``ONLY_COPY_LOST``), every write followed by a completed FLUSH (or written with FUA)
+survives.
 
 The schedule (kinds and their parameters) is derived from ``--seed`` only; the first faults
 are a seeded permutation of every kind, so short runs cover as many kinds as they can. The
@@ -98,13 +104,25 @@ TIMEOUT_KINDS = ("blackhole", "stall_up", "stall_down", "reset", "sigstop_b", "k
 DISK_KINDS = ("disk_a", "disk_b")
 TRANSIENT_KINDS = ("latency", "reset_once")
 A_DOWN_KINDS = ("kill_a", "restart_a")
+# power losses: kill -9 of the site's rpvd, its disks' unsynced data dropped (LazyFS), a new
+# boot id, a restart. power_b restarts at once (inside io_timeout), power_b_slow after the
+# clients timed out; power_a_stale / power_a_resync take A while it holds the only fresh copy
+# of some blocks (link down / resync running), power_b_resync takes B in the middle of a
+# resync towards it.
+POWER_KINDS = ("power_a", "power_b", "power_b_slow", "power_a_stale", "power_a_resync",
+               "power_b_resync")
+# where A held the only good copy: the promise is then what a FLUSH made durable
+ONLY_COPY_LOST = ("power_a_stale", "power_a_resync")
 KINDS = TIMEOUT_KINDS + DISK_KINDS + TRANSIENT_KINDS + A_DOWN_KINDS + (
-    "restart_b", "kill_a_resync", "failover")
+    "restart_b", "kill_a_resync", "failover") + POWER_KINDS
 WEIGHTS = {"blackhole": 3, "stall_up": 2, "stall_down": 2, "reset": 2, "sigstop_b": 2,
            "kill_b": 3, "disk_a": 2, "disk_b": 2, "latency": 3, "reset_once": 2, "kill_a": 3,
-           "restart_a": 1, "restart_b": 2, "kill_a_resync": 2, "failover": 1}
+           "restart_a": 1, "restart_b": 2, "kill_a_resync": 2, "failover": 1,
+           "power_a": 3, "power_b": 3, "power_b_slow": 2, "power_a_stale": 2,
+           "power_a_resync": 2, "power_b_resync": 2}
 # kinds where the application's I/O fails (A's daemon goes away): not an error there
-IO_FAILS = A_DOWN_KINDS + ("kill_a_resync", "failover")
+IO_FAILS = A_DOWN_KINDS + ("kill_a_resync", "failover", "power_a", "power_a_stale",
+                           "power_a_resync")
 
 
 class SoakAbort(Exception):
@@ -315,15 +333,24 @@ class WriteRec:
 
 
 class Model:
-    """Per 4 KiB block: the write sequence numbers whose content the block may hold."""
+    """Per 4 KiB block: the write sequence numbers whose content the block may hold.
+
+    It also knows what a FLUSH promised: per block, the last write that a completed FLUSH
+    (or FUA) made durable, and the writes after it. When a power loss may take unflushed
+    writes (the host holding the only good copy lost power), :meth:`allow_unflushed_loss`
+    lets each block hold any of those again, but never less than the durable one.
+    """
 
     def __init__(self, seed: int, size: int, journal=None):
         self.seed = seed
         self.journal = journal  # a text file: one JSON line per acknowledged write
         self.nblocks = size // BLOCK
         self.possible: list[frozenset[int]] = [frozenset({0})] * self.nblocks
+        self.durable: list[int] = [0] * self.nblocks
+        self.after: list[tuple[int, ...]] = [()] * self.nblocks  # since the durable one
         self.writes: dict[int, WriteRec] = {}
         self._seq = itertools.count(1)
+        self._unflushed: list[WriteRec] = []  # acknowledged since the last FLUSH was sent
         self.lock = threading.Lock()
         self.acked = self.unknown = 0
 
@@ -346,6 +373,12 @@ class Model:
         only = frozenset({rec.seq})
         for b in self._blocks(rec):
             self.possible[b] = only
+            if rec.fua:  # durable by itself
+                self.durable[b], self.after[b] = rec.seq, ()
+            else:
+                self.after[b] += (rec.seq,)
+        if not rec.fua:
+            self._unflushed.append(rec)
         with self.lock:
             rec.state, rec.t_done = "acked", time.time()
             self.acked += 1
@@ -355,9 +388,35 @@ class Model:
     def unknown_outcome(self, rec: WriteRec, error: str) -> None:
         for b in self._blocks(rec):
             self.possible[b] = self.possible[b] | {rec.seq}
+            self.after[b] += (rec.seq,)
         with self.lock:
             rec.state, rec.t_done, rec.error = "unknown", time.time(), error
             self.unknown += 1
+
+    def flush_started(self) -> list[WriteRec]:
+        """A FLUSH is being sent: it covers the writes acknowledged so far."""
+        covered, self._unflushed = self._unflushed, []
+        return covered
+
+    def flush_done(self, covered: list[WriteRec]) -> None:
+        for rec in covered:
+            for b in self._blocks(rec):
+                if rec.seq > self.durable[b]:
+                    self.durable[b] = rec.seq
+                    self.after[b] = tuple(s for s in self.after[b] if s > rec.seq)
+
+    def flush_failed(self, covered: list[WriteRec]) -> None:
+        self._unflushed[:0] = covered
+
+    def allow_unflushed_loss(self) -> int:
+        """The only good copy's host lost power: unflushed writes may be gone. Returns how
+        many blocks that widened."""
+        n = 0
+        for b in range(self.nblocks):
+            if self.after[b]:
+                self.possible[b] = self.possible[b] | {self.durable[b], *self.after[b]}
+                n += 1
+        return n
 
     def check(self, offset: int, data: bytes) -> list[tuple[int, int | str, frozenset[int]]]:
         """(block, what it holds, what it may hold) for every block that is wrong."""
@@ -381,7 +440,7 @@ class Model:
 
     def prune(self) -> None:
         """Forget writes no block may hold any more (the journal keeps them)."""
-        keep = set().union(*self.possible)
+        keep = set().union(*self.possible, self.durable, *self.after)
         with self.lock:
             self.writes = {s: r for s, r in self.writes.items() if s in keep}
 
@@ -532,11 +591,14 @@ class Workload:
         while not self.stopping:
             op = rng.random()
             if op < 0.06:
+                covered = self.model.flush_started()
                 try:
                     await asyncio.wait_for(c.flush(), self.REQUEST_TIMEOUT)
                 except (OSError, TimeoutError) as e:
+                    self.model.flush_failed(covered)
                     self._failed(f"FLUSH at {self.site}: {_what(e)}")
                     return
+                self.model.flush_done(covered)
                 self.flushes += 1
                 continue
             offset, length = self._pick()
@@ -685,7 +747,7 @@ def schedule(seed: int, count: int, kinds: tuple[str, ...] = KINDS) -> list[Faul
             params["bandwidth_bps"] = rng.choice((0, 0, 8 * MiB, 32 * MiB))
         elif kind == "failover":
             params["how"] = rng.choice(("kill", "planned"))
-        elif kind == "kill_a_resync":
+        elif kind in ("kill_a_resync", "power_a_resync", "power_b_resync"):
             params["latency_ms"] = rng.choice((100, 200, 300))
         elif kind in DISK_KINDS:
             params["pick"] = rng.randrange(1 << 30)
@@ -706,7 +768,9 @@ class Report:
     unknown: int = 0
     reads: int = 0
     flushes: int = 0
-    lost: set = dataclasses.field(default_factory=set)  # acknowledged seqs not read back
+    lost: set = dataclasses.field(default_factory=set)  # promised seqs not read back
+    power_losses: int = 0
+    dropped_kib: int = 0  # unsynced data the power losses dropped
     corrupt_blocks: int = 0
     diverged_blocks: int = 0
     escalated: list = dataclasses.field(default_factory=list)
@@ -735,7 +799,9 @@ class Report:
             + ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())),
             f"  acknowledged writes    {self.acked} (plus {self.unknown} with unknown outcome, "
             f"{self.reads} verified reads, {self.flushes} flushes)",
-            f"  lost acknowledged      {len(self.lost)}",
+            f"  power losses           {self.power_losses} of {sum(self.faults.values())} "
+            f"faults ({self.dropped_kib} KiB of unsynced data dropped)",
+            f"  promised writes lost   {len(self.lost)}",
             f"  corrupt blocks         {self.corrupt_blocks}",
             f"  diverged copies        {self.diverged_blocks} blocks",
             f"  worst detection        {worst:.2f} s ({kind}); bound "
@@ -776,29 +842,6 @@ def free_port() -> int:
     raise RuntimeError("no free port on 127.0.0.1-3")
 
 
-def chattr(flag: str, path: str) -> None:
-    r = subprocess.run(["chattr", flag, path], capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        raise SoakAbort(f"chattr {flag} {path}: {r.stderr.strip()}")
-
-
-def chattr_works(directory: Path) -> bool:
-    """``chattr +i`` needs root (CAP_LINUX_IMMUTABLE) and a filesystem that has it."""
-    if shutil.which("chattr") is None:
-        return False
-    probe = directory / ".chattr-probe"
-    probe.write_bytes(b"x")
-    try:
-        ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True,
-                            timeout=30).returncode == 0
-        if ok:
-            subprocess.run(["chattr", "-i", str(probe)], capture_output=True, timeout=30)
-        return ok
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-
-
 class Soak:
     def __init__(self, seed: int = 1, faults: int = 200, duration: float = 0.0,
                  io_timeout: float = 2.0, port: int | None = None, root: str | None = None,
@@ -812,7 +855,6 @@ class Soak:
         self.out = out or sys.stdout
         self.report = Report(seed, io_timeout)
         self.cmdlog: list[str] = []  # commands of the current round
-        self.immutable: set[str] = set()
 
     # -- output ----------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -861,14 +903,13 @@ class Soak:
         self.root = root
         if not self.given_root and not self.keep:
             stack.callback(shutil.rmtree, root, True)
-        stack.callback(self._unfreeze_all)
-        if any(k in DISK_KINDS for k in self.kinds) and not chattr_works(root):
-            self.say("soak: chattr +i is not available here; disk faults are skipped")
-            self.kinds = tuple(k for k in self.kinds if k not in DISK_KINDS)
-        self.a = Site("Philadelphia", A_ADDR, root / "a", node="nodeA", port=self.port)
-        self.b = Site("Poughkeepsie", B_ADDR, root / "b", node="nodeB", port=self.port)
+        # every disk on a LazyFS: a power loss drops what its host had not synced
+        self.a = Site("Philadelphia", A_ADDR, root / "a", node="nodeA", port=self.port,
+                      lazy=True)
+        self.b = Site("Poughkeepsie", B_ADDR, root / "b", node="nodeB", port=self.port,
+                      lazy=True)
         for s in (self.a, self.b):
-            stack.callback(s.kill)
+            stack.callback(s.close)
             s.start()
             self.ctl(s, "rpvserver", "site", s.name)
         _, self.proxy = stack.enter_context(start_proxy(
@@ -885,10 +926,11 @@ class Soak:
             b.serve(p, A_ADDR)
         for n, p in zip(RPV_CLIENTS, remote, strict=True):
             a.add_client(n, p, b, io_timeout=int(self.io_timeout), server_addr=PROXY_ADDR)
-        self.files = {"hdisk1": a.disk_path("hdisk1") + ".img",
-                      "hdisk2": a.disk_path("hdisk2") + ".img",
-                      "hdisk3": b.disk_path("hdisk2") + ".img",
-                      "hdisk4": b.disk_path("hdisk3") + ".img"}
+        # A's PV -> (the site whose disk it is, the file's name on that site's LazyFS)
+        self.disks = {"hdisk1": (a, "hdisk1.img"), "hdisk2": (a, "hdisk2.img"),
+                      "hdisk3": (b, "hdisk2.img"), "hdisk4": (b, "hdisk3.img")}
+        self.files = {pv: site.disk_path(name[:-4]) + ".img"
+                      for pv, (site, name) in self.disks.items()}
         self.ctl(a, "mkvg", "-y", VG, *LOCAL_PVS)
         self.ctl(a, "mklv", "-y", LV, VG, str(LPS))
         self.ctl(a, "chlv", "-s", "s", "-u", "2", LV)
@@ -912,15 +954,6 @@ class Soak:
         self.workload.attach(a)
         self.serving = a
         self.cmdlog = []
-
-    def _unfreeze_all(self) -> None:
-        for p in list(self.immutable):
-            with contextlib.suppress(Exception):
-                chattr("-i", p)
-            self.immutable.discard(p)
-        if hasattr(self, "root"):  # a failed run may have left one behind
-            for p in self.root.rglob("*.img"):
-                subprocess.run(["chattr", "-i", str(p)], capture_output=True, timeout=30)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -975,7 +1008,10 @@ class Soak:
             raise SoakAbort(f"the workload made no progress before the fault "
                             f"(failures: {w.failures[-1:]})")
         self.report.faults[fault.kind] += 1
+        self.dropped = None
         info = getattr(self, f"fault_{fault.kind}")(fault)
+        if self.dropped is not None:
+            info["dropped"] = self.dropped
         self.check(fault, info)
         self.say(f"[{fault.index:>3}/{self.nfaults}] {fault.label():<40} "
                  f"{info.get('summary', '')} ({time.monotonic() - t_mono:.1f} s, "
@@ -1124,17 +1160,18 @@ class Soak:
         return info
 
     def _disk_fault(self, f: Fault, pvs: list[str]) -> dict:
+        """The disk under one PV dies: its writes and syncs fail with EIO (LazyFS ``fail``),
+        even through the daemon's open descriptor; then it is repaired (``heal``)."""
         pv = pvs[f.params["pick"] % len(pvs)]
-        path = self.files[pv]
-        self.immutable.add(path)
-        t = self._inject(lambda: chattr("+i", path), f"chattr +i {path} ({pv})")
+        site, name = self.disks[pv]
+        t = self._inject(lambda: site.lazyfs.fail(name), f"disk {name} of {site.name} "
+                                                         f"fails ({pv})")
         try:
             info = {"detect": self.detect(f, t, "log"), "pv": pv}
             self.during(f, t, {pv}, False, info)
         finally:
-            chattr("-i", path)
-            self.immutable.discard(path)
-            self.note(f"chattr -i {path}")
+            site.lazyfs.heal(name)
+            self.note(f"disk {name} of {site.name} repaired")
         info["varyon"] = self.take_back()
         return info
 
@@ -1224,18 +1261,9 @@ class Soak:
         """The remote copy misses writes (blackhole); once the link is back, with a slow
         link so the resync takes a while, varyonvg starts the background resync and A is
         killed (-9) in the middle of it. A restarts; the resync resumes from the VGSA."""
-        t = self._inject(lambda: self.proxy.set(mode="blackhole"), "proxy blackhole")
-        info = {"detect": self.detect(f, t, "log")}
-        self.during(f, t, set(RPV_CLIENTS), True, info)
-        self.proxy.set(mode="pass", latency_ms=f.params["latency_ms"])
-        self.note(f"proxy pass, latency {f.params['latency_ms']} ms")
-        t_sync = time.time()
-        self.take_back()
-        started = self.log_a.wait(t_sync, ("lvm_resync_start",), 5)
-        done = self.log_a.since(t_sync, ("lvm_resync_done",))
+        info = self._mid_resync(f)
         self.note(f"{_iso(time.time())} kill -9 A")
         _kill9(self.a)
-        info["mid_resync"] = bool(started and not done)
         self.workload.detach()
         self.proxy.clear()
         self.note("proxy clear")
@@ -1290,6 +1318,133 @@ class Soak:
         self.serving = a
         self.lv_map = self.json(a, "lslv", "-m", LV)
         info["varyon"] = True
+        return info
+
+    # -- power losses ----------------------------------------------------------------------------
+    def _power_a(self, f: Fault, what: str) -> float:
+        """Power loss of A: its rpvd killed, the unsynced data of its disks dropped, a new
+        boot; the workload's connection is gone (writes in flight: outcome unknown)."""
+        return self._power(self.a, what, restart=False)
+
+    def _power_b(self, what: str, restart: bool) -> float:
+        return self._power(self.b, what, restart)
+
+    def _power(self, site: Site, what: str, restart: bool) -> float:
+        dropped = []
+        t = self._inject(lambda: dropped.append(site.power_loss(restart=restart)), what)
+        self.note(f"{dropped[0] // KiB} KiB unsynced dropped at {site.name}")
+        self.report.power_losses += 1
+        self.report.dropped_kib += dropped[0] // KiB
+        self.dropped = dropped[0]
+        return t
+
+    def _promise_flushed_only(self, f: Fault, info: dict) -> None:
+        """A held the only good copy of some blocks when it lost power: what was not
+        flushed may be gone there (never what a FLUSH or FUA made durable)."""
+        info["widened"] = self.model.allow_unflushed_loss()
+
+    def _return_removed_pvs(self) -> None:
+        """After A's varyon, PVs another varyon saw fail are PVREMOVED: chpv -v a."""
+        for p in self.json(self.a, "lsvg", VG)["pvs"]:
+            if p["state"] == "removed":
+                self.ctl(self.a, "chpv", "-v", "a", p["name"])
+
+    def fault_power_a(self, f: Fault) -> dict:
+        t = self._power_a(f, "power loss A")
+        info = {"detect": self.detect(f, t, "disconnect")}
+        self.workload.detach()
+        self.restart_a_and_varyon()
+        info["drl"] = sum(e.get("regions", 0) for e in self.log_a.since(
+            t, ("lvm_drl_recovered",)))
+        return info
+
+    def fault_power_b(self, f: Fault) -> dict:
+        """B loses power and is back at once: A's clients reconnect to a new instance, mark
+        what B had not flushed stale and resync it -- or, if B took longer than io_timeout,
+        time out like kill_b."""
+        t = self._power_b("power loss B, quick restart", restart=True)
+        info: dict = {}
+        if self.log_a.since(t, ("rpvc_io_timeout",)) or \
+                self.log_a.wait(t, ("rpvc_io_timeout",), self.io_timeout + DETECT_SLACK):
+            info["detect"] = self.detect(f, t, "log")
+            self.during(f, t, set(RPV_CLIENTS), True, info)
+            info["timed_out"] = True
+        else:
+            ev = self.log_a.wait(t, ("lvm_pv_server_restarted",), self.io_timeout + 10)
+            if ev is None:
+                self.violation(f, "new instance noticed", "lvm_pv_server_restarted in A's log",
+                               "nothing", since=t)
+            else:
+                info["restart_seen"] = round(ev["_t"] - t, 2)
+            if not self.workload.wait_acks(HOLD_ACKS, 30):
+                self.violation(f, "writes after B's restart", f"{HOLD_ACKS} more acknowledged",
+                               f"{self.workload.failures[-1:]}", since=t)
+            info["stale"] = self.json(self.a, "lsvg", VG)["stale_pps"]
+        info["varyon"] = self.take_back()
+        return info
+
+    def fault_power_b_slow(self, f: Fault) -> dict:
+        t = self._power_b("power loss B (down past io_timeout)", restart=False)
+        info = {"detect": self.detect(f, t, "log")}
+        self.during(f, t, set(RPV_CLIENTS), True, info)
+        self.b.start()
+        self.note("start B")
+        info["varyon"] = self.take_back()
+        return info
+
+    def fault_power_a_stale(self, f: Fault) -> dict:
+        """The link goes down, A writes alone (B's copy goes stale), and A loses power while
+        it holds the only fresh copy."""
+        t = self._inject(lambda: self.proxy.set(mode="blackhole"), "proxy blackhole")
+        info = {"detect": self.detect(f, t, "log")}
+        self.during(f, t, set(RPV_CLIENTS), True, info)
+        self._power_a(f, "power loss A while B's copy is stale")
+        self.workload.detach()
+        self.proxy.clear()
+        self.note("proxy clear")
+        self._promise_flushed_only(f, info)
+        self.restart_a_and_varyon()
+        self._return_removed_pvs()
+        return info
+
+    def fault_power_a_resync(self, f: Fault) -> dict:
+        """As kill_a_resync, with a power loss of A in the middle of the resync."""
+        info = self._mid_resync(f)
+        self._power_a(f, "power loss A mid-resync")
+        self.workload.detach()
+        self.proxy.clear()
+        self.note("proxy clear")
+        self._promise_flushed_only(f, info)
+        self.restart_a_and_varyon()
+        self._return_removed_pvs()
+        return info
+
+    def fault_power_b_resync(self, f: Fault) -> dict:
+        """B's copy is being resynced when B loses power and comes back at once: what the
+        resync and the writes had not flushed there is marked stale and copied again."""
+        info = self._mid_resync(f)
+        self._power_b("power loss B mid-resync, quick restart", restart=True)
+        self.proxy.clear()
+        self.note("proxy clear")
+        if not self.workload.wait_acks(HOLD_ACKS, 4 * self.io_timeout + 20):
+            self.violation(f, "writes after B's restart", f"{HOLD_ACKS} more acknowledged",
+                           f"{self.workload.failures[-1:]}", since=self.round_start)
+        self.take_back()
+        return info
+
+    def _mid_resync(self, f: Fault) -> dict:
+        """Blackhole until B's copy is stale, then a slow link and varyonvg: the background
+        resync is running when this returns (info['mid_resync'] says whether it was)."""
+        t = self._inject(lambda: self.proxy.set(mode="blackhole"), "proxy blackhole")
+        info = {"detect": self.detect(f, t, "log")}
+        self.during(f, t, set(RPV_CLIENTS), True, info)
+        self.proxy.set(mode="pass", latency_ms=f.params["latency_ms"])
+        self.note(f"proxy pass, latency {f.params['latency_ms']} ms")
+        t_sync = time.time()
+        self.take_back()
+        started = self.log_a.wait(t_sync, ("lvm_resync_start",), 5)
+        done = self.log_a.since(t_sync, ("lvm_resync_done",))
+        info["mid_resync"] = bool(started and not done)
         return info
 
     # -- checks after the repair -----------------------------------------------------------------
@@ -1366,8 +1521,14 @@ class Soak:
         elif kind in TRANSIENT_KINDS + ("restart_b",):
             if not info.get("escalated"):
                 unwanted = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_SA_STALEPP"}
-        elif kind in A_DOWN_KINDS:
+        elif kind in A_DOWN_KINDS + ("power_a",):
             unwanted = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_SA_STALEPP"}
+        elif kind == "power_b_slow" or (kind == "power_b" and info.get("timed_out")):
+            want = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_MISSPVRET"}
+        elif kind == "power_b":  # back inside io_timeout: a restart, not an outage
+            unwanted = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS"}
+        elif kind in ("power_a_stale", "power_a_resync", "power_b_resync"):
+            want = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_SA_STALEPP"}
         elif kind == "failover":
             want = {"LVM_MISSPVADDED"}
         if not want <= labels or labels & unwanted:
@@ -1389,8 +1550,14 @@ class Soak:
             parts.append(f"DRL {info['drl']} regions")
         if info.get("escalated"):
             parts.append("ESCALATED")
+        if info.get("dropped") is not None:
+            parts.append(f"{info['dropped'] // KiB} KiB unsynced lost")
+        if "restart_seen" in info:
+            parts.append(f"new instance seen {info['restart_seen']:.2f} s")
+        if info.get("widened"):
+            parts.append(f"{info['widened']} blocks may lose unflushed writes")
         if "mid_resync" in info:
-            parts.append("killed " + ("mid-resync" if info["mid_resync"] else
+            parts.append("hit " + ("mid-resync" if info["mid_resync"] else
                                       "after the resync"))
         if info.get("varyon"):
             parts.append("varyonvg")

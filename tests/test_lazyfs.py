@@ -4,6 +4,7 @@ is not, and a daemon on it cannot tell it is there; Site.power_loss() on a real 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -90,6 +91,25 @@ def test_fdatasync_keeps_data(fs):
     finally:
         os.close(fd)
     assert _backing(fs, "f") == bytes(100) + b"a" * 5000
+
+
+def test_failed_file_refuses_writes_and_syncs_until_healed(fs):
+    fd = _open(fs, "f")
+    try:
+        os.pwrite(fd, b"a" * 4096, 0)
+        fs.fail("f")  # a descriptor opened before the failure fails too
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"b" * 4096, 0)
+        assert exc.value.errno == errno.EIO
+        with pytest.raises(OSError):
+            os.fdatasync(fd)
+        assert os.pread(fd, 4096, 0) == b"a" * 4096  # reads still work
+        fs.heal("f")
+        os.pwrite(fd, b"c" * 4096, 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    assert _backing(fs, "f") == b"c" * 4096
 
 
 def test_fsync_on_one_handle_covers_writes_through_another(fs):

@@ -1,0 +1,109 @@
+"""Host power loss between real daemons (DESIGN invariant 10): site B's disks sit on a LazyFS,
+so a power loss really drops what B had acknowledged but not synced. Site A must notice that
+the RPV server came back as a new instance, mark what B had not flushed stale before it
+acknowledges the next FLUSH, and resync it, so that the copies end identical and hold every
+write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.conftest import TEST_PORT
+from tests.lvmtools import diff_blocks, read_copy
+from tests.sites import Site
+from tests.soak import LogFollower, NBDClient
+
+MiB = 1 << 20
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sites(tmp_path):
+    a = Site("Philadelphia", "127.0.0.1", tmp_path / "a", node="nodeA", port=TEST_PORT)
+    b = Site("Poughkeepsie", "127.0.0.2", tmp_path / "b", node="nodeB", port=TEST_PORT,
+             lazy=True)
+    try:
+        for s in (a, b):
+            s.start()
+            s.ctl("rpvserver", "site", s.name)
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def mirrored_lv(a: Site, b: Site) -> dict[str, str]:
+    """datavg: copy 1 on A's hdisk1, copy 2 on B's hdisk2 (A's RPV client hdisk3)."""
+    a.make_disk("hdisk1", "64M")
+    pvid = b.make_disk("hdisk2", "64M")
+    b.serve(pvid, a.addr)
+    a.add_client("hdisk3", pvid, b, io_timeout=20)  # room for B to come back inside it
+    a.ctl("mkvg", "-y", "datavg", "hdisk1")
+    a.ctl("mklv", "-y", "datalv", "datavg", "4")
+    a.ctl("extendvg", "datavg", "hdisk3")
+    a.ctl("mirrorvg", "datavg", "hdisk3")
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    return {"hdisk1": a.disk_path("hdisk1") + ".img", "hdisk3": b.disk_path("hdisk2") + ".img"}
+
+
+@pytest.mark.asyncio
+async def test_power_loss_of_b_between_write_and_flush_is_marked_and_resynced(sites):
+    a, b = sites
+    files = mirrored_lv(a, b)
+    m = a.json("lslv", "-m", "datalv")
+    pp = m["pp_size_mb"] * MiB
+    data = os.urandom(MiB)
+    c = NBDClient()
+    await c.connect(a.nbd_socket, "datalv")
+    try:
+        await c.flush()
+        await c.write(pp + 256 * 1024, data)  # LP 2, acknowledged by both copies
+        # B's host loses power: what it acknowledged is only in its page cache
+        b.power_loss(restart=False)
+        b_copy = read_copy(m, 1, files, m["pp_size_mb"])
+        assert b_copy[pp + 256 * 1024:pp + 256 * 1024 + MiB] != data, \
+            "the power loss did not drop B's unsynced data"
+        log_a = LogFollower(a)
+        t = time.time()
+        b.start()  # auto_online: back well inside io_timeout
+        await c.flush()  # reaches the new instance: only after the loss is marked
+        ev = log_a.wait(t, ("lvm_pv_server_restarted",), 5)
+        assert ev is not None and ev["host_rebooted"] is True, ev
+        vg = a.json("lsvg", "datavg")
+        assert vg["stale_pps"] >= 1 or log_a.since(t, ("lvm_resync_done",)), vg
+        assert all(p["state"] == "active" for p in vg["pvs"]), vg  # no outage was declared
+        assert not [e for e in a.json("errpt") if e["label"] == "RPVC_IO_TIMEOUT"]
+        a.ctl("syncvg", "-v", "datavg")  # waits for the background resync, then one pass
+        vg = a.json("lsvg", "datavg")
+        assert vg["stale_pps"] == 0, vg
+        assert await c.read(pp + 256 * 1024, MiB) == data
+    finally:
+        await c.close()
+    copies = [read_copy(m, i, files, m["pp_size_mb"]) for i in range(2)]
+    assert diff_blocks(copies[0], copies[1]) == []
+    assert copies[1][pp + 256 * 1024:pp + 256 * 1024 + MiB] == data
+
+
+@pytest.mark.asyncio
+async def test_flushed_writes_survive_the_power_loss_of_b(sites):
+    a, b = sites
+    files = mirrored_lv(a, b)
+    m = a.json("lslv", "-m", "datalv")
+    data = os.urandom(MiB)
+    c = NBDClient()
+    await c.connect(a.nbd_socket, "datalv")
+    try:
+        await c.write(0, data)
+        await c.flush()  # durable on both copies from here on
+        b.power_loss(restart=True)
+        await c.flush()  # reaches the new instance
+    finally:
+        await c.close()
+    # nothing was lost at B: its copy holds the data, and nothing had to be marked stale
+    assert read_copy(m, 1, files, m["pp_size_mb"])[:MiB] == data
+    assert a.json("lsvg", "datavg")["stale_pps"] == 0
