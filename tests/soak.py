@@ -1330,6 +1330,11 @@ class Soak:
         return self._power(self.b, what, restart)
 
     def _power(self, site: Site, what: str, restart: bool) -> float:
+        # cut the power while the site holds unsynced data (the workload flushes often, so
+        # wait for such a moment, briefly): that is the loss the product must cope with
+        deadline = time.monotonic() + 2.0
+        while site.lazyfs.stats()["dirty_bytes"] == 0 and time.monotonic() < deadline:
+            select.select([], [], [], 0.005)
         dropped = []
         t = self._inject(lambda: dropped.append(site.power_loss(restart=restart)), what)
         self.note(f"{dropped[0] // KiB} KiB unsynced dropped at {site.name}")
@@ -1370,15 +1375,18 @@ class Soak:
             self.during(f, t, set(RPV_CLIENTS), True, info)
             info["timed_out"] = True
         else:
+            if not self.workload.wait_acks(HOLD_ACKS, 30):
+                self.violation(f, "writes after B's restart", f"{HOLD_ACKS} more acknowledged",
+                               f"{self.workload.failures[-1:]}", since=t)
+            # stop writing now: later writes would overwrite what B lost before the copies
+            # are compared, and hide a loss nobody marked
+            self.workload.detach()
             ev = self.log_a.wait(t, ("lvm_pv_server_restarted",), self.io_timeout + 10)
             if ev is None:
                 self.violation(f, "new instance noticed", "lvm_pv_server_restarted in A's log",
                                "nothing", since=t)
             else:
                 info["restart_seen"] = round(ev["_t"] - t, 2)
-            if not self.workload.wait_acks(HOLD_ACKS, 30):
-                self.violation(f, "writes after B's restart", f"{HOLD_ACKS} more acknowledged",
-                               f"{self.workload.failures[-1:]}", since=t)
             info["stale"] = self.json(self.a, "lsvg", VG)["stale_pps"]
         info["varyon"] = self.take_back()
         return info
