@@ -79,7 +79,7 @@ from pathlib import Path
 
 from rpv.faultproxy.client import FaultProxyControl, start_proxy
 from tests.lvmtools import diff_blocks, read_copy
-from tests.sites import CommandFailed, Site
+from tests.sites import GLVMCTL, CommandFailed, Site
 
 KiB, MiB = 1 << 10, 1 << 20
 BLOCK = 4096
@@ -108,21 +108,22 @@ A_DOWN_KINDS = ("kill_a", "restart_a")
 # boot id, a restart. power_b restarts at once (inside io_timeout), power_b_slow after the
 # clients timed out; power_a_stale / power_a_resync take A while it holds the only fresh copy
 # of some blocks (link down / resync running), power_b_resync takes B in the middle of a
-# resync towards it.
+# resync towards it, power_a_mirrorvg takes A in the middle of a mirrorvg (its metadata
+# updates and the synchronisation of the new copy).
 POWER_KINDS = ("power_a", "power_b", "power_b_slow", "power_a_stale", "power_a_resync",
-               "power_b_resync")
+               "power_b_resync", "power_a_mirrorvg")
 # where A held the only good copy: the promise is then what a FLUSH made durable
-ONLY_COPY_LOST = ("power_a_stale", "power_a_resync")
+ONLY_COPY_LOST = ("power_a_stale", "power_a_resync", "power_a_mirrorvg")
 KINDS = TIMEOUT_KINDS + DISK_KINDS + TRANSIENT_KINDS + A_DOWN_KINDS + (
     "restart_b", "kill_a_resync", "failover") + POWER_KINDS
 WEIGHTS = {"blackhole": 3, "stall_up": 2, "stall_down": 2, "reset": 2, "sigstop_b": 2,
            "kill_b": 3, "disk_a": 2, "disk_b": 2, "latency": 3, "reset_once": 2, "kill_a": 3,
            "restart_a": 1, "restart_b": 2, "kill_a_resync": 2, "failover": 1,
            "power_a": 3, "power_b": 3, "power_b_slow": 2, "power_a_stale": 2,
-           "power_a_resync": 2, "power_b_resync": 2}
+           "power_a_resync": 2, "power_b_resync": 2, "power_a_mirrorvg": 2}
 # kinds where the application's I/O fails (A's daemon goes away): not an error there
 IO_FAILS = A_DOWN_KINDS + ("kill_a_resync", "failover", "power_a", "power_a_stale",
-                           "power_a_resync")
+                           "power_a_resync", "power_a_mirrorvg")
 
 
 class SoakAbort(Exception):
@@ -747,7 +748,8 @@ def schedule(seed: int, count: int, kinds: tuple[str, ...] = KINDS) -> list[Faul
             params["bandwidth_bps"] = rng.choice((0, 0, 8 * MiB, 32 * MiB))
         elif kind == "failover":
             params["how"] = rng.choice(("kill", "planned"))
-        elif kind in ("kill_a_resync", "power_a_resync", "power_b_resync"):
+        elif kind in ("kill_a_resync", "power_a_resync", "power_b_resync",
+                      "power_a_mirrorvg"):
             params["latency_ms"] = rng.choice((100, 200, 300))
         elif kind in DISK_KINDS:
             params["pick"] = rng.randrange(1 << 30)
@@ -1438,6 +1440,37 @@ class Soak:
             self.violation(f, "writes after B's restart", f"{HOLD_ACKS} more acknowledged",
                            f"{self.workload.failures[-1:]}", since=self.round_start)
         self.take_back()
+        return info
+
+    def fault_power_a_mirrorvg(self, f: Fault) -> dict:
+        """unmirrorvg drops the copy at B; mirrorvg adds it back and synchronises it in the
+        foreground over a slow link; A loses power in the middle of that."""
+        a = self.a
+        self.ctl(a, "unmirrorvg", VG, *RPV_CLIENTS)
+        self.proxy.set(mode="pass", latency_ms=f.params["latency_ms"])
+        self.note(f"proxy pass, latency {f.params['latency_ms']} ms")
+        t0 = time.time()
+        self.note(f"{_iso(t0)} A$ glvmctl mirrorvg {VG} {' '.join(RPV_CLIENTS)} (in the "
+                  f"background)")
+        cmd = subprocess.Popen([GLVMCTL, "mirrorvg", VG, *RPV_CLIENTS],
+                               env=dict(os.environ, GLVM_SOCKET=a.socket),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            started = self.log_a.wait(t0, ("lvm_resync_start",), 30)
+            self._power_a(f, "power loss A during mirrorvg")
+        finally:
+            cmd.wait(60)  # its daemon went away
+        info: dict = {"mid_resync": bool(started and not self.log_a.since(
+            t0, ("lvm_resync_done",)))}
+        self.workload.detach()
+        self.proxy.clear()
+        self.note("proxy clear")
+        self._promise_flushed_only(f, info)
+        self.restart_a_and_varyon()
+        self._return_removed_pvs()
+        if self.json(a, "lslv", LV)["copies"] < 2:  # the power went before mirrorvg's VGDA
+            self.ctl(a, "mirrorvg", VG, *RPV_CLIENTS)
+        self.lv_map = self.json(a, "lslv", "-m", LV)  # the new copy may lie elsewhere
         return info
 
     def _mid_resync(self, f: Fault) -> dict:
