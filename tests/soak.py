@@ -1345,10 +1345,16 @@ class Soak:
         self.dropped = dropped[0]
         return t
 
-    def _promise_flushed_only(self, f: Fault, info: dict) -> None:
-        """A held the only good copy of some blocks when it lost power: what was not
-        flushed may be gone there (never what a FLUSH or FUA made durable)."""
+    def _back_after_only_copy_lost(self, info: dict) -> None:
+        """A lost power while it held the only good copy of some blocks: what was not
+        flushed may be gone there (never what a FLUSH or FUA made durable). The link is
+        repaired, A restarts and varies the VG on, and takes back the PVs it had lost."""
+        self.workload.detach()
+        self.proxy.clear()
+        self.note("proxy clear")
         info["widened"] = self.model.allow_unflushed_loss()
+        self.restart_a_and_varyon()
+        self._return_removed_pvs()
 
     def _return_removed_pvs(self) -> None:
         """After A's varyon, PVs another varyon saw fail are PVREMOVED: chpv -v a."""
@@ -1409,24 +1415,14 @@ class Soak:
         info = {"detect": self.detect(f, t, "log")}
         self.during(f, t, set(RPV_CLIENTS), True, info)
         self._power_a(f, "power loss A while B's copy is stale")
-        self.workload.detach()
-        self.proxy.clear()
-        self.note("proxy clear")
-        self._promise_flushed_only(f, info)
-        self.restart_a_and_varyon()
-        self._return_removed_pvs()
+        self._back_after_only_copy_lost(info)
         return info
 
     def fault_power_a_resync(self, f: Fault) -> dict:
         """As kill_a_resync, with a power loss of A in the middle of the resync."""
         info = self._mid_resync(f)
         self._power_a(f, "power loss A mid-resync")
-        self.workload.detach()
-        self.proxy.clear()
-        self.note("proxy clear")
-        self._promise_flushed_only(f, info)
-        self.restart_a_and_varyon()
-        self._return_removed_pvs()
+        self._back_after_only_copy_lost(info)
         return info
 
     def fault_power_b_resync(self, f: Fault) -> dict:
@@ -1462,12 +1458,7 @@ class Soak:
             cmd.wait(60)  # its daemon went away
         info: dict = {"mid_resync": bool(started and not self.log_a.since(
             t0, ("lvm_resync_done",)))}
-        self.workload.detach()
-        self.proxy.clear()
-        self.note("proxy clear")
-        self._promise_flushed_only(f, info)
-        self.restart_a_and_varyon()
-        self._return_removed_pvs()
+        self._back_after_only_copy_lost(info)
         if self.json(a, "lslv", LV)["copies"] < 2:  # the power went before mirrorvg's VGDA
             self.ctl(a, "mirrorvg", VG, *RPV_CLIENTS)
         self.lv_map = self.json(a, "lslv", "-m", LV)  # the new copy may lie elsewhere
