@@ -47,6 +47,10 @@ from rpv.instance import boot_hash, boot_of
 log = structlog.get_logger("lvm")
 
 DRL_MAX_ACTIVE = 256
+# partitions of one PV that may hold writes no flush covered yet; beyond, a flush of that PV
+# starts in the background (like the kernel's writeback), which bounds both this memory and
+# what a failure of the PV can cost in resync
+UNFLUSHED_MAX_PPS = 1024
 _NONE = object()
 
 
@@ -118,6 +122,8 @@ class VolumeGroup:
         # (None: all of the PP); and the sets a flush in progress is making durable
         self.unflushed: dict[int, dict[int, set[int] | None]] = {}
         self._flushing: dict[int, list[dict[int, set[int] | None]]] = {}
+        self.unflushed_max_pps = UNFLUSHED_MAX_PPS
+        self._writeback: dict[int, asyncio.Task] = {}
         self.boot = boot_hash().hex()
 
     # -- PV state ------------------------------------------------------------------------------
@@ -181,6 +187,8 @@ class VolumeGroup:
             return
         if chunks is _NONE:
             chunks = pps[loc[1]] = set()
+            if len(pps) > self.unflushed_max_pps and loc[0] not in self._writeback:
+                self._start_writeback(loc[0])
         first, last = within // CHUNK, (within + length - 1) // CHUNK
         if first == last:
             chunks.add(first)
@@ -188,6 +196,19 @@ class VolumeGroup:
             chunks.update(range(first, last + 1))
             if len(chunks) > MAX_CHUNKS_PER_PP:
                 pps[loc[1]] = None
+
+    def _start_writeback(self, index: int) -> None:
+        async def writeback() -> None:
+            try:
+                await self.flush_pv(index)
+                await self.settle()
+            except OSError as e:  # the VG closed meanwhile: nothing more to do
+                log.warning("lvm_writeback_failed", vg=self.name, device=self.pv_name(index),
+                            error=str(e))
+            finally:
+                self._writeback.pop(index, None)
+
+        self._writeback[index] = asyncio.get_running_loop().create_task(writeback())
 
     def lose_unflushed(self, index: int) -> None:
         """Mark stale (in memory) everything PV ``index`` took since its last completed
@@ -414,7 +435,8 @@ class VolumeGroup:
         try:
             await self.devices[index].flush()
         except OSError as e:
-            self._mark_lost(index, snap)
+            # pv_failed marks what every flush in progress covers, this one's included (or
+            # did so already, if the PV failed while this flush ran)
             self.pv_failed(index, f"flush failed: {e}")
             return False
         except BaseException:  # cancelled: nothing was proven durable

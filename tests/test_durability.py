@@ -71,6 +71,23 @@ async def test_flushed_writes_are_not_marked_when_the_server_restarts():
     assert stale_on(local, REMOTE, 1) == {5}
 
 
+@pytest.mark.asyncio
+async def test_unflushed_tracking_is_bounded_by_a_background_flush():
+    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    lv = make_lv(local, remote)
+    vg = lv.vg
+    vg.unflushed_max_pps = 1  # a PV may hold unflushed writes in one partition only
+    await lv.write(0, b"a" * 4096)
+    assert remote.flushes == 0 and set(vg.unflushed[REMOTE]) == {0}
+    await lv.write(PP, b"b" * 4096)  # a second partition: a flush of each PV starts
+    await asyncio.gather(*vg._writeback.values())
+    assert remote.flushes == 1 and local.flushes == 1
+    assert not vg.unflushed.get(REMOTE) and not vg.unflushed.get(LOCAL)
+    vg.server_restarted(REMOTE, rebooted=True)  # nothing left that could be lost
+    await lv.flush()
+    assert stale_on(local, REMOTE, 0) is False and stale_on(local, REMOTE, 1) is False
+
+
 # -- defect 2: a PV that fails after a write it acknowledged ---------------------------------
 
 @pytest.mark.asyncio
