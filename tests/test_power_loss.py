@@ -2,7 +2,7 @@
 so a power loss really drops what B had acknowledged but not synced. Site A must notice that
 the RPV server came back as a new instance, mark what B had not flushed stale before it
 acknowledges the next FLUSH, and resync it, so that the copies end identical and hold every
-write.
+write. The same LazyFS makes B's disk die under an online repair.
 """
 
 from __future__ import annotations
@@ -111,3 +111,36 @@ async def test_flushed_writes_survive_the_power_loss_of_b(sites):
     # nothing was lost at B: its copy holds the data, and nothing had to be marked stale
     assert read_copy(m, 1, files, m["pp_size_mb"])[:MiB] == data
     assert a.json("lsvg", "datavg")["stale_pps"] == 0
+
+
+def test_repair_that_cannot_write_marks_the_copy_stale(sites):
+    """syncvg --verify --repair shares the copy routine's failure policy: a copy whose write
+    fails is marked stale and its PV missing, and the repair goes on and says so."""
+    a, b = sites
+    files = mirrored_lv(a, b)
+    m = a.json("lslv", "-m", "datalv")
+    pp = m["pp_size_mb"] * MiB
+    c = m["map"][1]["copies"][1]  # LP 2 at site B: corrupt it behind the daemons' back
+    with open(files[c["pv"]], "r+b") as f:
+        f.seek((8 << 20) + (c["pp"] - 1) * pp + 192 * 1024 + 100)
+        f.write(b"corrupt")
+        f.flush()
+        os.fsync(f.fileno())
+    b.lazyfs.fail("hdisk2.img")  # and B's disk stops taking writes
+    r = a.run("syncvg", "--verify", "--repair", "-v", "datavg")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "repair at byte" in r.stdout and "0 repaired" in r.stdout, r.stdout
+    vg = a.json("lsvg", "datavg")
+    states = {p["name"]: p["state"] for p in vg["pvs"]}
+    assert states == {"hdisk1": "active", "hdisk3": "missing"}, vg
+    assert vg["stale_pps"] >= 1, vg
+    stale = [row["lp"] for row in a.json("lslv", "-m", "datalv")["map"]
+             if row["copies"][1]["stale"]]
+    assert 2 in stale, stale
+    assert {"LVM_SA_PVMISS", "LVM_SA_STALEPP"} <= {e["label"] for e in a.json("errpt")}
+    b.lazyfs.heal("hdisk2.img")  # the disk is back: the PV returns and the copy is resynced
+    a.ctl("varyonvg", "datavg")
+    a.ctl("syncvg", "-v", "datavg")
+    assert "0 differing chunks" in a.ctl("syncvg", "--verify", "-v", "datavg")
+    copies = [read_copy(m, i, files, m["pp_size_mb"]) for i in range(2)]
+    assert diff_blocks(copies[0], copies[1]) == []
