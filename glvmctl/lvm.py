@@ -135,8 +135,8 @@ def verify_copies(lv: str | None, pv: str | None, vg: str | None, repair: bool,
             typer.echo(f"syncvg: {m['lv']} LP {m['lp']}: bytes {m['offset']}+{m['length']} "
                        f"differ between {' '.join(m['pvs'])}")
         for x in r.get("failed", []):
-            typer.echo(f"syncvg: {x['lv']} LP {x['lp']}: repair at byte {x['offset']} failed "
-                       f"({x['error']}); the copy that failed is stale now")
+            typer.echo(f"syncvg: {x['lv']} LP {x['lp']}: repair at byte {x['offset']} failed: "
+                       f"{x['error']} (see lsvg -p for the copy's PV)")
         typer.echo(f"syncvg: verified {r['regions']} regions ({r['bytes']} bytes), "
                    f"{len(r['mismatches'])} differing chunks, {r['repaired']} repaired")
     if len(r["mismatches"]) > r["repaired"]:

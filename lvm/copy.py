@@ -2,7 +2,8 @@
 
 The source is a good copy of the LP (fresh, on a usable PV; local first, and copies the
 caller wants to avoid last). A source whose read fails has its PV marked missing and its
-partition stale, and the next good copy is tried. A destination whose write fails has its PV
+partition stale, and the next good copy is tried; so is the next one when the source went
+stale while its read was out. A destination whose write fails has its PV
 marked missing and the chunks stale, and the error is raised. Every change to the VGSA is in
 memory; callers make it durable (``VolumeGroup.settle`` or a commit) before they report
 success. The caller holds whatever lock keeps writers out of the range.
@@ -43,6 +44,8 @@ async def copy_range(vg: VolumeGroup, lv, lp: int, dst: Loc, within: int, length
             vg.pv_failed(loc[0], f"read failed: {e}")
             vg.mark_stale(loc, None)
             continue
+        if loc in vg.vgsa.stale or not vg.usable(loc[0]):
+            continue  # went stale while the read was out (its server restarted)
         break
     if not vg.usable(dst[0]):
         raise OSError(errno.EIO, f"{vg.pv_name(dst[0])} is not usable")

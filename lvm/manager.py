@@ -492,6 +492,7 @@ class LVMManager:
 
     def _start_background_resync(self, group: VolumeGroup) -> None:
         if group.resync_task and not group.resync_task.done():
+            group.resync_wanted = True  # the running task makes another pass
             return
         if not group.stale_locs():
             return
@@ -501,8 +502,9 @@ class LVMManager:
                 # partitions that go stale while a pass runs (a copy that missed writes, a
                 # server that restarted) are taken by the next pass
                 for _ in range(BACKGROUND_PASSES):
+                    group.resync_wanted = False
                     stats = await self._run_resync(group, None, 2, 0.0, None)
-                    if stats["failed"] or not group.stale_locs():
+                    if not group.stale_locs() or stats["failed"] and not group.resync_wanted:
                         break
             except OSError as e:
                 log.warning("lvm_background_resync_stopped", vg=group.name, error=str(e))
@@ -597,8 +599,8 @@ class LVMManager:
                         "lv": vol.name, "lp": lp + 1, "offset": start + off,
                         "length": min(CHUNK, n - off),
                         "pvs": [group.pv_name(loc[0]) for loc in copies]})
-                if repair and bad:
-                    src = group.source_for(vol, lp, exclude=set())
+                src = group.source_for(vol, lp, exclude=set())
+                if repair and bad and src is not None:
                     for c in bad:
                         off, ln = within + c * CHUNK, min(CHUNK, n - c * CHUNK)
                         try:
@@ -808,6 +810,7 @@ class LVMManager:
         await group.flush_pvs()
         if regions:
             log.info("lvm_drl_recovered", vg=group.name, regions=len(regions), bytes=copied)
+        group.accept_boots()
         await group.drl_clear()
 
     async def _reactivate(self, group: VolumeGroup, nosync: bool,
@@ -843,6 +846,7 @@ class LVMManager:
     async def _settle_and_resync(self, group: VolumeGroup) -> None:
         try:
             await group.settle()
+            group.accept_boots()
             await group.commit_drl()
         except OSError as e:
             log.warning("lvm_settle_failed", vg=group.name, error=str(e))
@@ -916,6 +920,7 @@ class LVMManager:
     async def _bring_current(group: VolumeGroup) -> None:
         await group.commit_vgsa()
         await group.write_vgda()
+        group.accept_boots()
         await group.commit_drl()
 
     async def varyoffvg(self, vg: str) -> dict:
@@ -933,6 +938,7 @@ class LVMManager:
         if group.resync_task:
             group.resync_task.cancel()
             await asyncio.gather(group.resync_task, return_exceptions=True)
+        group.stop_writeback()
         if group.online:
             try:
                 await group.flush_pvs()

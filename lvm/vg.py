@@ -115,6 +115,7 @@ class VolumeGroup:
         self._vgsa_commit = GroupCommit(self._flush_vgsa)
         self._drl_commit = GroupCommit(self._flush_drl)
         self.resync_task: asyncio.Task | None = None
+        self.resync_wanted = False  # asked for while the background resync was running
         self.resync_progress: dict = {}
         self._vgsa_version = 0  # in-memory VGSA changes an acknowledgement may rely on
         self._vgsa_durable = 0  # the version the last completed VGSA commit wrote
@@ -125,6 +126,9 @@ class VolumeGroup:
         self.unflushed_max_pps = UNFLUSHED_MAX_PPS
         self._writeback: dict[int, asyncio.Task] = {}
         self.boot = boot_hash().hex()
+        # PV index -> the boot of its host that the dirty-region log may record: a host's new
+        # boot is accepted only once what it may have lost is durably marked
+        self._accepted_boot: dict[int, str] = {}
 
     # -- PV state ------------------------------------------------------------------------------
     @property
@@ -173,8 +177,9 @@ class VolumeGroup:
         return self._vgsa_durable < self._vgsa_version
 
     async def settle(self) -> None:
-        """Return once the VGSA on disk covers every change made in memory so far."""
-        if self._vgsa_durable < self._vgsa_version:
+        """Return once the VGSA on disk covers every change made in memory so far (changes
+        made while a commit was finishing included)."""
+        while self._vgsa_durable < self._vgsa_version:
             await self.commit_vgsa()
 
     def note_written(self, loc: Loc, within: int, length: int) -> None:
@@ -196,6 +201,10 @@ class VolumeGroup:
             chunks.update(range(first, last + 1))
             if len(chunks) > MAX_CHUNKS_PER_PP:
                 pps[loc[1]] = None
+
+    def stop_writeback(self) -> None:
+        for task in list(self._writeback.values()):
+            task.cancel()
 
     def _start_writeback(self, index: int) -> None:
         async def writeback() -> None:
@@ -219,8 +228,24 @@ class VolumeGroup:
     def _mark_lost(self, index: int, pps: dict[int, set[int] | None]) -> None:
         for pp, chunks in pps.items():
             loc = (index, pp)
-            if loc in self.owners:  # an LV removed meanwhile has nothing to lose
+            owner = self.owners.get(loc)
+            if owner is None:  # an LV removed meanwhile has nothing to lose
+                continue
+            if self._other_fresh_copy(loc, owner):
                 self.mark_stale(loc, chunks)
+            else:  # stale with nothing to resync from would only make the LP unreadable
+                log.warning("lvm_unflushed_lost_single_copy", vg=self.name,
+                            device=self.pv_name(index), pp=pp + 1, lv=owner[0], lp=owner[2] + 1)
+
+    def _other_fresh_copy(self, loc: Loc, owner: tuple[str, int, int]) -> bool:
+        lv = self.vgda.lvs.get(owner[0])
+        if lv is None:
+            return False
+        for m in lv.maps:
+            other = m[owner[2]]
+            if other != loc and other not in self.vgsa.stale and self.usable(other[0]):
+                return True
+        return False
 
     def server_restarted(self, index: int, rebooted: bool) -> None:
         """The RPV server behind PV ``index`` answered as a new instance: it may have lost
@@ -260,6 +285,7 @@ class VolumeGroup:
             self._episode.discard(index)
 
     def pv_returned(self, index: int, label: str) -> None:
+        self.lose_unflushed(index)  # writes it answered while missing: its host may be new
         self.vgsa.pv_state[self.vgda.pv(index).pvid] = PV_ACTIVE
         self.vgsa_changed()
         self._episode.discard(index)
@@ -435,8 +461,7 @@ class VolumeGroup:
         try:
             await self.devices[index].flush()
         except OSError as e:
-            # pv_failed marks what every flush in progress covers, this one's included (or
-            # did so already, if the PV failed while this flush ran)
+            self._mark_lost(index, snap)  # pv_failed alone skips a PV already missing
             self.pv_failed(index, f"flush failed: {e}")
             return False
         except BaseException:  # cancelled: nothing was proven durable
@@ -499,13 +524,23 @@ class VolumeGroup:
         return boot_of(instance).hex() if instance else None
 
     def host_boots(self) -> dict[str, str]:
-        """PV index -> boot of its host, for the dirty-region log."""
+        """PV index -> boot of its host, for the dirty-region log: the accepted one (see
+        :meth:`accept_boots`), or the current one for a PV seen for the first time."""
         out = {}
+        for p in self.vgda.pvs:
+            boot = self._accepted_boot.get(p.index) or self.host_boot(p.index)
+            if boot is not None:
+                self._accepted_boot.setdefault(p.index, boot)
+                out[str(p.index)] = boot
+        return out
+
+    def accept_boots(self) -> None:
+        """What every PV's host may have lost is durably marked: record their boots as they
+        are now in the next dirty-region log write."""
         for p in self.vgda.pvs:
             boot = self.host_boot(p.index)
             if boot is not None:
-                out[str(p.index)] = boot
-        return out
+                self._accepted_boot[p.index] = boot
 
     def rebooted_since(self, boots: dict[str, str]) -> frozenset[int]:
         """PVs whose host booted again since ``boots`` (from :meth:`host_boots`) was

@@ -101,12 +101,16 @@ class LogicalVolume:
             loc, dev = src
             tried.add(loc)
             try:
-                return await dev.read(pp_offset(loc[1], vg.vgda.pp_size) + within, length)
+                data = await dev.read(pp_offset(loc[1], vg.vgda.pp_size) + within, length)
             except OSError as e:
                 log.warning("lvm_read_failed", lv=self.name, lp=lp, pv=dev.name, error=str(e))
                 vg.pv_failed(loc[0], f"read failed: {e}")
                 vg.mark_stale(loc, None)
                 await vg.settle()
+                continue
+            if loc in vg.vgsa.stale or not vg.usable(loc[0]):
+                continue  # went stale while the read was out (its server restarted): retry
+            return data
 
     # -- writes --------------------------------------------------------------------------------
     def write_inline(self, offset: int, data, fua: bool, done) -> bool:

@@ -1196,7 +1196,9 @@ class Soak:
             escalated.append(f"{evs[0]['event']} {evs[0].get('device', '')} at "
                              f"{evs[0]['time']}")
         info["stale"] = self.json(self.a, "lsvg", VG)["stale_pps"]
-        if info["stale"] and not evs:
+        # a server that came back as a new instance had what it did not flush marked stale
+        info["restarted"] = bool(self.log_a.since(t, ("lvm_pv_server_restarted",)))
+        if info["stale"] and not evs and not info["restarted"]:
             self.violation(f, "lsvg after a transient fault", "stale_pps 0 (nothing failed)",
                            f"stale_pps {info['stale']}", since=t)
         if escalated:
@@ -1552,7 +1554,8 @@ class Soak:
                 {"RPVC_IO_TIMEOUT"}
         elif kind in TRANSIENT_KINDS + ("restart_b",):
             if not info.get("escalated"):
-                unwanted = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_SA_STALEPP"}
+                unwanted = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS"} | (
+                    set() if info.get("restarted") else {"LVM_SA_STALEPP"})
         elif kind in A_DOWN_KINDS + ("power_a",):
             unwanted = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_SA_STALEPP"}
         elif kind == "power_b_slow" or (kind == "power_b" and info.get("timed_out")):

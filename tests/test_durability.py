@@ -317,3 +317,71 @@ async def test_lower_io_timeout_brings_outstanding_deadlines_forward():
         disk.release.set()
         await client.close()
         await server.close()
+
+
+# -- review follow-ups: a last copy, a read that raced a restart, the boots the DRL records --
+
+@pytest.mark.asyncio
+async def test_unflushed_loss_never_leaves_an_lp_without_a_fresh_copy():
+    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    lv = make_lv(local, remote)
+    vg = lv.vg
+    vg.mark_stale((LOCAL, 0), None)  # LP 1's only fresh copy is the remote one
+    await lv.write(0, b"r" * 4096)
+    vg.server_restarted(REMOTE, rebooted=True)
+    await lv.flush()
+    assert stale_on(local, REMOTE, 0) is False  # stale with no source: unreadable for good
+    assert await lv.read(0, 4096) == b"r" * 4096
+
+
+class SlowReadDisk(RemoteDisk):
+    def __init__(self, name):
+        super().__init__(name)
+        self.reading = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def read(self, offset, length):
+        self.reading.set()
+        await self.go.wait()
+        return await super().read(offset, length)
+
+
+@pytest.mark.asyncio
+async def test_read_from_a_copy_that_went_stale_meanwhile_is_retried_elsewhere():
+    b, c = SlowReadDisk("hdisk3"), RemoteDisk("hdisk4")
+    entry = LVEntry("lv00", 1, 1, "y", 0, [[(2, 0)], [(3, 0)]])
+    vgda = VGDA("v" * 32, "vg", PP, quorum=False,
+                pvs=[PVEntry("b" * 32, 2, 10), PVEntry("c" * 32, 3, 10)], lvs={"lv00": entry})
+    vgsa = VGSA()
+    vgsa.new_generation("g" * 16, "", 0.0)
+    vgsa.current["written"] = True
+    vg = VolumeGroup(vgda, vgsa, {2: b, 3: c}, {k: 0 for k in Kind},
+                     is_local=lambda d: False, quorum_active=False)
+    vg.drl_durable = {(1, 0)}
+    lv = LogicalVolume(vg, entry)
+    vg.lvs = {"lv00": lv}
+    await lv.write(0, b"w" * 4096)  # both copies took it, unflushed
+    b.go.set()
+    await lv.flush()
+    b.go.clear()
+    await lv.write(0, b"W" * 4096)
+    b.buf[DATA_START:DATA_START + 4096] = b"w" * 4096  # B's host lost it...
+    read = asyncio.ensure_future(lv.read(0, 4096))
+    await b.reading.wait()  # ...while a read was out to it
+    vg.server_restarted(2, rebooted=True)
+    b.go.set()
+    assert await read == b"W" * 4096  # retried on C, not B's old data
+
+
+def test_dirty_region_log_records_a_new_boot_only_once_the_losses_are_durable():
+    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    lv = make_lv(local, remote)
+    vg = lv.vg
+    remote.instance = bytes(range(16))
+    before = vg.host_boots()[str(REMOTE)]
+    remote.instance = bytes(range(16, 32))  # the server came back after a reboot
+    vg.server_restarted(REMOTE, rebooted=True)
+    assert vg.host_boots()[str(REMOTE)] == before  # a DRL write now would keep the old boot
+    vg.accept_boots()  # what the manager does once the marks are durable
+    assert vg.host_boots()[str(REMOTE)] == bytes(range(16, 24)).hex()
+    assert vg.rebooted_since({str(REMOTE): before}) == {REMOTE}

@@ -490,9 +490,10 @@ class RPVClient:
                                        f"to {info.disk_size}")
         self._size = info.disk_size
         self.server_info = info
-        previous, self.instance = self.instance, info.instance
+        previous = self.instance
         if previous is not None and previous != info.instance:
-            self._new_instance(info, previous)
+            self._new_instance(info, previous)  # if it raises, the next HELLO tries again
+        self.instance = info.instance
         self._max_payload = min(info.max_payload, 4 * 1024 * 1024)
         self._max_outstanding = max(1, min(info.max_outstanding, 256))
         if self._on_hello:
