@@ -411,7 +411,10 @@ class Model:
 
     def allow_unflushed_loss(self) -> int:
         """The only good copy's host lost power: unflushed writes may be gone. Returns how
-        many blocks that widened."""
+        many blocks that widened. A later FLUSH cannot make those writes durable any more:
+        they are dropped from what the next FLUSH covers (call this after the workload
+        stopped, so a FLUSH that failed has given its writes back first)."""
+        self._unflushed = []
         n = 0
         for b in range(self.nblocks):
             if self.after[b]:

@@ -60,6 +60,10 @@ def test_model_knows_what_a_flush_promised():
     assert m.check(0, d1[:BLOCK]) == [] and m.check(0, d2) == []  # w1 (durable) or w2
     assert m.check(0, bytes(BLOCK))  # never older than what the flush made durable
     assert m.check(2 * BLOCK, d3) == [] and m.check(2 * BLOCK, bytes(BLOCK))
+    m.collapse(0, d1[:BLOCK])  # the loss happened: block 0 holds w1 again
+    later = m.flush_started()  # the first FLUSH after the power loss...
+    m.flush_done(later)
+    assert m.durable[0] == w1.seq  # ...does not make the lost w2 durable
 
 
 # -- the soak ---------------------------------------------------------------------------------
