@@ -1156,7 +1156,11 @@ class Soak:
         return info
 
     def fault_kill_b(self, f: Fault) -> dict:
-        t = self._inject(lambda: _kill9(self.b), "kill -9 B")
+        return self._b_down_then_back(f, self._inject(lambda: _kill9(self.b), "kill -9 B"))
+
+    def _b_down_then_back(self, f: Fault, t: float) -> dict:
+        """B went down at ``t`` and stays down past io_timeout: detected, checked while it
+        lasts, then B starts again and A takes its PVs back."""
         info = {"detect": self.detect(f, t, "log")}
         self.during(f, t, set(RPV_CLIENTS), True, info)
         self.b.start()
@@ -1405,13 +1409,8 @@ class Soak:
         return info
 
     def fault_power_b_slow(self, f: Fault) -> dict:
-        t = self._power_b("power loss B (down past io_timeout)", restart=False)
-        info = {"detect": self.detect(f, t, "log")}
-        self.during(f, t, set(RPV_CLIENTS), True, info)
-        self.b.start()
-        self.note("start B")
-        info["varyon"] = self.take_back()
-        return info
+        return self._b_down_then_back(
+            f, self._power_b("power loss B (down past io_timeout)", restart=False))
 
     def fault_power_a_stale(self, f: Fault) -> dict:
         """The link goes down, A writes alone (B's copy goes stale), and A loses power while
