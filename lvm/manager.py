@@ -9,6 +9,7 @@ alone. Every command validates first and refuses with one clear line, changing n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -133,6 +134,18 @@ class LVMManager:
         vg = self.vg_of_pvid(pvid) if pvid else None
         return vg if vg in self.vgs else None
 
+    @contextlib.asynccontextmanager
+    async def _claiming(self, vg: str, names: list[str | None]):
+        """While ``vg`` takes these disks into use, and until it is registered, NBD exports
+        of them are read-only (see DeviceManager.claim_disks)."""
+        names = [n for n in names if n]
+        await self.devices.claim_disks(names, f"a physical volume of volume group {vg}, "
+                                              f"which is being varied on")
+        try:
+            yield
+        finally:
+            self.devices.release_disks(names)
+
     def _resync_lock(self, vg: str) -> asyncio.Lock:
         return self._resync_locks.setdefault(vg, asyncio.Lock())
 
@@ -192,19 +205,20 @@ class LVMManager:
                         created=now, modified=now, last_site=self.devices.site())
             vgsa = VGSA({pvid: PV_ACTIVE for _, pvid, _ in disks})
             devmap = {i + 1: d for i, (_, _, d) in enumerate(disks)}
-            try:
-                for i, d in devmap.items():
-                    await self._write_header(d, vgda, i)
-            except OSError as e:
-                raise CommandError(f"cannot write to {d.name}: {e.strerror or e}") from None
-            group = self._activate(vgda, vgsa, devmap, {k: 0 for k in Kind}, quorum=True)
-            group.new_generation()
-            await group.write_vgda()
-            await group.commit_vgsa()
-            await group.drl_clear()
-            self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
-            log.info("lvm_mkvg", vg=vg, pvs=pvs, pp_size=pp)
-            return {"vg": vg, "pp_size_mb": pp // MiB}
+            async with self._claiming(vg, [n for n, _, _ in disks]):
+                try:
+                    for i, d in devmap.items():
+                        await self._write_header(d, vgda, i)
+                except OSError as e:
+                    raise CommandError(f"cannot write to {d.name}: {e.strerror or e}") from None
+                group = self._activate(vgda, vgsa, devmap, {k: 0 for k in Kind}, quorum=True)
+                group.new_generation()
+                await group.write_vgda()
+                await group.commit_vgsa()
+                await group.drl_clear()
+                self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
+                log.info("lvm_mkvg", vg=vg, pvs=pvs, pp_size=pp)
+                return {"vg": vg, "pp_size_mb": pp // MiB}
 
     def _name_taken(self, name: str) -> bool:
         return self.db.get(name) is not None or any(name in g.lvs or name == g.name
@@ -237,17 +251,18 @@ class LVMManager:
                 if count < 1:
                     raise CommandError(f"{n} is too small for one {vgda.pp_size // MiB} MB "
                                        f"partition")
-            for _n, pvid, d in disks:
-                index = max(p.index for p in vgda.pvs) + 1
-                vgda.pvs.append(PVEntry(pvid, index, layout.pp_count(d.size, vgda.pp_size)))
-                group.devices[index] = d
-                group.vgsa.pv_state[pvid] = PV_ACTIVE
-                await self._write_header(d, vgda, index)
-            await group.write_vgda()
-            await group.commit_vgsa()
-            await group.commit_drl()
-            self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
-            return {"vg": vg}
+            async with self._claiming(vg, [n for n, _, _ in disks]):
+                for _n, pvid, d in disks:
+                    index = max(p.index for p in vgda.pvs) + 1
+                    vgda.pvs.append(PVEntry(pvid, index, layout.pp_count(d.size, vgda.pp_size)))
+                    group.devices[index] = d
+                    group.vgsa.pv_state[pvid] = PV_ACTIVE
+                    await self._write_header(d, vgda, index)
+                await group.write_vgda()
+                await group.commit_vgsa()
+                await group.commit_drl()
+                self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
+                return {"vg": vg}
 
     async def reducevg(self, vg: str, pv: str, delete_lvs: bool = False) -> dict:
         async with self._lock:
@@ -667,6 +682,13 @@ class LVMManager:
 
     async def _varyon(self, name: str, vgid: str, pvids: list[str], force: bool, nosync: bool,
                       maintenance: bool, discard_site: str | None = None) -> dict:
+        async with self._claiming(name, [self._name_for_pvid(p) for p in pvids]):
+            return await self._varyon_claimed(name, vgid, pvids, force, nosync, maintenance,
+                                              discard_site)
+
+    async def _varyon_claimed(self, name: str, vgid: str, pvids: list[str], force: bool,
+                              nosync: bool, maintenance: bool,
+                              discard_site: str | None) -> dict:
         found = await self._scan(pvids, vgid)
         if not found:
             raise CommandError(f"0516-013 varyonvg: no physical volume of {name} is "

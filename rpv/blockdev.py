@@ -165,6 +165,35 @@ class FileDisk:
             self._fd = -1
 
 
+class ReadOnlyView:
+    """A device seen read-only, with the reason (an export of a disk the LVM or an RPV server
+    is using): reads pass through, writes fail with ``EPERM`` naming the reason, and a flush
+    has nothing to do."""
+
+    readonly = True
+
+    def __init__(self, device: BlockDevice, reason: str):
+        self._device = device
+        self.name = device.name
+        self.readonly_reason = reason
+        inline = getattr(device, "read_inline", None)
+        if inline is not None:
+            self.read_inline = inline
+
+    @property
+    def size(self) -> int:
+        return self._device.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self._device.read(offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        raise OSError(errno.EPERM, f"{self.name} is read-only: {self.readonly_reason}")
+
+    async def flush(self) -> None:
+        pass
+
+
 def create_sparse_file(path: str, size: int) -> None:
     """Create ``path`` as a sparse file of ``size`` bytes; refuse to clobber a non-empty file."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -14,23 +14,27 @@ from tests.sites import Site
 TEST_PORT = int(os.environ.get("GLVM_TEST_PORT", "16192"))
 
 
-def _site(tmp_path, name: str, addr: str, sub: str, node: str):
-    site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT)
+def _site(request, tmp_path, name: str, addr: str, sub: str, node: str):
+    # Tests of the RPV link itself write RPV client disks directly, which rpvd refuses by
+    # default (they are exported read-only); they opt out with @pytest.mark.raw_writes.
+    extra = (["--nbd-unsafe-raw-writes"] if request.node.get_closest_marker("raw_writes")
+             else [])
+    site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT, extra_args=extra)
     site.start()
     site.ctl("rpvserver", "site", name)
     return site
 
 
 @pytest.fixture
-def site_b(tmp_path):
-    site = _site(tmp_path, "Poughkeepsie", "127.0.0.2", "b", "nodeB")
+def site_b(request, tmp_path):
+    site = _site(request, tmp_path, "Poughkeepsie", "127.0.0.2", "b", "nodeB")
     yield site
     site.kill()
 
 
 @pytest.fixture
-def site_a(tmp_path):
-    site = _site(tmp_path, "Philadelphia", "127.0.0.1", "a", "nodeA")
+def site_a(request, tmp_path):
+    site = _site(request, tmp_path, "Philadelphia", "127.0.0.1", "a", "nodeA")
     yield site
     site.kill()
 

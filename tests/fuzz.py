@@ -121,7 +121,7 @@ def fuzz_nbd(rng: random.Random, data: bytes) -> None:
 
 def fuzz_control(server: ControlServer, loop, data: bytes) -> None:
     for line in data.split(b"\n")[:8]:
-        reply = loop.run_until_complete(server._dispatch(line, None))
+        reply = loop.run_until_complete(server._dispatch(line, None))[0]
         assert isinstance(reply, dict) and isinstance(reply["ok"], bool)
 
 

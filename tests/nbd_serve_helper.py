@@ -1,7 +1,10 @@
 """Serve FileDisk exports over NBD in a separate process, for interop tests and benchmarks.
 
-    python tests/nbd_serve_helper.py --socket PATH [--tcp HOST:PORT] [--ro NAME] [--async NAME]
-                                     NAME=FILE...
+    python tests/nbd_serve_helper.py --socket PATH [--tcp HOST:PORT] [--tls DIR]
+                                     [--ro NAME] [--async NAME] NAME=FILE...
+
+``--tls DIR`` makes the TCP listener require TLS with DIR/ca.pem, DIR/server.pem and
+DIR/server.key (``glvmctl tls``'s layout).
 
 ``--async NAME`` hides FileDisk's synchronous fast path for that export, so every request
 runs as a task (the path logical volumes and RPV disks take).
@@ -20,6 +23,7 @@ import sys
 import structlog
 import uvloop
 
+from rpv import tls
 from rpv.blockdev import FileDisk
 from rpv.nbd import NBDServer
 
@@ -73,7 +77,11 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start_unix(args.socket)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
-        for h, p in await server.start_tcp(host, int(port)):
+        ctx = None
+        if args.tls:
+            d = args.tls
+            ctx = tls.server_context(f"{d}/ca.pem", f"{d}/server.pem", f"{d}/server.key")
+        for h, p in await server.start_tcp(host, int(port), tls=ctx):
             print(f"TCP {h} {p}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--socket", required=True)
     parser.add_argument("--tcp")
+    parser.add_argument("--tls")
     parser.add_argument("--ro", action="append", default=[])
     parser.add_argument("--async", dest="async_exports", action="append", default=[])
     parser.add_argument("--max-inflight-requests", type=int, default=128)

@@ -168,6 +168,7 @@ def digest_list(digests: bytes) -> list[bytes]:
     return [digests[i : i + DIGEST_SIZE] for i in range(0, len(digests), DIGEST_SIZE)]
 
 
+@pytest.mark.raw_writes
 def test_checksum_against_real_server(linked):
     site_a, site_b, pvid = linked
     backing = site_b.disk_path("hdisk2") + ".img"

@@ -18,7 +18,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
 
 
 def dispatch(line: bytes) -> dict:
-    reply = asyncio.run(SERVER._dispatch(line, None))
+    reply = asyncio.run(SERVER._dispatch(line, None))[0]
     assert isinstance(reply, dict) and isinstance(reply["ok"], bool)
     if not reply["ok"]:
         assert isinstance(reply["error"], str) and "\n" not in reply["error"]

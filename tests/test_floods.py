@@ -8,7 +8,12 @@ import select
 import socket
 import time
 
+import pytest
+
 from tests.conftest import qemu_io
+
+#: these tests write the RPV client disk hdisk3 directly, to exercise the link itself
+pytestmark = pytest.mark.raw_writes
 
 
 def rss_kib(pid: int) -> int:

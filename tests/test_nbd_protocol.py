@@ -29,6 +29,7 @@ from rpv.nbd.protocol import (
     Rep,
     Request,
     ServerConnection,
+    StartTLS,
     State,
     TransmissionFlag,
     encode_reply,
@@ -258,6 +259,85 @@ def test_unsupported_options(opt):
     assert reps[-1][:2] == (Opt.LIST, Rep.ACK)  # the option data was skipped cleanly
 
 
+# --------------------------------------------------------------------------- forced TLS
+
+
+def tls_handshaken() -> ServerConnection:
+    conn = ServerConnection(registry(), tls=True)
+    conn.data_to_send()
+    conn.receive_data(struct.pack(">I", 3))
+    assert events(conn) == []
+    return conn
+
+
+@pytest.mark.parametrize("opt,data", [(Opt.LIST, b""), (Opt.GO, go_data("hdisk1")),
+                                      (Opt.INFO, go_data("hdisk1")),
+                                      (Opt.STRUCTURED_REPLY, b"")])
+def test_tls_required_before_any_option(opt, data):
+    """Forced TLS: nothing about any export (not even the list) before STARTTLS."""
+    conn = tls_handshaken()
+    conn.receive_data(option(opt, data))
+    [ev] = events(conn)
+    assert isinstance(ev, OptionRejected) and ev.reply == Rep.ERR_TLS_REQD
+    [(o, rep, msg)] = parse_option_replies(conn.data_to_send())
+    assert (o, rep) == (opt, Rep.ERR_TLS_REQD) and b"STARTTLS" in msg
+    assert b"hdisk" not in msg and conn.state is State.OPTIONS and conn.device is None
+
+
+def test_tls_required_export_name_closes():
+    conn = tls_handshaken()
+    conn.receive_data(option(Opt.EXPORT_NAME, b"hdisk1"))
+    [ev] = events(conn)
+    assert isinstance(ev, ProtocolError) and "TLS" in ev.reason
+    assert conn.data_to_send() == b"" and conn.state is State.CLOSED and conn.device is None
+
+
+def test_starttls_then_go():
+    conn = tls_handshaken()
+    conn.receive_data(option(Opt.STARTTLS))
+    [ev] = events(conn)
+    assert isinstance(ev, StartTLS)
+    assert parse_option_replies(conn.data_to_send()) == [(Opt.STARTTLS, Rep.ACK, b"")]
+    # nothing is parsed until the adapter reports the handshake done
+    conn.receive_data(option(Opt.GO, go_data("hdisk1")))
+    assert events(conn) == [] and conn.data_to_send() == b""
+    conn.tls_established()
+    evs = events(conn)
+    assert isinstance(evs[-1], ExportOpened) and evs[-1].name == "hdisk1"
+    # a second STARTTLS would be meaningless; on a fresh connection it is refused
+    conn2 = tls_handshaken()
+    conn2.receive_data(option(Opt.STARTTLS))
+    events(conn2)
+    conn2.tls_established()
+    conn2.data_to_send()
+    conn2.receive_data(option(Opt.STARTTLS))
+    [ev] = events(conn2)
+    assert isinstance(ev, OptionRejected) and ev.reply == Rep.ERR_INVALID
+
+
+def test_starttls_with_trailing_plaintext_closes():
+    """Bytes sent after STARTTLS before the handshake could be injected by anyone on the path:
+    they end the connection instead of being taken as coming through TLS."""
+    conn = tls_handshaken()
+    conn.receive_data(option(Opt.STARTTLS) + option(Opt.GO, go_data("hdisk1")))
+    [ev] = events(conn)
+    assert isinstance(ev, ProtocolError) and conn.state is State.CLOSED
+
+
+def test_starttls_with_data_is_invalid():
+    conn = tls_handshaken()
+    conn.receive_data(option(Opt.STARTTLS, b"x"))
+    [ev] = events(conn)
+    assert isinstance(ev, OptionRejected) and ev.reply == Rep.ERR_INVALID
+
+
+def test_abort_allowed_before_tls():
+    conn = tls_handshaken()
+    conn.receive_data(option(Opt.ABORT))
+    [ev] = events(conn)
+    assert isinstance(ev, Disconnect)
+
+
 def test_one_event_per_option():
     """Options come out one at a time, so a caller can stop between them (back-pressure)."""
     conn = handshaken()
@@ -468,6 +548,26 @@ def drive(conn: ServerConnection, chunks: list[bytes]) -> list:
 @given(st.lists(st.binary(max_size=64), max_size=8))
 def test_arbitrary_handshake_bytes_never_raise(chunks):
     drive(ServerConnection(registry()), chunks)
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([option(Opt.STARTTLS), option(Opt.LIST),
+                                 option(Opt.GO, go_data("hdisk1")),
+                                 option(Opt.EXPORT_NAME, b"hdisk1"), b"\x00" * 5]),
+                max_size=6), st.booleans())
+def test_forced_tls_never_opens_an_export_without_tls(msgs, establish):
+    """Whatever the client sends, no export opens (and no name leaks) before TLS."""
+    conn = ServerConnection(registry(), tls=True)
+    conn.receive_data(struct.pack(">I", 3))
+    for msg in msgs:
+        conn.receive_data(msg)
+        evs = events(conn)
+        out = conn.data_to_send()
+        if not conn.tls_active:
+            assert not any(isinstance(e, ExportOpened) for e in evs)
+            assert b"hdisk" not in out
+        if establish and any(isinstance(e, StartTLS) for e in evs):
+            conn.tls_established()
 
 
 @FUZZ

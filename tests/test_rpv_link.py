@@ -17,6 +17,9 @@ from rpv import protocol as pc
 from rpv.faultproxy.client import start_proxy
 from tests.conftest import qemu_io, run
 
+#: these tests write the RPV client disk hdisk3 directly, to exercise the link itself
+pytestmark = pytest.mark.raw_writes
+
 MiB = 1 << 20
 
 

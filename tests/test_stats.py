@@ -5,8 +5,13 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+import pytest
+
 from tests.conftest import qemu_io
 from tests.test_runbooks import configure_airline
+
+#: these tests write the RPV client disk hdisk3 directly, to exercise the link itself
+pytestmark = pytest.mark.raw_writes
 
 
 def test_rpvstat_counts_and_resets(linked):

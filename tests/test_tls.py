@@ -22,7 +22,7 @@ def tls_sites(tmp_path):
         run(GLVMCTL, "tls", "issue", name, "--dir", str(ca))
         site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT, extra_args=[
             "--tls-ca", str(ca / "ca.pem"), "--tls-cert", str(ca / f"{name}.pem"),
-            "--tls-key", str(ca / f"{name}.key")])
+            "--tls-key", str(ca / f"{name}.key"), "--nbd-unsafe-raw-writes"])
         site.start()
         site.ctl("rpvserver", "site", name)
         sites.append(site)

@@ -21,8 +21,12 @@ class Config:
     listen: str = f"0.0.0.0:{DEFAULT_RPV_PORT}"
     socket: str = ""
     nbd_socket: str = ""
+    nbd_socket_group: str = ""  # a group that may use the NBD unix socket (mode 0660)
     nbd_listen: str = ""
-    metrics_listen: str = ""
+    nbd_allow: str = ""  # comma-separated client networks admitted on nbd_listen
+    nbd_insecure: bool = False  # serve nbd_listen in plaintext (logged at every start)
+    nbd_unsafe_raw_writes: bool = False  # disks in use stay writable over NBD (link tests)
+    metrics_listen: str = ""  # [IP:]PORT, IP 127.0.0.1 unless given
     tls_ca: str = ""  # with tls_cert and tls_key: mutual TLS on the RPV link
     tls_cert: str = ""
     tls_key: str = ""
@@ -38,6 +42,9 @@ class Config:
         """Fill derived defaults and check values; raise ConfigError with one clear line."""
         for f in fields(self):
             value, want = getattr(self, f.name), type(f.default)
+            if want is bool and isinstance(value, str) and value.lower() in _BOOLS:
+                value = _BOOLS[value.lower()]
+                setattr(self, f.name, value)
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok = (numeric if want is float else
                   numeric and isinstance(value, int) if want is int else
@@ -55,10 +62,17 @@ class Config:
         if self.nbd_listen:
             split_hostport(self.nbd_listen, "nbd_listen")
         if self.metrics_listen:
+            if self.metrics_listen.isdigit():
+                self.metrics_listen = f"127.0.0.1:{self.metrics_listen}"
             split_hostport(self.metrics_listen, "metrics_listen")
+        self.allowed_networks()
         tls = [self.tls_ca, self.tls_cert, self.tls_key]
         if any(tls) and not all(tls):
             raise ConfigError("tls_ca, tls_cert and tls_key go together")
+        if self.nbd_listen and not all(tls) and not self.nbd_insecure:
+            raise ConfigError("nbd_listen serves NBD over TCP only with TLS: set tls_ca, "
+                              "tls_cert and tls_key (clients need a certificate from "
+                              "'glvmctl tls client'), or nbd_insecure = yes for plaintext")
         for path in filter(None, tls):
             if not os.path.isfile(path):
                 raise ConfigError(f"TLS file {path} does not exist")
@@ -68,6 +82,18 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         return self
+
+
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """nbd_allow as networks (a bare address is a /32 or /128)."""
+        try:
+            return tuple(ipaddress.ip_network(n.strip(), strict=False)
+                         for n in self.nbd_allow.split(",") if n.strip())
+        except ValueError as e:
+            raise ConfigError(f"nbd_allow: {e}") from None
+
+
+_BOOLS = {"yes": True, "y": True, "true": True, "no": False, "n": False, "false": False}
 
 
 def split_hostport(value: str, what: str) -> tuple[str, int]:

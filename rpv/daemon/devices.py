@@ -14,7 +14,7 @@ import os
 import structlog
 
 from lvm import layout
-from rpv.blockdev import BlockDevice, FileDisk, create_sparse_file
+from rpv.blockdev import BlockDevice, FileDisk, ReadOnlyView, create_sparse_file
 from rpv.client.device import ClientState, RPVClient, discover
 from rpv.client.stats import IOStats
 from rpv.daemon import attrs as A
@@ -47,8 +47,11 @@ def new_pvid() -> str:
 
 
 class DeviceManager:
-    def __init__(self, db: DeviceDB, errlog: ErrorLog, node: str):
+    def __init__(self, db: DeviceDB, errlog: ErrorLog, node: str,
+                 unsafe_raw_writes: bool = False):
         self.db = db
+        self.unsafe_raw_writes = unsafe_raw_writes
+        self._claims: dict[str, str] = {}  # disk name -> who is taking it into use
         self.errlog = errlog
         self.node = node
         self.disks: dict[str, BlockDevice] = {}  # Available disk devices by name
@@ -131,19 +134,62 @@ class DeviceManager:
         return _by_path(rows) if by_path else rows
 
     # -- NBD export registry -------------------------------------------------------------------
+    # A disk the LVM or an RPV server is using is exported read-only: a write there would
+    # bypass mirroring, stale tracking and the DRL. Other disks stay writable (that is how a
+    # new disk is filled before mkvg).
     def get_export(self, name: str) -> BlockDevice | None:
         disk = self.disks.get(name)
-        if disk is None and self.lvm is not None:
-            return self.lvm.get_lv(name)
-        return disk
+        if disk is None:
+            return self.lvm.get_lv(name) if self.lvm is not None else None
+        reason = self.raw_write_refusal(name)
+        return ReadOnlyView(disk, reason) if reason else disk
 
     def list_exports(self) -> list[tuple[str, str]]:
         out = []
         for d in self.db.devices("disk"):
             if d.name in self.disks:
+                reason = self.raw_write_refusal(d.name)
                 out.append((d.name, f"{A.devtype(d.dev_class, d.dev_type).description} "
-                                     f"PVID {d.attrs.get('pvid', '')}"))
+                                     f"PVID {d.attrs.get('pvid', '')}"
+                                     + (f"; read-only: {reason}" if reason else "")))
         return out + (self.lvm.list_lvs() if self.lvm is not None else [])
+
+    def raw_write_refusal(self, name: str) -> str | None:
+        """Why disk ``name`` may not be written over NBD, or None if it may."""
+        if self.unsafe_raw_writes:
+            return None
+        dev = self.db.get(name)
+        if dev is None:
+            return None
+        if dev.dev_type == "rpvclient":
+            return (f"{name} is an RPV client disk (an RPV server at the remote site serves "
+                    f"it); write through a logical volume of its volume group")
+        phrase = self._claims.get(name)
+        if phrase is None and self.lvm is not None:
+            vg = self.lvm.disk_in_use(name)
+            if vg is not None:
+                phrase = (f"a physical volume of volume group {vg}, which is varied on; "
+                          f"write through its logical volumes")
+        if phrase is None:
+            server = self.serving(dev.attrs.get("pvid", ""))
+            if server is not None:
+                phrase = (f"served to the remote site by {server}, which is Available; "
+                          f"run rmdev -l {server} first")
+        return f"{name} is {phrase}" if phrase else None
+
+    async def claim_disks(self, names: list[str], phrase: str) -> None:
+        """These disks are being taken into use ("NAME is ``phrase``"): from now on they are
+        exported read-only, and connections that could write are closed (their in-flight
+        writes finish first). Undo with :meth:`release_disks` once the user is registered."""
+        for name in names:
+            self._claims[name] = phrase
+        if self.nbd is not None:
+            for name in names:
+                await self.nbd.disconnect_export(name, writers_only=True)
+
+    def release_disks(self, names: list[str]) -> None:
+        for name in names:
+            self._claims.pop(name, None)
 
     # -- RPV server exports --------------------------------------------------------------------
     def serving(self, pvid: str) -> str | None:
@@ -302,6 +348,10 @@ class DeviceManager:
             if vg is not None:  # fencing: never serve a disk this site is using
                 raise CommandError(f"{dev.name}: {disk.name} belongs to volume group {vg}, "
                                    f"varied on at this site; run varyoffvg {vg} first")
+            # Local writers must be gone before the remote site may write: the claim lasts
+            # until the caller marks the server Available (no await in between).
+            await self.claim_disks([disk.name], f"served to the remote site by {dev.name}")
+            self.release_disks([disk.name])
 
     async def _configure_client(self, dev: Device) -> None:
         a = dev.attrs

@@ -30,6 +30,11 @@ log = structlog.get_logger("rpvd")
 
 VERSION = "0.1.0"
 
+#: Control operations that change nothing; every other request leaves an audit event.
+QUERIES = frozenset({"ping", "lsdev", "lsattr", "lspv", "discover", "errpt",
+                     "errnotify_list", "lslv", "lsvg", "gmvg_list", "gmvg_verify", "gmvgstat",
+                     "rpvstat"})
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -43,8 +48,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listen", help="RPV listen address IP:PORT (default 0.0.0.0:6192)")
     p.add_argument("--socket", help="control socket path (default STATE_DIR/control.sock)")
     p.add_argument("--nbd-socket", help="NBD unix socket path (default STATE_DIR/nbd.sock)")
-    p.add_argument("--nbd-listen", help="also serve NBD on TCP IP:PORT")
-    p.add_argument("--metrics-listen", help="serve Prometheus metrics on IP:PORT")
+    p.add_argument("--nbd-socket-group", help="group that may use the NBD unix socket "
+                                              "(mode 0660; default: root only, 0600)")
+    p.add_argument("--nbd-listen", help="also serve NBD on TCP IP:PORT (TLS with a client "
+                                        "certificate from the site CA, see --tls-ca)")
+    p.add_argument("--nbd-allow", help="comma-separated client networks admitted on "
+                                       "--nbd-listen (default: any)")
+    p.add_argument("--nbd-insecure", action="store_const", const=True,
+                   help="serve --nbd-listen in plaintext, without TLS (logged at every start)")
+    p.add_argument("--nbd-unsafe-raw-writes", action="store_const", const=True,
+                   help="keep disks in use (PVs of varied-on VGs, served disks, RPV client "
+                        "disks) writable over NBD; for testing the RPV link only")
+    p.add_argument("--metrics-listen", help="serve Prometheus metrics on [IP:]PORT "
+                                            "(IP defaults to 127.0.0.1)")
     p.add_argument("--tls-ca", help="site CA certificate: enables mutual TLS on the RPV link")
     p.add_argument("--tls-cert", help="this site's certificate (glvmctl tls issue)")
     p.add_argument("--tls-key", help="this site's private key")
@@ -66,7 +82,8 @@ class Daemon:
             machine_id = os.urandom(6).hex().upper()
             self.db.set_setting("machine_id", machine_id)
         self.errlog = ErrorLog(self.db, cfg.node, machine_id)
-        self.devices = DeviceManager(self.db, self.errlog, cfg.node)
+        self.devices = DeviceManager(self.db, self.errlog, cfg.node,
+                                     unsafe_raw_writes=cfg.nbd_unsafe_raw_writes)
         self.rpv = RPVServer(self.devices.rpv_exports, self.devices.site, cfg.node, Limits(
             max_connections=cfg.max_connections, max_payload=cfg.max_payload,
             max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
@@ -80,7 +97,7 @@ class Daemon:
         self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
         self.devices.nbd = self.nbd
-        self.control = ControlServer(self.ops())
+        self.control = ControlServer(self.ops(), queries=QUERIES)
 
     def ops(self) -> dict:
         d = self.devices
@@ -136,9 +153,15 @@ class Daemon:
         await self.devices.boot()
         host, port = cfgmod.split_hostport(cfg.listen, "listen")
         await self.rpv.start(host, port, ssl=self.server_ssl)
-        await self.nbd.start_unix(cfg.nbd_socket)
+        await self.nbd.start_unix(cfg.nbd_socket, mode=0o660 if cfg.nbd_socket_group else 0o600,
+                                  group=cfg.nbd_socket_group)
         if cfg.nbd_listen:
-            await self.nbd.start_tcp(*cfgmod.split_hostport(cfg.nbd_listen, "nbd_listen"))
+            if not cfg.tls_ca:
+                log.warning("nbd_insecure", nbd_listen=cfg.nbd_listen,
+                            warning="NBD over TCP without TLS: anyone who reaches this port "
+                                    "can read and write every exported volume")
+            await self.nbd.start_tcp(*cfgmod.split_hostport(cfg.nbd_listen, "nbd_listen"),
+                                     tls=self.server_ssl, allow=cfg.allowed_networks())
         await self.control.start(cfg.socket)
         if cfg.metrics_listen:
             metrics.serve(*cfgmod.split_hostport(cfg.metrics_listen, "metrics_listen"),
@@ -147,8 +170,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if cfg.nbd_unsafe_raw_writes:
+            log.warning("nbd_unsafe_raw_writes",
+                        warning="disks in use stay writable over NBD: a write there bypasses "
+                                "mirroring and stale tracking")
         log.info("rpvd_ready", node=cfg.node, site=self.devices.site() or None,
-                 listen=cfg.listen, socket=cfg.socket, nbd_socket=cfg.nbd_socket)
+                 listen=cfg.listen, socket=cfg.socket, nbd_socket=cfg.nbd_socket,
+                 nbd_listen=cfg.nbd_listen or None, metrics_listen=cfg.metrics_listen or None)
         if ready_fd is not None:
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
@@ -175,11 +203,14 @@ def _raise_fd_limit() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in
-                 ("state_dir", "listen", "socket", "nbd_socket", "nbd_listen", "metrics_listen",
-                  "node", "log_format", "log_level", "tls_ca", "tls_cert", "tls_key")}
+                 ("state_dir", "listen", "socket", "nbd_socket", "nbd_socket_group",
+                  "nbd_listen", "nbd_allow", "nbd_insecure", "nbd_unsafe_raw_writes",
+                  "metrics_listen", "node", "log_format", "log_level", "tls_ca", "tls_cert",
+                  "tls_key")}
     try:
         cfg = cfgmod.load(args.config, overrides)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        os.chmod(cfg.state_dir, 0o700)  # the device database and logs are nobody else's
     except (cfgmod.ConfigError, OSError) as e:
         print(f"rpvd: {e}", file=sys.stderr)
         sys.exit(2)

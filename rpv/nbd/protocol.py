@@ -284,6 +284,14 @@ class OptionRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTLS:
+    """The client asked for TLS (NBD_OPT_STARTTLS) and got its ACK: send the pending bytes,
+    run the TLS handshake on the connection, then call
+    :meth:`ServerConnection.tls_established` (or close if the handshake fails). No further
+    event comes out until then."""
+
+
+@dataclass(frozen=True, slots=True)
 class Disconnect:
     """The client ended the session cleanly (NBD_CMD_DISC or NBD_OPT_ABORT).
 
@@ -308,8 +316,8 @@ class ConnectionClosed:
     phase: str
 
 
-Event = (Request | ExportOpened | OptionAnswered | OptionRejected | Disconnect | ProtocolError
-         | ConnectionClosed)
+Event = (Request | ExportOpened | OptionAnswered | OptionRejected | StartTLS | Disconnect
+         | ProtocolError | ConnectionClosed)
 
 
 class ExportLookup(Protocol):
@@ -340,6 +348,11 @@ class ServerConnection:
     Usage: send :meth:`data_to_send` after construction (the greeting); feed received bytes to
     :meth:`receive_data` (``b""`` for EOF); call :meth:`next_event` until it returns
     :data:`NEED_DATA`, acting on each event; after each round send :meth:`data_to_send`.
+
+    With ``tls=True`` the connection is in the spec's "forced TLS" mode: until the client has
+    gone through NBD_OPT_STARTTLS, every option but STARTTLS and ABORT is answered with
+    NBD_REP_ERR_TLS_REQD (NBD_OPT_EXPORT_NAME, which cannot carry an error, closes the
+    connection). With ``tls=False`` STARTTLS is not offered.
     """
 
     def __init__(
@@ -350,8 +363,12 @@ class ServerConnection:
         max_request_length: int = MAX_REQUEST_LENGTH,
         min_block_size: int = MIN_BLOCK_SIZE,
         preferred_block_size: int = PREFERRED_BLOCK_SIZE,
+        tls: bool = False,
     ):
         self._registry = registry
+        self.tls = tls
+        self.tls_active = False
+        self._tls_pending = False
         self.max_option_length = max_option_length
         self.max_request_length = max_request_length
         self.min_block_size = min_block_size
@@ -460,6 +477,11 @@ class ServerConnection:
             return ConnectionClosed(phase)
         return ev
 
+    def tls_established(self) -> None:
+        """The TLS handshake that :class:`StartTLS` asked for succeeded: haggling goes on."""
+        self._tls_pending = False
+        self.tls_active = True
+
     def _fail(self, reason: str) -> ProtocolError:
         self.state = State.CLOSED
         self._buf.clear()
@@ -554,7 +576,7 @@ class ServerConnection:
 
     def _next_handshake_event(self) -> Event | _NeedData:
         buf = self._buf
-        while self.state is not State.CLOSED:
+        while self.state is not State.CLOSED and not self._tls_pending:
             if self.state is State.CLIENT_FLAGS:
                 if len(buf) < 4:
                     return NEED_DATA
@@ -591,6 +613,15 @@ class ServerConnection:
         return OptionRejected(option, int(rep), message)
 
     def _handle_option(self, option: int, data: bytes) -> Event:
+        if option == Opt.STARTTLS and self.tls:
+            return self._opt_starttls(data)
+        if self.tls and not self.tls_active and option != Opt.ABORT:
+            if option == Opt.EXPORT_NAME:  # cannot carry an error: the spec says close
+                return self._fail("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS: TLS is "
+                                  "required")
+            return self._reject(option, Rep.ERR_TLS_REQD,
+                                "TLS is required: use NBD_OPT_STARTTLS with a client "
+                                "certificate from the site CA")
         if option == Opt.EXPORT_NAME:
             return self._opt_export_name(data)
         if option == Opt.GO or option == Opt.INFO:
@@ -613,6 +644,19 @@ class ServerConnection:
         except ValueError:
             label = f"option {option}"
         return self._reject(option, Rep.ERR_UNSUP, f"{label} not supported")
+
+    def _opt_starttls(self, data: bytes) -> Event:
+        if data:
+            return self._reject(Opt.STARTTLS, Rep.ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+        if self.tls_active:
+            return self._reject(Opt.STARTTLS, Rep.ERR_INVALID, "TLS is already active")
+        if self._buf:
+            # The client must wait for the ACK; plaintext bytes sent past STARTTLS could be
+            # injected by anyone on the path, so they end the connection.
+            return self._fail("data after NBD_OPT_STARTTLS before the TLS handshake")
+        self._reply(Opt.STARTTLS, Rep.ACK)
+        self._tls_pending = True
+        return StartTLS()
 
     def _lookup(self, name: str) -> Any:
         try:

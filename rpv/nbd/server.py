@@ -15,6 +15,10 @@ cannot make the server buffer without limit.
 
 When a connection is lost, in-flight device operations are left to finish (a write is never
 cut in half) and their replies are dropped.
+
+Access control is per listener (:class:`Listener`): a TCP listener may require TLS through
+NBD_OPT_STARTTLS (the ``ssl.SSLContext`` decides which client certificates pass) and may
+admit only some client networks; a unix socket is created with an explicit mode and group.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
+import ipaddress
 import os
 import socket
+import ssl
 import stat
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -50,6 +58,8 @@ from rpv.nbd.protocol import (
     Rep,
     Request,
     ServerConnection,
+    StartTLS,
+    TransmissionFlag,
     errno_to_nbd,
 )
 from rpv.nbd.protocol import _pack_reply as pack_reply
@@ -60,6 +70,30 @@ ZERO_CHUNK = 1 << 20
 _ZEROS = bytes(ZERO_CHUNK)
 _SMALL_REPLY = 64 << 10  # up to this size a READ reply is joined into one buffer
 _BATCH_LIMIT = 256 << 10  # replies are batched into one transport write up to this size
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """What one listening socket demands of its clients."""
+
+    tls: ssl.SSLContext | None = None  # required through NBD_OPT_STARTTLS when set
+    allow: tuple[Network, ...] = ()  # client networks admitted (empty: any)
+
+    def admits(self, peer: object) -> bool:
+        if not self.allow:
+            return True
+        try:
+            addr = ipaddress.ip_address(peer[0])  # type: ignore[index]
+        except (TypeError, ValueError, IndexError):
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allow)
+
+
+_UNIX = Listener()
 
 
 class NBDServer:
@@ -96,34 +130,54 @@ class NBDServer:
 
     # ------------------------------------------------------------------ listeners
 
-    async def start_unix(self, path: str) -> None:
-        """Listen on a unix socket at ``path``, replacing a stale socket file left there."""
+    async def start_unix(self, path: str, *, mode: int = 0o600, group: str = "") -> None:
+        """Listen on a unix socket at ``path`` (replacing a stale socket file left there),
+        created with ``mode`` and, if given, owned by ``group``; nobody else may connect."""
         self._check_open()
+        gid = _group_id(group) if group else -1
         _remove_stale_socket(path)
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(self._make_protocol, path)
+        old = os.umask(0o177)  # never reachable with wider permissions, not even briefly
+        try:
+            server = await loop.create_unix_server(partial(self._make_protocol, _UNIX), path)
+        finally:
+            os.umask(old)
         self._servers.append(server)
+        try:
+            if gid >= 0:
+                os.chown(path, -1, gid)
+            os.chmod(path, mode)
+        except OSError:
+            server.close()
+            raise
         with contextlib.suppress(OSError):
             self._unix_paths.append((path, os.stat(path).st_ino))
-        log.info("nbd_listen", socket=path)
+        log.info("nbd_listen", socket=path, mode=f"{mode:04o}", group=group or None)
 
-    async def start_tcp(self, host: str, port: int) -> list[tuple[str, int]]:
-        """Listen on TCP; return the bound (host, port) addresses (useful with port 0)."""
+    async def start_tcp(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
+                        allow: tuple[Network, ...] = ()) -> list[tuple[str, int]]:
+        """Listen on TCP; return the bound (host, port) addresses (useful with port 0).
+
+        With ``tls`` every client must complete NBD_OPT_STARTTLS with a certificate the
+        context accepts before it sees any export; ``allow`` limits client networks."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._make_protocol, host, port, reuse_address=True)
+        listener = Listener(tls, tuple(allow))
+        server = await loop.create_server(partial(self._make_protocol, listener), host, port,
+                                          reuse_address=True)
         self._servers.append(server)
         addrs = [s.getsockname()[:2] for s in server.sockets]
-        log.info("nbd_listen", tcp=[f"{h}:{p}" for h, p in addrs])
+        log.info("nbd_listen", tcp=[f"{h}:{p}" for h, p in addrs], tls=tls is not None,
+                 allow=[str(n) for n in allow] or None)
         return addrs
 
     def _check_open(self) -> None:
         if self._closing:
             raise RuntimeError("NBD server is closed")
 
-    def _make_protocol(self) -> _Connection:
+    def _make_protocol(self, listener: Listener) -> _Connection:
         self._next_id += 1
-        return _Connection(self, self._next_id)
+        return _Connection(self, self._next_id, listener)
 
     # ------------------------------------------------------------------ introspection
 
@@ -137,18 +191,25 @@ class NBDServer:
 
     # ------------------------------------------------------------------ shutdown
 
-    async def disconnect_export(self, name: str) -> int:
-        """Close every connection serving export ``name`` (e.g. before varyoffvg or rmdev).
+    async def disconnect_export(self, name: str, writers_only: bool = False) -> int:
+        """Close every connection serving export ``name`` (e.g. before varyoffvg or rmdev;
+        with ``writers_only``, those that may write, e.g. when a disk becomes a PV in use).
 
         In-flight requests finish and are answered first. Returns how many connections were
-        closed. New connections are the registry's business: stop returning the device first.
+        closed. New connections are the registry's business: stop returning the device (or
+        return it read-only) first.
         """
-        conns = [c for c in self._connections if c.export == name]
+        conns = [c for c in self._connections if c.export == name
+                 and not (writers_only and c.readonly)]
         for conn in conns:
             conn.shutdown(reason="export withdrawn")
         waits = [conn.lost for conn in conns if not conn.lost.done()]
         if waits:
-            await asyncio.wait(waits)
+            _, pending = await asyncio.wait(waits, timeout=self.handshake_timeout)
+            if pending:  # clients that stopped reading their replies: drop them
+                for conn in conns:
+                    conn.finish(force=True)
+                await asyncio.wait(pending)
         return len(conns)
 
     async def close(self, grace: float | None = None) -> None:
@@ -193,6 +254,13 @@ class NBDServer:
         self._connections.discard(conn)
 
 
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OSError(errno.EINVAL, f"group '{group}' does not exist") from None
+
+
 def _remove_stale_socket(path: str) -> None:
     """Unlink ``path`` if it is a socket nobody listens on; refuse to steal a live one."""
     try:
@@ -216,20 +284,24 @@ class _Connection(asyncio.BufferedProtocol):
     """One client connection: feeds the sans-IO core and starts its requests, inline where the
     device allows, else as tasks."""
 
-    def __init__(self, server: NBDServer, cid: int):
+    def __init__(self, server: NBDServer, cid: int, listener: Listener = _UNIX):
         self._server = server
         self.cid = cid
+        self._listener = listener
         self._loop = asyncio.get_running_loop()
         self._max_requests = server.max_inflight_requests
         self._max_bytes = server.max_inflight_bytes
         self._core = ServerConnection(server.registry,
-                                      max_request_length=server.max_request_length)
+                                      max_request_length=server.max_request_length,
+                                      tls=listener.tls is not None)
         self._transport: asyncio.Transport | None = None
         self._device: BlockDevice | None = None
         self._read_inline: Any = None
         self._write_inline: Any = None
         self.export: str | None = None
+        self.readonly = False
         self.peer: Any = None
+        self.client_cert: str | None = None  # subject CN of a TLS client's certificate
         self.tasks: set[asyncio.Task] = set()
         self.lost: asyncio.Future[None] = self._loop.create_future()
         self.inflight = 0
@@ -239,9 +311,12 @@ class _Connection(asyncio.BufferedProtocol):
         self.requests = 0
         self._blocked = False  # stopped pulling requests because of a limit
         self._pumping = False
+        self._tls_wait = False  # between NBD_OPT_STARTTLS and the end of the TLS handshake
+        self._tls_task: asyncio.Task | None = None
         self._read_paused = False
         self._write_paused = False
         self._stopped = False  # no more requests will be started
+        self._force_close = False  # close even with unsent replies (client not reading)
         self._is_lost = False
         self._reason = "closed"
         self._timer: asyncio.TimerHandle | None = None
@@ -252,6 +327,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def info(self) -> dict[str, Any]:
         return {"id": self.cid, "peer": self.peer, "export": self.export,
+                "readonly": self.readonly, "tls": self.client_cert is not None,
+                "client_cert": self.client_cert,
                 "inflight": self.inflight, "requests": self.requests}
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -261,9 +338,12 @@ class _Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer if peer else "unix"
         server = self._server
-        if server._closing or len(server._connections) >= server.max_connections:
-            log.warning("nbd_connection_refused", conn=self.cid, peer=self.peer,
-                        reason="closing" if server._closing else "too many connections")
+        reason = ("closing" if server._closing else
+                  "too many connections" if len(server._connections) >= server.max_connections
+                  else None if self._listener.admits(peer) or not peer
+                  else "client address not in nbd_allow")
+        if reason is not None:
+            log.warning("nbd_connection_refused", conn=self.cid, peer=self.peer, reason=reason)
             self._stopped = True
             transport.abort()
             return
@@ -282,10 +362,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._pump()
 
     def eof_received(self) -> bool:
-        # Keep the transport open so replies to in-flight requests can still be sent.
+        # Keep the transport open so replies to in-flight requests can still be sent (TLS
+        # cannot half-close: there the transport closes anyway).
         self._core.receive_data(b"")
         self._pump()
-        return True
+        return self.client_cert is None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -296,6 +377,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._is_lost:
+            return
         self._is_lost = True
         self._stopped = True
         if self._timer is not None:
@@ -314,7 +397,7 @@ class _Connection(asyncio.BufferedProtocol):
         core = self._core
         self._pumping = True
         try:
-            while not self._stopped:
+            while not self._stopped and not self._tls_wait:
                 if self._batch_bytes >= _BATCH_LIMIT:
                     self._flush()  # may call pause_writing()
                 if (self.inflight >= self._max_requests or self.inflight_bytes >= self._max_bytes
@@ -377,14 +460,27 @@ class _Connection(asyncio.BufferedProtocol):
             pass
         elif type(ev) is ExportOpened:
             self._device = ev.device
+            self.readonly = bool(ev.flags & TransmissionFlag.READ_ONLY)
             self._read_inline = getattr(ev.device, "read_inline", None)
-            self._write_inline = getattr(ev.device, "write_inline", None)
+            self._write_inline = None if self.readonly else getattr(ev.device, "write_inline",
+                                                                     None)
             self.export = ev.name
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            log.info("nbd_export_opened", conn=self.cid, export=ev.name, size=ev.size,
-                     flags=ev.flags)
+            log.info("nbd_export_opened", conn=self.cid, peer=self.peer, export=ev.name,
+                     size=ev.size, flags=ev.flags, readonly=self.readonly,
+                     reason=getattr(ev.device, "readonly_reason", None),
+                     client_cert=self.client_cert)
+        elif type(ev) is StartTLS:
+            # Nothing more is read in plaintext (bytes injected after STARTTLS must never
+            # count as coming through TLS) and nothing is parsed until the handshake is done.
+            self._tls_wait = True
+            if not self._read_paused:
+                self._read_paused = True
+                self._transport.pause_reading()
+            self._flush()  # the ACK goes out in plaintext, before the handshake
+            self._tls_task = self._loop.create_task(self._start_tls())
         elif type(ev) is OptionRejected:
             # Clients probe for extensions we lack on every connect: not worth an info line.
             level = log.debug if ev.reply == Rep.ERR_UNSUP else log.info
@@ -408,6 +504,30 @@ class _Connection(asyncio.BufferedProtocol):
                 self._transport.abort()
             else:
                 self._transport.close()
+
+    async def _start_tls(self) -> None:
+        transport = self._transport
+        try:
+            tls = await self._loop.start_tls(transport, self, self._listener.tls,
+                                             server_side=True,
+                                             ssl_handshake_timeout=self._server.handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 — refused certificate, reset, timeout
+            self._reason = f"TLS handshake failed: {exc or type(exc).__name__}"
+            log.warning("nbd_tls_refused", conn=self.cid, peer=self.peer,
+                        error=str(exc) or type(exc).__name__)
+            if not transport.is_closing():
+                transport.abort()
+            self.connection_lost(None)  # the TLS layer may not report it to us
+            return
+        if tls is None or self._is_lost:
+            return
+        self._transport = tls
+        self.client_cert = _subject_cn(tls.get_extra_info("peercert"))
+        log.info("nbd_tls", conn=self.cid, peer=self.peer, client_cert=self.client_cert)
+        self._core.tls_established()
+        self._tls_wait = False
+        self._read_paused = False  # a fresh transport, reading
+        self._pump()
 
     def _stop(self) -> None:
         self._stopped = True
@@ -552,6 +672,7 @@ class _Connection(asyncio.BufferedProtocol):
     def finish(self, force: bool = False) -> None:
         """Close the transport once nothing is in flight (``force``: even with unsent data)."""
         transport = self._transport
+        self._force_close = force = force or self._force_close  # sticks for later calls
         if transport is None or self.inflight:
             return
         self._flush()
@@ -574,6 +695,15 @@ class _Connection(asyncio.BufferedProtocol):
             self._server._forget(self)
             if not self.lost.done():
                 self.lost.set_result(None)
+
+
+def _subject_cn(cert: dict | None) -> str:
+    """The commonName of a peer certificate as ``ssl`` decodes it (``?`` if absent)."""
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return "?"
 
 
 async def _write_zeroes(device: BlockDevice, offset: int, length: int, fua: bool) -> None:
