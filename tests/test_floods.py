@@ -26,7 +26,7 @@ def test_thousand_connections_and_slow_writers(linked, tmp_path):
     cfg = tmp_path / "b.toml"
     cfg.write_text("[rpvd]\nhandshake_timeout = 1.0\n")
     b.stop()
-    b.extra_args = ["--config", str(cfg)]
+    b.extra_args = [*b.extra_args, "--config", str(cfg)]
     b.start()
     a.ctl("chdev", "-l", "hdisk3", "-a", "resume=yes")
     socks = []

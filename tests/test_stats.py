@@ -58,7 +58,7 @@ def test_prometheus_metrics(linked):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     a.stop()
-    a.extra_args = ["--metrics-listen", f"127.0.0.1:{port}"]
+    a.extra_args = [*a.extra_args, "--metrics-listen", f"127.0.0.1:{port}"]
     a.start()
     a.ctl("mkdev", "-l", "hdisk3")
     qemu_io(a.nbd_uri("hdisk3"), "write -P 3 0 64k")

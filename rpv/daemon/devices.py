@@ -464,6 +464,10 @@ class DeviceManager:
                 await self._apply_client_changes(dev, rt, stored, actions)
             elif actions:
                 raise CommandError(f"{name} is not Available; resume needs an Available client")
+            if dev.dev_class == "rpvserver" and dev.state == AVAILABLE and "rpvs_pvid" in stored:
+                # The newly served disk gets the same checks and fencing as at mkdev -l.
+                await self._configure(Device(name, dev.dev_class, dev.dev_type, AVAILABLE,
+                                             dict(dev.attrs, **stored)))
             if dev.dev_class == "rpvserver" and dev.state == AVAILABLE and self.rpv_server \
                     and ({"client_addr", "rpvs_pvid"} & stored.keys()):
                 self.rpv_server.drop_export(name, "RPV server attributes changed")
