@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from lvm.manager import LVMManager, is_local
 from lvm.metadata import LVEntry
-from rpv.daemon.errors import CommandError
+from rpv.errors import CommandError
 
 LOCAL = "local"
 

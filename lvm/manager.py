@@ -36,9 +36,8 @@ from lvm.resync import resync
 from lvm.vg import PVMeta, VolumeGroup, read_pv_meta, read_record, write_record
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice, FileDisk
-from rpv.daemon.errors import CommandError
-from rpv.protocol import DIGEST_SIZE
-from rpv.protocol.checksum import chunk_digests
+from rpv.checksum import DIGEST_SIZE, chunk_digests
+from rpv.errors import CommandError
 
 log = structlog.get_logger("lvm")
 

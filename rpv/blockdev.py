@@ -14,8 +14,7 @@ import fcntl
 import os
 from typing import Protocol, runtime_checkable
 
-from rpv.protocol.checksum import chunk_digests
-from rpv.protocol.constants import CHECKSUM_CHUNK
+from rpv.checksum import CHECKSUM_CHUNK, chunk_digests
 
 SECTOR = 512
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from rpv.protocol import INSTANCE_SIZE
+INSTANCE_SIZE = 16  # bytes of a server instance id (HELLO): 8 of boot id, 8 per daemon start
 
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 

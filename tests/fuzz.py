@@ -21,7 +21,7 @@ import structlog
 
 from rpv import protocol as pc
 from rpv.daemon.control import ControlServer
-from rpv.daemon.errors import CommandError
+from rpv.errors import CommandError
 from rpv.nbd import protocol as nbd
 
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from rpv.daemon.errors import CommandError
+from rpv.errors import CommandError
 
 log = structlog.get_logger("control")
 # Audit events are written whatever log_level says.

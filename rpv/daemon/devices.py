@@ -20,7 +20,7 @@ from rpv.client.stats import IOStats
 from rpv.daemon import attrs as A
 from rpv.daemon.devdb import Device, DeviceDB
 from rpv.daemon.errlog import ErrorLog
-from rpv.daemon.errors import CommandError
+from rpv.errors import CommandError
 from rpv.protocol import HelloInfo, pvid_to_bytes, pvid_to_str
 from rpv.server.server import Export, RPVServer
 

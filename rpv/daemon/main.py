@@ -22,7 +22,7 @@ from rpv.daemon.control import ControlServer
 from rpv.daemon.devdb import DeviceDB
 from rpv.daemon.devices import DeviceManager
 from rpv.daemon.errlog import ErrorLog
-from rpv.daemon.errors import CommandError
+from rpv.errors import CommandError
 from rpv.nbd.server import NBDServer
 from rpv.server.server import Limits, RPVServer
 

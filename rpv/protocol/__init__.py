@@ -1,6 +1,7 @@
 """Sans-IO RPV wire protocol: constants, frame schemas, events and the connection machine."""
 
-from .checksum import chunk_digests, digests_size
+from rpv.checksum import chunk_digests, digests_size
+
 from .connection import (
     MIN_PAYLOAD_LIMIT,
     NEED_DATA,

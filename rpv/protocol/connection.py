@@ -13,8 +13,9 @@ from enum import Enum
 from errno import EBUSY, EMSGSIZE, EPROTO
 from types import MappingProxyType
 
+from rpv.checksum import digests_size
+
 from . import frames as _f
-from .checksum import digests_size
 from .constants import (
     DEFAULT_FEATURES,
     FLAG_FUA,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 from enum import IntEnum, IntFlag
 
+from rpv.checksum import CHECKSUM_CHUNK, DIGEST_SIZE  # noqa: F401 — wire-format sizes
+
 MAGIC = 0x47525056  # b"GRPV"
 VERSION = 1
 DEFAULT_PORT = 6192
 MAX_MESSAGE = 1024  # longest diagnostic text in an error reply, in bytes
-CHECKSUM_CHUNK = 65536  # a CHECKSUM reply has one digest per chunk (the last may be short)
-DIGEST_SIZE = 16  # bytes of one chunk digest (BLAKE2b-128)
+
 MAX_CHECKSUM_LENGTH = 64 * 1024 * 1024  # longest range one CHECKSUM request may cover
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .constants import VERSION, DeviceState, Opcode
+from rpv.instance import INSTANCE_SIZE
 
-INSTANCE_SIZE = 16  # bytes of a server instance id in HELLO: 8 of boot id, 8 per daemon start
+from .constants import VERSION, DeviceState, Opcode
 
 
 @dataclass(frozen=True, slots=True)

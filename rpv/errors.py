@@ -1,4 +1,4 @@
-"""The one exception type that carries a refusal to the administrator."""
+"""The one exception type that carries a refusal to the administrator (imports nothing)."""
 
 
 class CommandError(Exception):

@@ -1,10 +1,15 @@
-"""CHECKSUM digests: one BLAKE2b-128 digest per CHECKSUM_CHUNK of a range (pure functions)."""
+"""Chunk digests: one BLAKE2b-128 digest per CHECKSUM_CHUNK of a range (pure functions).
+
+A neutral module: the RPV protocol's CHECKSUM reply carries these digests, disks compute them
+locally and the LVM's verify compares them. It imports nothing from the project.
+"""
 
 from __future__ import annotations
 
 from hashlib import blake2b
 
-from .constants import CHECKSUM_CHUNK, DIGEST_SIZE
+CHECKSUM_CHUNK = 65536  # one digest per chunk (the last may be short)
+DIGEST_SIZE = 16  # bytes of one chunk digest (BLAKE2b-128)
 
 
 def digests_size(length: int) -> int:
