@@ -1,4 +1,5 @@
-"""A synchronous client for rpvd's control socket (one JSON line each way)."""
+"""A synchronous client for rpvd's control socket (one JSON line each way, as
+:mod:`rpv.control_api` defines)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import os
 import socket
 from collections.abc import Callable
+
+from rpv import control_api as api
 
 DEFAULT_SOCKET = "/var/lib/glvm/control.sock"
 MAX_REPLY = 64 * 1024 * 1024
@@ -22,6 +25,10 @@ def socket_path(explicit: str | None) -> str:
 def call(path: str, op: str, on_event: Callable[[dict], None] | None = None,
          timeout: float | None = None, **args) -> object:
     """Send one request; return its result or raise ControlError."""
+    try:
+        line = api.encode(op, **args)
+    except api.RequestError as e:
+        raise ControlError(str(e)) from None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -30,7 +37,7 @@ def call(path: str, op: str, on_event: Callable[[dict], None] | None = None,
         s.close()
         raise ControlError(f"cannot reach rpvd at {path}: {e.strerror or e}") from None
     with s, s.makefile("rb") as f:
-        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        s.sendall(line)
         while True:
             try:
                 line = f.readline(MAX_REPLY)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import typer
 
 from glvmctl.context import rpc
 from glvmctl.devices import JSON
 from glvmctl.output import columns, emit_json
-from rpv.daemon.errlog import format_detail, format_summary
 
 SUMMARY_KEYS = ("identifier", "label", "timestamp", "sequence", "type", "class", "resource",
                 "description")
@@ -68,3 +69,56 @@ def notify_rm(notify_id: int = typer.Argument(..., help="object id from errnotif
     """Remove a notification object."""
     rpc("errnotify_rm", id=notify_id)
     typer.echo(f"errnotify object {notify_id} removed")
+
+
+# -- errpt formatting (pure functions of the entries rpvd returns) ---------------------------
+
+def errpt_timestamp(ts: float) -> str:
+    """AIX errpt summary timestamp: MMDDhhmmYY in local time."""
+    return time.strftime("%m%d%H%M%y", time.localtime(ts))
+
+
+def format_summary(entries: list[dict]) -> str:
+    lines = ["IDENTIFIER TIMESTAMP  T C RESOURCE_NAME  DESCRIPTION"]
+    for e in sorted(entries, key=lambda e: -e["sequence"]):
+        lines.append(f"{e['identifier']:<10} {errpt_timestamp(e['timestamp'])} "
+                     f"{e['type'][0]} {e['class']} {e['resource']:<14} "
+                     f"{e['description'][:40]}")
+    return "\n".join(lines)
+
+
+def format_detail(entries: list[dict]) -> str:
+    blocks = []
+    for e in sorted(entries, key=lambda e: -e["sequence"]):
+        when = time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(e["timestamp"]))
+        lines = [
+            "-" * 75,
+            f"LABEL:          {e['label']}",
+            f"IDENTIFIER:     {e['identifier']}",
+            "",
+            f"Date/Time:       {when}",
+            f"Sequence Number: {e['sequence']}",
+            f"Machine Id:      {e['machine_id']}",
+            f"Node Id:         {e['node']}",
+            f"Class:           {e['class']}",
+            f"Type:            {e['type']}",
+            f"Resource Name:   {e['resource']}",
+            f"Resource Class:  {e['resource_class']}",
+            f"Resource Type:   {e['resource_type']}",
+            "",
+            "Description",
+            e["description"],
+            "",
+            "Probable Causes",
+            *e["probable_causes"],
+            "",
+            "Failure Causes",
+            *e["failure_causes"],
+            "",
+            "Recommended Actions",
+            *e["recommended_actions"],
+        ]
+        if e.get("detail"):
+            lines += ["", "Detail Data", e["detail"]]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

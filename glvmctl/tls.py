@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import typer
 
+from glvmctl import ca as tls
 from glvmctl.output import fail
-from rpv import tls
 
 app = typer.Typer(help="Mutual TLS for the RPV link and NBD over TCP: a site CA, site and "
                        "client certificates.",

@@ -19,6 +19,7 @@ import time
 
 import structlog
 
+from rpv import control_api as api
 from rpv import protocol as pc
 from rpv.daemon.control import ControlServer
 from rpv.errors import CommandError
@@ -129,8 +130,9 @@ def control_server() -> ControlServer:
     def refuse(name: str = "", **kw):
         raise CommandError(f"no such device {name}")
 
-    return ControlServer({"lsdev": lambda dev_class=None, dev_type=None: [],
-                          "chdev": refuse, "ping": lambda: {"ok": 1}})
+    handlers = {op: (lambda **kw: {}) for op in api.OPERATIONS}
+    handlers.update(lsdev=lambda **kw: [], chdev=refuse, ping=lambda: {"ok": 1})
+    return ControlServer(handlers)
 
 
 def main() -> None:

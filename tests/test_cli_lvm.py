@@ -128,7 +128,7 @@ def test_request_args(rpvd, argv, op, args):
                      "pv_status": [], "pps_total": 0, "pps_done": 0, "bytes": 0,
                      "seconds": 0.0, "failed": []})
     ctl(rpvd, *argv)
-    assert rpvd.requests == [{"op": op, "args": args}]
+    assert rpvd.requests == [{"v": 1, "op": op, "args": args}]
 
 
 @pytest.mark.parametrize(("argv", "op", "result", "out"), [

@@ -1,9 +1,9 @@
 """The control socket: the only way ``glvmctl`` reaches ``rpvd``.
 
 A unix stream socket, mode 0600, accepting only root or the daemon's own user (SO_PEERCRED).
-Each request is one JSON object on one line, ``{"op": NAME, "args": {...}}``; the reply is one
-JSON line ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "one line"}``. Long
-operations may first send ``{"event": ...}`` lines. Lines are capped at :data:`MAX_LINE`.
+Requests and replies are JSON lines as :mod:`rpv.control_api` defines them; that module's
+table says which operations exist and what arguments each takes. Lines are capped at
+:data:`MAX_LINE`.
 
 Every request for an operation that is not a pure query leaves one ``audit`` event in the
 JSON log: the peer's uid and pid, the operation and its arguments, and the outcome.
@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from rpv import control_api as api
 from rpv.errors import CommandError
 
 log = structlog.get_logger("control")
@@ -34,10 +35,13 @@ MAX_CLIENTS = 64
 
 
 class ControlServer:
-    def __init__(self, ops: dict[str, Callable[..., Awaitable | object]],
-                 queries: frozenset[str] = frozenset()):
-        self._ops = ops
-        self._queries = queries  # operations that change nothing: not audited
+    def __init__(self, handlers: dict[str, Callable[..., Awaitable | object]]):
+        missing = api.OPERATIONS.keys() - handlers.keys()
+        extra = handlers.keys() - api.OPERATIONS.keys()
+        if missing or extra:
+            raise ValueError(f"control handlers do not match the API table: missing "
+                             f"{sorted(missing)}, not in the table {sorted(extra)}")
+        self._handlers = handlers
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task] = set()
 
@@ -90,7 +94,7 @@ class ControlServer:
                 if not line:
                     return
                 reply, op, args, outcome = await self._dispatch(line, writer)
-                if op is not None and op not in self._queries:
+                if op is not None and not api.OPERATIONS[op].query:
                     audit.info("audit", uid=peer[1], pid=peer[0], op=op, args=args,
                                outcome=outcome, error=reply.get("error"))
                 await _reply(writer, reply)
@@ -105,36 +109,36 @@ class ControlServer:
         """(reply, operation, its arguments, outcome: ok, refused or failed); the operation
         is None when the request named none that exists."""
         try:
-            req = json.loads(line)
-            op, args = req["op"], req.get("args", {})
-            if not isinstance(op, str) or not isinstance(args, dict):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            return {"ok": False, "error": "malformed request: expected "
-                                          '{"op": NAME, "args": {...}}'}, None, None, "refused"
-        fn = self._ops.get(op)
-        if fn is None:
-            return {"ok": False, "error": f"unknown operation '{op}'"}, None, None, "refused"
-        call_args = args
-        if "progress" in inspect.signature(fn).parameters:
-            call_args = dict(args, progress=lambda ev: writer.write(
-                json.dumps({"event": ev}).encode() + b"\n"))
+            operation, args = api.decode(line)
+        except api.RequestError as e:
+            op = _op_name(line)
+            return {"ok": False, "error": str(e)}, op, None, "refused"
+        op = operation.name
+        kwargs = api.arguments(args)
+        if operation.progress:
+            kwargs["progress"] = lambda ev: writer.write(
+                json.dumps({"event": ev}).encode() + b"\n")
         try:
-            inspect.signature(fn).bind(**call_args)
-        except TypeError as e:
-            return {"ok": False, "error": f"bad arguments for {op}: {e}"}, op, args, "refused"
-        try:
-            result = fn(**call_args)
+            result = self._handlers[op](**kwargs)
             if inspect.isawaitable(result):
                 result = await result
         except Exception as e:  # noqa: BLE001 — every failure becomes one error line
             if not isinstance(e, CommandError):
                 log.exception("control_op_failed", op=op)
                 return ({"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}"},
-                        op, args, "failed")
+                        op, kwargs, "failed")
             log.info("control_op_refused", op=op, reason=str(e))
-            return {"ok": False, "error": str(e)}, op, args, "refused"
-        return {"ok": True, "result": result}, op, args, "ok"
+            return {"ok": False, "error": str(e)}, op, api.arguments(args), "refused"
+        return {"ok": True, "result": result}, op, api.arguments(args), "ok"
+
+
+def _op_name(line: bytes) -> str | None:
+    """The operation a refused request named, if it named a known one (for the audit)."""
+    try:
+        op = json.loads(line).get("op")
+    except (ValueError, AttributeError):
+        return None
+    return op if op in api.OPERATIONS else None
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict) -> None:

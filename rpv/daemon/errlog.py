@@ -1,4 +1,5 @@
-"""The error log (AIX ``errlog``): templates, entries, ``errpt`` formatting and ``errnotify``.
+"""The error log (AIX ``errlog``): templates, entries and ``errnotify`` (glvmctl formats
+``errpt``).
 
 Entries keep AIX's fields. Identifiers are AIX's where the white paper gives one
 (``RPVC_IO_TIMEOUT`` = D034B795); the others are the CRC-32 of the label, stable across
@@ -170,56 +171,3 @@ async def _run_method(method: str, args: list[str]) -> None:
         log.info("errnotify_ran", method=method, rc=rc, label=args[8])
     except (OSError, TimeoutError) as e:
         log.error("errnotify_failed", method=method, error=str(e))
-
-
-# -- errpt formatting (shared by glvmctl; pure functions of entries) ---------------------------
-
-def errpt_timestamp(ts: float) -> str:
-    """AIX errpt summary timestamp: MMDDhhmmYY in local time."""
-    return time.strftime("%m%d%H%M%y", time.localtime(ts))
-
-
-def format_summary(entries: list[dict]) -> str:
-    lines = ["IDENTIFIER TIMESTAMP  T C RESOURCE_NAME  DESCRIPTION"]
-    for e in sorted(entries, key=lambda e: -e["sequence"]):
-        lines.append(f"{e['identifier']:<10} {errpt_timestamp(e['timestamp'])} "
-                     f"{e['type'][0]} {e['class']} {e['resource']:<14} "
-                     f"{e['description'][:40]}")
-    return "\n".join(lines)
-
-
-def format_detail(entries: list[dict]) -> str:
-    blocks = []
-    for e in sorted(entries, key=lambda e: -e["sequence"]):
-        when = time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(e["timestamp"]))
-        lines = [
-            "-" * 75,
-            f"LABEL:          {e['label']}",
-            f"IDENTIFIER:     {e['identifier']}",
-            "",
-            f"Date/Time:       {when}",
-            f"Sequence Number: {e['sequence']}",
-            f"Machine Id:      {e['machine_id']}",
-            f"Node Id:         {e['node']}",
-            f"Class:           {e['class']}",
-            f"Type:            {e['type']}",
-            f"Resource Name:   {e['resource']}",
-            f"Resource Class:  {e['resource_class']}",
-            f"Resource Type:   {e['resource_type']}",
-            "",
-            "Description",
-            e["description"],
-            "",
-            "Probable Causes",
-            *e["probable_causes"],
-            "",
-            "Failure Causes",
-            *e["failure_causes"],
-            "",
-            "Recommended Actions",
-            *e["recommended_actions"],
-        ]
-        if e.get("detail"):
-            lines += ["", "Detail Data", e["detail"]]
-        blocks.append("\n".join(lines))
-    return "\n".join(blocks)

@@ -16,6 +16,7 @@ import uvloop
 from lvm.gmvg import GMVG
 from lvm.manager import LVMManager
 from rpv import tls
+from rpv.control_api import API_VERSION
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs, metrics
 from rpv.daemon.control import ControlServer
@@ -30,10 +31,6 @@ log = structlog.get_logger("rpvd")
 
 VERSION = "0.1.0"
 
-#: Control operations that change nothing; every other request leaves an audit event.
-QUERIES = frozenset({"ping", "lsdev", "lsattr", "lspv", "discover", "errpt",
-                     "errnotify_list", "lslv", "lsvg", "gmvg_list", "gmvg_verify", "gmvgstat",
-                     "rpvstat"})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,12 +94,13 @@ class Daemon:
         self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
         self.devices.nbd = self.nbd
-        self.control = ControlServer(self.ops(), queries=QUERIES)
+        self.control = ControlServer(self.ops())
 
     def ops(self) -> dict:
         d = self.devices
         return {
-            "ping": lambda: {"node": self.cfg.node, "site": d.site(), "version": VERSION},
+            "ping": lambda: {"node": self.cfg.node, "site": d.site(), "version": VERSION,
+                             "api": API_VERSION},
             "site": self.op_site,
             "mkdev": d.mkdev, "rmdev": d.rmdev, "chdev": d.chdev,
             "lsdev": d.lsdev, "lsattr": d.lsattr, "lspv": d.lspv,

@@ -1,0 +1,413 @@
+"""The control API between glvmctl and rpvd: one table of operations, versioned.
+
+Each operation names its argument type (a frozen dataclass: the wire schema), the JSON shape
+of its result, whether it is a pure query (queries leave no audit event) and whether it sends
+progress events before its reply. glvmctl builds every request with :func:`encode`; rpvd
+checks every request with :func:`decode` and calls the handler it registered for the name.
+This module imports nothing from the project, so glvmctl needs nothing else of rpvd.
+
+Wire format, one JSON object per line each way (the control socket, mode 0600)::
+
+    {"v": 1, "op": NAME, "args": {...}}
+    {"event": {...}}                      zero or more, for operations with progress
+    {"ok": true, "result": ...}  or  {"ok": false, "error": "one line"}
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+API_VERSION = 1
+
+
+class RequestError(ValueError):
+    """A request that does not fit the table; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class PingArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SiteArgs:
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MkdevArgs:
+    name: str | None = None
+    dev_class: str | None = None
+    dev_type: str | None = None
+    attrs: dict[str, str] | None = None
+    define_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RmdevArgs:
+    name: str
+    delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChdevArgs:
+    name: str
+    changes: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LsdevArgs:
+    dev_class: str | None = None
+    dev_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LsattrArgs:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LspvArgs:
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverArgs:
+    server_addr: str
+    local_addr: str
+    port: int = 6192
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ErrptArgs:
+    identifier: str | None = None
+    resource: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrclearArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrnotifyAddArgs:
+    method: str
+    label: str | None = None
+    resource: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrnotifyListArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrnotifyRmArgs:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MkvgArgs:
+    vg: str
+    pvs: list[str]
+    pp_size_mb: int | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendvgArgs:
+    vg: str
+    pvs: list[str]
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReducevgArgs:
+    vg: str
+    pv: str
+    delete_lvs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MklvArgs:
+    lv: str
+    vg: str
+    lps: int
+    copies: int = 1
+    strictness: str = 'y'
+    upperbound: int = 0
+    pvs: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChlvArgs:
+    lv: str
+    strictness: str | None = None
+    upperbound: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RmlvArgs:
+    lv: str
+
+
+@dataclass(frozen=True, slots=True)
+class LslvArgs:
+    lv: str
+    map: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorvgArgs:
+    vg: str
+    pvs: list[str]
+    copies: int = 2
+    sync: str = 'foreground'
+    keep_quorum: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnmirrorvgArgs:
+    vg: str
+    pvs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncvgArgs:
+    lv: str | None = None
+    pv: str | None = None
+    vg: str | None = None
+    parallel: int = 1
+    force: bool = False
+    rate_mb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class VaryonvgArgs:
+    vg: str
+    force: bool = False
+    nosync: bool = False
+    maintenance: bool = False
+    discard_site: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VaryoffvgArgs:
+    vg: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportvgArgs:
+    vg: str
+    pv: str
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExportvgArgs:
+    vg: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChvgArgs:
+    vg: str
+    auto_on: str | None = None
+    quorum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChpvArgs:
+    pv: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class LsvgArgs:
+    vg: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GmvgAddRpvsArgs:
+    vg: str
+    site: str
+    pvs: list[str] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GmvgAddMirrorArgs:
+    vg: str
+    site: str
+    copies: int | None = None
+    sync: str = 'foreground'
+    keep_quorum: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GmvgVerifyArgs:
+    vg: str
+
+
+@dataclass(frozen=True, slots=True)
+class GmvgListArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class GmvgstatArgs:
+    vg: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RpvstatArgs:
+    reset: bool = False
+    by_path: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SyncvgVerifyArgs:
+    lv: str | None = None
+    vg: str | None = None
+    repair: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    args: type  # the argument dataclass
+    result: type  # the JSON shape of the result: dict, list, int or object (either)
+    query: bool = False  # changes nothing
+    progress: bool = False  # sends {"event": ...} lines before the reply
+
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (
+    Operation("ping", PingArgs, dict, query=True),
+    Operation("site", SiteArgs, dict),
+    Operation("mkdev", MkdevArgs, dict),
+    Operation("rmdev", RmdevArgs, dict),
+    Operation("chdev", ChdevArgs, dict),
+    Operation("lsdev", LsdevArgs, list, query=True),
+    Operation("lsattr", LsattrArgs, list, query=True),
+    Operation("lspv", LspvArgs, list, query=True),
+    Operation("discover", DiscoverArgs, dict, query=True),
+    Operation("errpt", ErrptArgs, list, query=True),
+    Operation("errclear", ErrclearArgs, int),
+    Operation("errnotify_add", ErrnotifyAddArgs, dict),
+    Operation("errnotify_list", ErrnotifyListArgs, list, query=True),
+    Operation("errnotify_rm", ErrnotifyRmArgs, dict),
+    Operation("mkvg", MkvgArgs, dict),
+    Operation("extendvg", ExtendvgArgs, dict),
+    Operation("reducevg", ReducevgArgs, dict),
+    Operation("mklv", MklvArgs, dict),
+    Operation("chlv", ChlvArgs, dict),
+    Operation("rmlv", RmlvArgs, dict),
+    Operation("lslv", LslvArgs, dict, query=True),
+    Operation("mirrorvg", MirrorvgArgs, dict, progress=True),
+    Operation("unmirrorvg", UnmirrorvgArgs, dict),
+    Operation("syncvg", SyncvgArgs, dict, progress=True),
+    Operation("varyonvg", VaryonvgArgs, dict),
+    Operation("varyoffvg", VaryoffvgArgs, dict),
+    Operation("importvg", ImportvgArgs, dict),
+    Operation("exportvg", ExportvgArgs, dict),
+    Operation("chvg", ChvgArgs, dict),
+    Operation("chpv", ChpvArgs, dict),
+    Operation("lsvg", LsvgArgs, object, query=True),
+    Operation("gmvg_add_rpvs", GmvgAddRpvsArgs, dict),
+    Operation("gmvg_add_mirror", GmvgAddMirrorArgs, dict, progress=True),
+    Operation("gmvg_verify", GmvgVerifyArgs, dict, query=True),
+    Operation("gmvg_list", GmvgListArgs, list, query=True),
+    Operation("gmvgstat", GmvgstatArgs, list, query=True),
+    Operation("rpvstat", RpvstatArgs, list, query=True),
+    Operation("syncvg_verify", SyncvgVerifyArgs, dict, progress=True),
+
+)}
+
+
+def encode(op: str, **args: Any) -> bytes:
+    """The request line for ``op``; raises RequestError if the arguments do not fit."""
+    operation = _operation(op)
+    _build(operation, args)
+    return json.dumps({"v": API_VERSION, "op": op, "args": args}).encode() + b"\n"
+
+
+def decode(line: bytes) -> tuple[Operation, Any]:
+    """The operation and its checked arguments; RequestError (one line) for anything else."""
+    try:
+        req = json.loads(line)
+        op, args = req["op"], req.get("args", {})
+        if not isinstance(op, str) or not isinstance(args, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise RequestError('malformed request: expected {"op": NAME, "args": {...}}') from None
+    version = req.get("v", API_VERSION)
+    if version != API_VERSION:
+        raise RequestError(f"control API version {version!r} is not spoken here (rpvd speaks "
+                           f"version {API_VERSION}); use the glvmctl of the same release")
+    operation = _operation(op)
+    return operation, _build(operation, args)
+
+
+def arguments(value: Any) -> dict[str, Any]:
+    """The fields of an argument dataclass as keyword arguments for its handler."""
+    return {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+def _operation(op: str) -> Operation:
+    operation = OPERATIONS.get(op)
+    if operation is None:
+        raise RequestError(f"unknown operation {op[:40]!r}")
+    return operation
+
+
+def _build(operation: Operation, args: dict) -> Any:
+    hints = typing.get_type_hints(operation.args)
+    names = {f.name for f in fields(operation.args)}
+    unknown = sorted(set(args) - names)
+    if unknown:
+        shown = ", ".join(repr(n)[:40] for n in unknown[:5])
+        raise RequestError(f"bad arguments for {operation.name}: unexpected {shown}")
+    for name, value in args.items():
+        if not _fits(value, hints[name]):
+            raise RequestError(f"bad arguments for {operation.name}: {name} must be "
+                               f"{_describe(hints[name])}, not {type(value).__name__}")
+    try:
+        return operation.args(**args)
+    except TypeError as e:  # a required argument is missing
+        raise RequestError(f"bad arguments for {operation.name}: {e}") from None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_fits(k, key) and _fits(v, item)
+                                               for k, v in value.items())
+    return False
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", None) or str(hint)
