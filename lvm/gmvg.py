@@ -19,16 +19,16 @@ LOCAL = "local"
 class GMVG:
     def __init__(self, lvm: LVMManager):
         self.lvm = lvm
-        self.db = lvm.db
+        self.pvs = lvm.pvs
 
     # -- sites -----------------------------------------------------------------------------
     def _disk_site(self, name: str) -> str:
-        dev = self.db.get(name)
-        if dev is None:
+        info = self.pvs.disk(name)
+        if info is None:
             raise CommandError(f"physical volume {name} is not defined")
-        if dev.dev_type != "rpvclient":
+        if not info.remote:
             return LOCAL
-        return dev.attrs.get("site") or "unknown"
+        return info.site or "unknown"
 
     def _pv_site(self, group, index: int) -> str:
         dev = group.devices.get(index)
@@ -38,7 +38,7 @@ class GMVG:
         return self._disk_site(name) if name else "unknown"
 
     def _site_matches(self, site: str, wanted: str) -> bool:
-        own = self.lvm.devices.site()
+        own = self.pvs.site()
         return site == wanted or (site == LOCAL and wanted in (LOCAL, own))
 
     # -- commands ----------------------------------------------------------------------------
@@ -48,15 +48,15 @@ class GMVG:
         self.lvm._online(vg)
         if pvs:
             for n in pvs:
-                dev = self.db.get(n)
-                if dev is None or dev.dev_type != "rpvclient":
+                info = self.pvs.disk(n)
+                if info is None or not info.remote:
                     raise CommandError(f"{n} is not a remote physical volume (RPV client)")
                 if self._disk_site(n) != site:
                     raise CommandError(f"{n} is at site {self._disk_site(n)}, not {site}")
         else:
-            pvs = [d.name for d in self.db.devices("disk", "rpvclient")
-                   if d.attrs.get("site") == site and d.name in self.lvm.devices.disks
-                   and self.lvm.vg_of_pvid(d.attrs["pvid"]) is None]
+            pvs = [i.name for i in self.pvs.known_disks()
+                   if i.remote and i.site == site and i.device is not None
+                   and self.lvm.vg_of_pvid(i.pvid) is None]
             if not pvs:
                 raise CommandError(f"no free Available remote physical volume at site {site}")
         await self.lvm.extendvg(vg, pvs, force)
@@ -119,7 +119,7 @@ class GMVG:
 
     async def list(self) -> list[dict]:
         out = []
-        for name, _vgid, pvids in self.db.vgs():
+        for name, _vgid, pvids in self.lvm.catalog.vgs():
             group = self.lvm.vgs.get(name)
             if group is None:
                 remote = [p for p in pvids if (n := self.lvm._name_for_pvid(p))

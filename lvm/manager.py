@@ -21,7 +21,6 @@ from lvm import layout, policy, splitbrain
 from lvm.copy import copy_range
 from lvm.layout import Kind
 from lvm.metadata import (
-    CHUNK,
     DRL_REGION,
     PV_ACTIVE,
     PV_MISSING,
@@ -32,11 +31,12 @@ from lvm.metadata import (
     PVEntry,
     chunks_of,
 )
-from lvm.resync import resync
+from lvm.ports import ErrorSink, ExportControl, PVDirectory, VGCatalog
+from lvm.scheduler import ResyncScheduler
+from lvm.verify import verify as verify_lvs
 from lvm.vg import PVMeta, VolumeGroup, read_pv_meta, read_record, write_record
 from lvm.volume import LogicalVolume
-from rpv.blockdev import BlockDevice, FileDisk
-from rpv.checksum import DIGEST_SIZE, chunk_digests
+from rpv.blockdev import BlockDevice
 from rpv.errors import CommandError
 
 log = structlog.get_logger("lvm")
@@ -45,66 +45,49 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
 MiB = 1 << 20
 
 
-VERIFY_REGION = 4 * MiB
-BACKGROUND_PASSES = 8  # resync passes one background resync makes at most
-
-
-async def _checksum(dev: BlockDevice, offset: int, length: int) -> bytes:
-    """Per-64 KiB digests of a range, computed where the device's data lives."""
-    fn = getattr(dev, "checksum", None)
-    if fn is not None:
-        return await fn(offset, length)
-    return chunk_digests(await dev.read(offset, length))
-
-
-def _differing(a: bytes, b: bytes) -> list[int]:
-    return [i // DIGEST_SIZE for i in range(0, len(a), DIGEST_SIZE)
-            if a[i:i + DIGEST_SIZE] != b[i:i + DIGEST_SIZE]]
 
 
 def is_local(dev: BlockDevice) -> bool:
-    return isinstance(dev, FileDisk)
+    """Whether a PV's data is on this host (a local disk, not an RPV client)."""
+    return dev.local
 
 
 class LVMManager:
-    def __init__(self, devices, errlog):
-        self.devices = devices  # rpv.daemon.devices.DeviceManager
-        self.db = devices.db
-        self.errlog = errlog
+    def __init__(self, pvs: PVDirectory, catalog: VGCatalog, exports: ExportControl,
+                 errors: ErrorSink | None = None):
+        self.pvs = pvs
+        self.catalog = catalog
+        self.exports = exports
+        self.errlog = errors
         self.vgs: dict[str, VolumeGroup] = {}
         self._lock = asyncio.Lock()
-        self._resync_locks: dict[str, asyncio.Lock] = {}
+        self.resyncs = ResyncScheduler()
         self._tasks: set[asyncio.Task] = set()
 
     # -- lookups -------------------------------------------------------------------------------
     def _disk(self, name: str) -> tuple[str, BlockDevice]:
         """(pvid, device) of an Available disk."""
-        dev = self.db.get(name)
-        if dev is None or dev.dev_class != "disk":
+        info = self.pvs.disk(name)
+        if info is None:
             raise CommandError(f"physical volume {name} is not defined (see glvmctl lspv)")
-        rt = self.devices.disks.get(name)
-        if rt is None:
+        if info.device is None:
             raise CommandError(f"physical volume {name} is Defined, not Available "
                                f"(run mkdev -l {name})")
-        return dev.attrs["pvid"], rt
+        return info.pvid, info.device
 
     def _device_for_pvid(self, pvid: str) -> BlockDevice | None:
-        for d in self.db.devices("disk"):
-            if d.attrs.get("pvid") == pvid:
-                return self.devices.disks.get(d.name)
-        return None
+        return next((i.device for i in self.pvs.known_disks() if i.pvid == pvid), None)
 
     def _name_for_pvid(self, pvid: str) -> str | None:
-        return next((d.name for d in self.db.devices("disk") if d.attrs.get("pvid") == pvid),
-                    None)
+        return next((i.name for i in self.pvs.known_disks() if i.pvid == pvid), None)
 
     def vg_of_pvid(self, pvid: str) -> str | None:
-        return next((n for n, _, pvids in self.db.vgs() if pvid in pvids), None)
+        return next((n for n, _, pvids in self.catalog.vgs() if pvid in pvids), None)
 
     def _online(self, name: str) -> VolumeGroup:
         vg = self.vgs.get(name)
         if vg is None:
-            if self.db.get_vg(name) is None:
+            if self.catalog.get_vg(name) is None:
                 raise CommandError(f"volume group {name} does not exist")
             raise CommandError(f"volume group {name} is not varied on")
         return vg
@@ -128,9 +111,8 @@ class LVMManager:
                 if vg.online and not vg.maintenance for n in vg.lvs]
 
     def disk_in_use(self, name: str) -> str | None:
-        dev = self.db.get(name)
-        pvid = dev.attrs.get("pvid") if dev else None
-        vg = self.vg_of_pvid(pvid) if pvid else None
+        info = self.pvs.disk(name)
+        vg = self.vg_of_pvid(info.pvid) if info and info.pvid else None
         return vg if vg in self.vgs else None
 
     @contextlib.asynccontextmanager
@@ -138,15 +120,12 @@ class LVMManager:
         """While ``vg`` takes these disks into use, and until it is registered, NBD exports
         of them are read-only (see DeviceManager.claim_disks)."""
         names = [n for n in names if n]
-        await self.devices.claim_disks(names, f"a physical volume of volume group {vg}, "
+        await self.exports.claim_disks(names, f"a physical volume of volume group {vg}, "
                                               f"which is being varied on")
         try:
             yield
         finally:
-            self.devices.release_disks(names)
-
-    def _resync_lock(self, vg: str) -> asyncio.Lock:
-        return self._resync_locks.setdefault(vg, asyncio.Lock())
+            self.exports.release_disks(names)
 
     # -- creating and changing VGs ------------------------------------------------------------
     async def _check_new_pvs(self, names: list[str], force: bool) -> list[tuple[str, str,
@@ -178,7 +157,7 @@ class LVMManager:
             if not NAME_RE.match(vg or ""):
                 raise CommandError(f"volume group name '{vg}' must be 1-15 letters, digits "
                                    f"or _, starting with a letter")
-            if self.db.get_vg(vg) is not None or self._name_taken(vg):
+            if self.catalog.get_vg(vg) is not None or self._name_taken(vg):
                 raise CommandError(f"the name {vg} is already used")
             disks = await self._check_new_pvs(pvs, force)
             sizes = [d.size for _, _, d in disks]
@@ -201,7 +180,7 @@ class LVMManager:
             vgda = VGDA(vgid=os.urandom(8).hex() + "0" * 16, name=vg, pp_size=pp,
                         pvs=[PVEntry(pvid, i + 1, layout.pp_count(d.size, pp))
                              for i, (_, pvid, d) in enumerate(disks)],
-                        created=now, modified=now, last_site=self.devices.site())
+                        created=now, modified=now, last_site=self.pvs.site())
             vgsa = VGSA({pvid: PV_ACTIVE for _, pvid, _ in disks})
             devmap = {i + 1: d for i, (_, _, d) in enumerate(disks)}
             async with self._claiming(vg, [n for n, _, _ in disks]):
@@ -215,12 +194,12 @@ class LVMManager:
                 await group.write_vgda()
                 await group.commit_vgsa()
                 await group.drl_clear()
-                self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
+                self.catalog.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
                 log.info("lvm_mkvg", vg=vg, pvs=pvs, pp_size=pp)
                 return {"vg": vg, "pp_size_mb": pp // MiB}
 
     def _name_taken(self, name: str) -> bool:
-        return self.db.get(name) is not None or any(name in g.lvs or name == g.name
+        return self.pvs.is_device(name) or any(name in g.lvs or name == g.name
                                                     for g in self.vgs.values())
 
     @staticmethod
@@ -234,7 +213,7 @@ class LVMManager:
                   maintenance: bool = False, register: bool = True) -> VolumeGroup:
         group = VolumeGroup(vgda, vgsa, devmap, seqs, is_local=is_local, errlog=self.errlog,
                             quorum_active=quorum, maintenance=maintenance,
-                            site=self.devices.site())
+                            site=self.pvs.site())
         group.lvs = {n: LogicalVolume(group, e) for n, e in vgda.lvs.items()}
         if register:
             self.vgs[vgda.name] = group
@@ -260,7 +239,7 @@ class LVMManager:
                 await group.write_vgda()
                 await group.commit_vgsa()
                 await group.commit_drl()
-                self.db.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
+                self.catalog.put_vg(vg, vgda.vgid, [p.pvid for p in vgda.pvs])
                 return {"vg": vg}
 
     async def reducevg(self, vg: str, pv: str, delete_lvs: bool = False) -> dict:
@@ -291,7 +270,7 @@ class LVMManager:
                                     bytes(layout.AREAS[Kind.PVHEADER].slot_size), fua=True)
             except OSError as e:
                 log.warning("lvm_reducevg_header_clear_failed", pv=pv, error=str(e))
-            self.db.put_vg(vg, group.vgda.vgid, [p.pvid for p in group.vgda.pvs])
+            self.catalog.put_vg(vg, group.vgda.vgid, [p.pvid for p in group.vgda.pvs])
             return {"vg": vg, "pv": pv}
 
     @staticmethod
@@ -469,9 +448,9 @@ class LVMManager:
             await group.write_vgda()
         result = None
         if sync == "foreground":
-            result = await self._run_resync(group, None, 1, 0.0, progress)
+            result = await self.resyncs.run(group, None, 1, 0.0, progress)
         elif sync == "background":
-            self._start_background_resync(group)
+            self.resyncs.start_background(group)
         return {"messages": messages, "resync": result}
 
     async def unmirrorvg(self, vg: str, pvs: list[str]) -> dict:
@@ -491,7 +470,8 @@ class LVMManager:
     def _candidates_any(self, group: VolumeGroup, pvs: list[str]) -> list[int]:
         out = []
         for n in pvs:
-            pvid = self.db.get(n).attrs["pvid"] if self.db.get(n) else None
+            info = self.pvs.disk(n)
+            pvid = info.pvid if info else None
             entry = group.vgda.pv_by_pvid(pvid) if pvid else None
             if entry is None:
                 raise CommandError(f"{n} is not in volume group {group.name}")
@@ -499,32 +479,6 @@ class LVMManager:
         return out
 
     # -- resync -----------------------------------------------------------------------------------
-    async def _run_resync(self, group: VolumeGroup, want, parallel: int, rate: float,
-                          progress) -> dict:
-        async with self._resync_lock(group.name):
-            return await resync(group, want, parallel, rate, progress)
-
-    def _start_background_resync(self, group: VolumeGroup) -> None:
-        if group.resync_task and not group.resync_task.done():
-            group.resync_wanted = True  # the running task makes another pass
-            return
-        if not group.stale_locs():
-            return
-
-        async def run():
-            try:
-                # partitions that go stale while a pass runs (a copy that missed writes, a
-                # server that restarted) are taken by the next pass
-                for _ in range(BACKGROUND_PASSES):
-                    group.resync_wanted = False
-                    stats = await self._run_resync(group, None, 2, 0.0, None)
-                    if not group.stale_locs() or stats["failed"] and not group.resync_wanted:
-                        break
-            except OSError as e:
-                log.warning("lvm_background_resync_stopped", vg=group.name, error=str(e))
-
-        group.resync_task = asyncio.get_running_loop().create_task(run())
-
     async def syncvg(self, lv: str | None = None, pv: str | None = None, vg: str | None = None,
                      parallel: int = 1, force: bool = False, rate_mb: float = 0.0,
                      progress: Callable[[dict], None] | None = None) -> dict:
@@ -554,9 +508,9 @@ class LVMManager:
             scope_lvs = list(group.vgda.lvs.values())
         group.check_online()
         if force:
-            self._force_stale(group, scope_lvs, want)
+            self.resyncs.force_stale(group, scope_lvs, want)
             await group.commit_vgsa()
-        return await self._run_resync(group, want, parallel, rate_mb * MiB, progress)
+        return await self.resyncs.run(group, want, parallel, rate_mb * MiB, progress)
 
     async def verify(self, lv: str | None = None, vg: str | None = None, repair: bool = False,
                      progress: Callable[[dict], None] | None = None) -> dict:
@@ -572,72 +526,7 @@ class LVMManager:
             group = self._online(vg)
             vols = [group.lvs[n] for n in group.vgda.lvs]
         group.check_online()
-        report = {"regions": 0, "bytes": 0, "mismatches": [], "repaired": 0, "skipped": 0,
-                  "failed": []}
-        async with self._resync_lock(group.name):
-            try:
-                for vol in vols:
-                    for lp in range(vol.entry.lps):
-                        await self._verify_lp(group, vol, lp, repair, report)
-                        if progress:
-                            progress({"lv": vol.name, "lp": lp + 1, "lps": vol.entry.lps,
-                                      "mismatches": len(report["mismatches"])})
-            finally:
-                await group.settle()  # a repair that failed marked a PV missing
-        log.info("lvm_verify_done", vg=group.name, regions=report["regions"],
-                 mismatches=len(report["mismatches"]), repaired=report["repaired"])
-        return report
-
-    async def _verify_lp(self, group: VolumeGroup, vol: LogicalVolume, lp: int, repair: bool,
-                         report: dict) -> None:
-        pp = group.vgda.pp_size
-        region = VERIFY_REGION
-        for within in range(0, pp, region):
-            n = min(region, pp - within)
-            start = lp * pp + within
-            async with vol.lock.acquire(start, start + n):
-                copies = [m[lp] for m in vol.entry.maps
-                          if m[lp] not in group.vgsa.stale and group.usable(m[lp][0])]
-                if len(copies) < 2:
-                    report["skipped"] += 1
-                    continue
-                digests = await asyncio.gather(*(
-                    _checksum(group.devices[loc[0]], layout.pp_offset(loc[1], pp) + within, n)
-                    for loc in copies))
-                report["regions"] += 1
-                report["bytes"] += n * len(copies)
-                bad = sorted({c for d in digests[1:] for c in _differing(digests[0], d)})
-                for c in bad:
-                    off = c * CHUNK
-                    report["mismatches"].append({
-                        "lv": vol.name, "lp": lp + 1, "offset": start + off,
-                        "length": min(CHUNK, n - off),
-                        "pvs": [group.pv_name(loc[0]) for loc in copies]})
-                src = group.source_for(vol, lp, exclude=set())
-                if repair and bad and src is not None:
-                    for c in bad:
-                        off, ln = within + c * CHUNK, min(CHUNK, n - c * CHUNK)
-                        try:
-                            for loc in copies:
-                                if loc != src[0]:
-                                    await copy_range(group, vol, lp, loc, off, ln, fua=True)
-                        except OSError as e:  # copy_range marked the PV and chunks
-                            report["failed"].append({"lv": vol.name, "lp": lp + 1,
-                                                     "offset": start + c * CHUNK,
-                                                     "error": str(e)})
-                            continue
-                        report["repaired"] += 1
-
-    @staticmethod
-    def _force_stale(group: VolumeGroup, lvs: list[LVEntry], want) -> None:
-        """syncvg -f: every copy but the preferred good one of each LP is recopied."""
-        for e in lvs:
-            vol = group.lvs[e.name]
-            for lp in range(e.lps):
-                src = group.source_for(vol, lp, exclude=set())
-                for m in e.maps:
-                    if src is not None and m[lp] != src[0] and (want is None or want(m[lp])):
-                        group.mark_stale(m[lp], None)  # a running resync sees it too
+        return await verify_lvs(group, vols, repair, progress, self.resyncs.lock(group.name))
 
     # -- varyon / varyoff / import / export -------------------------------------------------------
     async def _scan(self, pvids: list[str], vgid: str) -> dict[str, tuple[BlockDevice, PVMeta]]:
@@ -661,7 +550,7 @@ class LVMManager:
         async with self._lock:
             if vg in self.vgs:
                 return await self._reactivate(self.vgs[vg], nosync, discard_site)
-            rec = self.db.get_vg(vg)
+            rec = self.catalog.get_vg(vg)
             if rec is None:
                 raise CommandError(f"volume group {vg} does not exist (see importvg)")
             if not force:
@@ -672,7 +561,7 @@ class LVMManager:
     def _fence(self, vg: str, pvids: list[str]) -> None:
         """Refuse to use disks that this site is serving to a remote RPV client."""
         for pvid in pvids:
-            server = self.devices.serving(pvid)
+            server = self.pvs.serving(pvid)
             if server is not None:
                 raise CommandError(
                     f"0516-1777 varyonvg: {self._name_for_pvid(pvid)} of {vg} is exported "
@@ -738,7 +627,7 @@ class LVMManager:
         devmap = {i: (f[0] if f else None) for i, f in metas.items()}
         seqs = {Kind.PVHEADER: 0, Kind.VGDA: seq_vgda, Kind.VGSA: vgsa_rec[0],
                 Kind.DRL: drl_rec[0]}
-        vgda.last_site = self.devices.site()
+        vgda.last_site = self.pvs.site()
         # not registered (so no LV is exported) until dirty regions are recovered
         group = self._activate(vgda, vgsa, devmap, seqs, quorum=vgda.quorum,
                                maintenance=maintenance, register=False)
@@ -754,7 +643,7 @@ class LVMManager:
             raise CommandError(f"varyonvg {name} failed: {e}") from None
         self.vgs[name] = group
         if not nosync:
-            self._start_background_resync(group)
+            self.resyncs.start_background(group)
         log.info("lvm_varyon", vg=name, reachable=len(reachable), total=len(all_pvs),
                  forced=force, maintenance=maintenance)
         return {"pv_status": pv_status,
@@ -846,7 +735,7 @@ class LVMManager:
         if returned:
             await self._bring_current(group)
         if not nosync:
-            self._start_background_resync(group)
+            self.resyncs.start_background(group)
         status = [self._pv_status(p.pvid, group.pv_state(p.index), group.usable(p.index))
                   for p in group.vgda.pvs]
         return {"pv_status": status, "returned": returned,
@@ -873,7 +762,7 @@ class LVMManager:
             log.warning("lvm_settle_failed", vg=group.name, error=str(e))
             return
         if group.online and self.vgs.get(group.name) is group:
-            self._start_background_resync(group)
+            self.resyncs.start_background(group)
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -971,15 +860,13 @@ class LVMManager:
         log.info("lvm_varyoff", vg=group.name)
 
     async def _disconnect(self, lv: str) -> None:
-        nbd = getattr(self.devices, "nbd", None)
-        if nbd is not None:
-            await nbd.disconnect_export(lv)
+        await self.exports.withdraw(lv)
 
     async def importvg(self, vg: str, pv: str, force: bool = False) -> dict:
         async with self._lock:
             if not NAME_RE.match(vg or ""):
                 raise CommandError(f"volume group name '{vg}' is not valid")
-            if self.db.get_vg(vg) is not None or self._name_taken(vg):
+            if self.catalog.get_vg(vg) is not None or self._name_taken(vg):
                 raise CommandError(f"the name {vg} is already used")
             pvid, dev = self._disk(pv)
             try:
@@ -989,28 +876,28 @@ class LVMManager:
             if meta.header is None or meta.vgda is None:
                 raise CommandError(f"{pv} does not hold volume group metadata")
             vgid = meta.header["vgid"]
-            known = next((n for n, v, _ in self.db.vgs() if v == vgid), None)
+            known = next((n for n, v, _ in self.catalog.vgs() if v == vgid), None)
             if known:
                 raise CommandError(f"{pv} belongs to volume group {known}, already known here")
             pvids = [p[0] for p in meta.vgda[1]["pvs"]]
             self._fence(vg, pvids)  # -f overrides quorum here, never the fence
-            self.db.put_vg(vg, vgid, pvids)
+            self.catalog.put_vg(vg, vgid, pvids)
             try:
                 result = await self._varyon(vg, vgid, pvids, force, False, False)
             except CommandError:
-                self.db.delete_vg(vg)
+                self.catalog.delete_vg(vg)
                 raise
             group = self.vgs[vg]
-            self.db.put_vg(vg, vgid, [p.pvid for p in group.vgda.pvs])
+            self.catalog.put_vg(vg, vgid, [p.pvid for p in group.vgda.pvs])
             return result
 
     async def exportvg(self, vg: str) -> dict:
         async with self._lock:
-            if self.db.get_vg(vg) is None:
+            if self.catalog.get_vg(vg) is None:
                 raise CommandError(f"volume group {vg} does not exist")
             if vg in self.vgs:
                 raise CommandError(f"volume group {vg} is varied on; run varyoffvg first")
-            self.db.delete_vg(vg)
+            self.catalog.delete_vg(vg)
             return {"vg": vg}
 
     async def chvg(self, vg: str, auto_on: str | None = None, quorum: str | None = None) -> dict:
@@ -1034,8 +921,8 @@ class LVMManager:
 
     async def chpv(self, pv: str, state: str) -> dict:
         async with self._lock:
-            dev = self.db.get(pv)
-            pvid = dev.attrs.get("pvid") if dev is not None else None
+            info = self.pvs.disk(pv)
+            pvid = info.pvid if info is not None else None
             vgname = self.vg_of_pvid(pvid) if pvid else None
             if vgname is None:
                 raise CommandError(f"{pv} is not in a volume group")
@@ -1058,8 +945,8 @@ class LVMManager:
     # -- listing ---------------------------------------------------------------------------------
     async def lsvg(self, vg: str | None = None) -> object:
         if vg is None:
-            return [n for n, _, _ in self.db.vgs()]
-        rec = self.db.get_vg(vg)
+            return [n for n, _, _ in self.catalog.vgs()]
+        rec = self.catalog.get_vg(vg)
         if rec is None:
             raise CommandError(f"volume group {vg} does not exist")
         group = self.vgs.get(vg)
@@ -1104,8 +991,9 @@ class LVMManager:
         if dev is None:
             return ""
         if is_local(dev):
-            return self.devices.site() or "local"
-        return getattr(dev, "site", "") or self.db.get(dev.name).attrs.get("site", "")
+            return self.pvs.site() or "local"
+        info = self.pvs.disk(dev.name)
+        return getattr(dev, "site", "") or (info.site if info else "")
 
     async def shutdown(self) -> None:
         for group in list(self.vgs.values()):

@@ -24,6 +24,7 @@ class BlockDevice(Protocol):
     """An async random-access device of fixed size."""
 
     name: str
+    local: bool  # the data is on this host (False for an RPV client)
 
     @property
     def size(self) -> int:
@@ -73,6 +74,8 @@ class FileDisk:
     take microseconds, and a thread hop would cost more than it saves. ``fdatasync`` runs in
     the default executor because it can take milliseconds.
     """
+
+    local = True
 
     def __init__(self, name: str, path: str, size: int | None = None, readonly: bool = False):
         self.name = name
@@ -174,6 +177,7 @@ class ReadOnlyView:
     def __init__(self, device: BlockDevice, reason: str):
         self._device = device
         self.name = device.name
+        self.local = device.local
         self.readonly_reason = reason
         inline = getattr(device, "read_inline", None)
         if inline is not None:

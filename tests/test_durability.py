@@ -13,8 +13,8 @@ import errno
 import pytest
 
 from lvm.layout import DATA_START, Kind
-from lvm.manager import LVMManager
 from lvm.metadata import CHUNK, PV_ACTIVE, PV_MISSING, VGDA, VGSA, LVEntry, PVEntry
+from lvm.scheduler import ResyncScheduler
 from lvm.vg import VolumeGroup
 from lvm.volume import LogicalVolume
 from rpv.client.device import RPVClient
@@ -202,7 +202,7 @@ def test_forced_resync_reaches_the_partitions_a_running_resync_holds():
     vg = lv.vg
     vg.lvs = {"lv00": lv}
     vg.resyncing[(REMOTE, 0)] = set()  # in the batch a resync is copying now
-    LVMManager._force_stale(vg, [lv.entry], None)
+    ResyncScheduler.force_stale(vg, [lv.entry], None)
     assert vg.resyncing[(REMOTE, 0)] == set(range(PP // CHUNK))  # copied again, not forgotten
     assert vg.vgsa_ahead
 

@@ -65,6 +65,8 @@ class _Req:
 class RPVClient:
     """A :class:`rpv.blockdev.BlockDevice` served by a remote RPV server."""
 
+    local = False
+
     def __init__(self, name: str, pvid: str, server_addr: str, local_addr: str, *,
                  server_port: int = 6192, io_timeout: float = 180.0, site: str = "",
                  node: str = "", size: int = 0,

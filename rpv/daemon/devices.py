@@ -14,6 +14,7 @@ import os
 import structlog
 
 from lvm import layout
+from lvm.ports import DiskInfo
 from rpv.blockdev import BlockDevice, FileDisk, ReadOnlyView, create_sparse_file
 from rpv.client.device import ClientState, RPVClient, discover
 from rpv.client.stats import IOStats
@@ -132,6 +133,25 @@ class DeviceManager:
                            pend_kb_written=0)
             rows.append(row)
         return _by_path(rows) if by_path else rows
+
+    # -- the PV directory the LVM core uses (lvm.ports.PVDirectory) ------------------------------
+    def disk(self, name: str) -> DiskInfo | None:
+        d = self.db.get(name)
+        return self._disk_info(d) if d is not None and d.dev_class == "disk" else None
+
+    def known_disks(self) -> list[DiskInfo]:
+        return [self._disk_info(d) for d in self.db.devices("disk")]
+
+    def _disk_info(self, d: Device) -> DiskInfo:
+        return DiskInfo(d.name, d.attrs.get("pvid", ""), d.dev_type == "rpvclient",
+                        d.attrs.get("site", ""), self.disks.get(d.name))
+
+    def is_device(self, name: str) -> bool:
+        return self.db.get(name) is not None
+
+    async def withdraw(self, export: str) -> None:
+        if self.nbd is not None:
+            await self.nbd.disconnect_export(export)
 
     # -- NBD export registry -------------------------------------------------------------------
     # A disk the LVM or an RPV server is using is exported read-only: a write there would

@@ -89,7 +89,8 @@ class Daemon:
         if cfg.tls_ca:
             self.server_ssl = tls.server_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
             self.devices.client_ssl = tls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
-        self.lvm = LVMManager(self.devices, self.errlog)
+        self.lvm = LVMManager(pvs=self.devices, catalog=self.db, exports=self.devices,
+                              errors=self.errlog)
         self.devices.lvm = self.lvm
         self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
