@@ -13,8 +13,6 @@ from enum import Enum
 from errno import EBUSY, EMSGSIZE, EPROTO
 from types import MappingProxyType
 
-from rpv.checksum import digests_size
-
 from . import frames as _f
 from .constants import (
     DEFAULT_FEATURES,
@@ -22,32 +20,12 @@ from .constants import (
     FLAG_REPLY,
     KNOWN_FLAGS,
     MAGIC,
-    MAX_CHECKSUM_LENGTH,
     MAX_MESSAGE,
     VERSION,
     Opcode,
 )
-from .events import (
-    ChecksumReply,
-    ChecksumRequest,
-    ConnectionClosed,
-    DiscoverInfo,
-    DiscoverReply,
-    DiscoverRequest,
-    Event,
-    FlushReply,
-    FlushRequest,
-    HelloInfo,
-    HelloReply,
-    HelloRequest,
-    PingReply,
-    PingRequest,
-    ProtocolError,
-    ReadReply,
-    ReadRequest,
-    WriteReply,
-    WriteRequest,
-)
+from .events import ConnectionClosed, DiscoverInfo, Event, HelloInfo, ProtocolError
+from .frames import EMPTY, OPCODES, OpSpec, Scope
 from .pvid import PVID_SIZE, pvid_to_bytes
 
 Buffer = bytes | bytearray | memoryview
@@ -112,8 +90,8 @@ _C, _S = Role.CLIENT, Role.SERVER
 _REQ, _OK, _ERR = Kind.REQUEST, Kind.OK, Kind.ERROR
 _ALL_KINDS = (_REQ, _OK, _ERR)
 _REPLIES = (_OK, _ERR)
-_SESSIONLESS = (Opcode.DISCOVER, Opcode.PING)
-_SESSION = (Opcode.DISCOVER, Opcode.PING, Opcode.READ, Opcode.WRITE, Opcode.FLUSH, Opcode.CHECKSUM)
+_SESSIONLESS = tuple(op for op, spec in OPCODES.items() if spec.scope is Scope.ANYTIME)
+_SESSION = tuple(op for op, spec in OPCODES.items() if spec.scope is not Scope.HELLO)
 
 
 def _stay(role: Role, state: State, ops, kinds) -> dict:
@@ -142,7 +120,6 @@ MIN_PAYLOAD_LIMIT = MAX_MESSAGE
 """Smallest allowed ``max_payload``: every HELLO payload and error message must fit."""
 
 _INITIAL = {Role.CLIENT: State.IDLE, Role.SERVER: State.AWAIT_HELLO}
-_OPCODES = {int(op): op for op in Opcode}
 _U32 = 0xFFFFFFFF
 
 
@@ -278,7 +255,9 @@ class Connection:
             return NEED_DATA
         frame = self._frame
         if frame is not None:
-            raise _Fail(EPROTO, "connection closed in the middle of a frame", frame[2], frame[1])
+            raise _Fail(
+                EPROTO, "connection closed in the middle of a frame", frame[2], frame[1].opcode
+            )
         if avail:
             raise _Fail(EPROTO, "connection closed in the middle of a frame")
         self._close()
@@ -299,9 +278,10 @@ class Connection:
                 raise _Fail(EPROTO, f"bad magic 0x{magic:08x}")
             if version != VERSION:
                 raise _Fail(EPROTO, f"unsupported protocol version {version}")
-            op = _OPCODES.get(opcode)
-            if op is None:
+            spec = OPCODES.get(opcode)
+            if spec is None:
                 raise _Fail(EPROTO, f"unknown opcode {opcode}", rid)
+            op = spec.opcode
             if flags & ~KNOWN_FLAGS:
                 raise _Fail(EPROTO, f"unknown flag bits 0x{flags:04x}", rid, op)
             if plen > self.max_payload:
@@ -312,14 +292,14 @@ class Connection:
                 if avail < 24:
                     return self._need_data(avail)
                 (status,) = _REPLY_EXT_UNPACK(buf, pos + 20)
-                frame = self._check_reply(op, flags, rid, plen, status)
+                frame = self._check_reply(spec, flags, rid, plen, status)
                 pos += 24
                 avail -= 24
             else:
                 if avail < 36:
                     return self._need_data(avail)
                 offset, length, deadline = _REQUEST_EXT_UNPACK(buf, pos + 20)
-                frame = self._check_request(op, flags, rid, plen, offset, length, deadline)
+                frame = self._check_request(spec, flags, rid, plen, offset, length, deadline)
                 pos += 36
                 avail -= 36
             self._pos = pos
@@ -354,10 +334,11 @@ class Connection:
             raise _Fail(EPROTO, f"bad magic {bytes(head[:4])!r}")
         raise _Fail(EPROTO, f"unsupported protocol version {head[4]}")
 
-    def _check_request(self, op, flags, rid, plen, offset, length, deadline) -> tuple:
+    def _check_request(self, spec, flags, rid, plen, offset, length, deadline) -> tuple:
+        op = spec.opcode
         if self.role is not Role.SERVER:
             raise _Fail(EPROTO, f"client received a {op.name} request", rid, op)
-        if flags & FLAG_FUA and op is not Opcode.WRITE:
+        if flags & FLAG_FUA and not spec.fua:
             raise _Fail(EPROTO, f"FUA flag on a {op.name} request", rid, op)
         if (Role.SERVER, self._state, op, Kind.REQUEST) not in TRANSITIONS:
             raise _Fail(EPROTO, f"{op.name} not allowed in state {self._state.name}", rid, op)
@@ -366,40 +347,22 @@ class Connection:
             raise _Fail(EPROTO, f"request id {rid} already outstanding", rid, op)
         if len(outstanding) >= self.max_outstanding:
             raise _Fail(EBUSY, f"more than {self.max_outstanding} requests outstanding", rid, op)
-        if op is Opcode.WRITE:
-            if plen != length:
-                raise _Fail(EPROTO, f"WRITE length {length} != payload {plen}", rid, op)
-        elif op is Opcode.READ:
-            if plen:
-                raise _Fail(EPROTO, "READ request with a payload", rid, op)
-            if length > self.max_payload:
-                raise _Fail(
-                    EMSGSIZE, f"READ of {length} bytes exceeds limit {self.max_payload}", rid, op
-                )
-        elif op is Opcode.CHECKSUM:
-            if plen:
-                raise _Fail(EPROTO, "CHECKSUM request with a payload", rid, op)
-            if not length:
-                raise _Fail(EPROTO, "CHECKSUM of 0 bytes", rid, op)
-            if length > MAX_CHECKSUM_LENGTH:
-                raise _Fail(
-                    EMSGSIZE, f"CHECKSUM of {length} bytes exceeds {MAX_CHECKSUM_LENGTH}", rid, op
-                )
-            if digests_size(length) > self.max_payload:
-                raise _Fail(
-                    EMSGSIZE, f"CHECKSUM reply would exceed limit {self.max_payload}", rid, op
-                )
-        else:
-            if offset or length:
-                raise _Fail(EPROTO, f"{op.name} request with offset/length", rid, op)
-            if op is Opcode.HELLO:
-                if not _f.HELLO_REQUEST_MIN <= plen <= _f.HELLO_REQUEST_MAX:
-                    raise _Fail(EPROTO, f"HELLO payload of {plen} bytes", rid, op)
-            elif plen:
-                raise _Fail(EPROTO, f"{op.name} request with a payload", rid, op)
-        return (Kind.REQUEST, op, rid, plen, offset, length, deadline, flags)
+        if not spec.ranged and (offset or length):
+            raise _Fail(EPROTO, f"{op.name} request with offset/length", rid, op)
+        request = spec.request
+        size = request.size
+        if (
+            plen != size(length)
+            if size is not None
+            else plen < request.min_size or plen > request.max_size
+        ):
+            raise _Fail(EPROTO, _size_error(op, request, plen, length, False), rid, op)
+        if not _length_ok(spec, length, self.max_payload):
+            raise _Fail(*_length_error(spec, length, self.max_payload), rid, op)
+        return (Kind.REQUEST, spec, rid, plen, offset, length, deadline, flags)
 
-    def _check_reply(self, op, flags, rid, plen, status) -> tuple:
+    def _check_reply(self, spec, flags, rid, plen, status) -> tuple:
+        op = spec.opcode
         if self.role is not Role.CLIENT:
             raise _Fail(EPROTO, f"server received a {op.name} reply", rid, op)
         if flags & FLAG_FUA:
@@ -415,81 +378,48 @@ class Connection:
         if status:
             if plen > MAX_MESSAGE:
                 raise _Fail(EMSGSIZE, f"error message of {plen} bytes", rid, op)
-        elif op is Opcode.READ:
-            if plen != entry[1]:
-                raise _Fail(EPROTO, f"READ reply of {plen} bytes, asked {entry[1]}", rid, op)
-        elif op is Opcode.CHECKSUM:
-            if plen != digests_size(entry[1]):
-                raise _Fail(EPROTO, f"CHECKSUM reply of {plen} bytes for {entry[1]} bytes", rid, op)
-        elif op is Opcode.HELLO:
-            if not _f.HELLO_REPLY_MIN <= plen <= _f.HELLO_REPLY_MAX:
-                raise _Fail(EPROTO, f"HELLO reply payload of {plen} bytes", rid, op)
-        elif op is Opcode.DISCOVER:
-            if plen < _f.DISCOVER_REPLY_MIN:
-                raise _Fail(EPROTO, f"DISCOVER reply payload of {plen} bytes", rid, op)
-        elif plen:
-            raise _Fail(EPROTO, f"{op.name} reply with a payload", rid, op)
-        return (kind, op, rid, plen, status)
+        else:
+            reply = spec.reply
+            size = reply.size
+            if (
+                plen != size(entry[1])
+                if size is not None
+                else plen < reply.min_size or plen > reply.max_size
+            ):
+                raise _Fail(EPROTO, _size_error(op, reply, plen, entry[1], True), rid, op)
+        return (kind, spec, rid, plen, status)
 
     def _complete(self, frame: tuple, payload: bytes) -> Event:
-        kind, op, rid = frame[0], frame[1], frame[2]
-        role = self.role
-        next_state = TRANSITIONS.get((role, self._state, op, kind))
+        kind, spec, rid = frame[0], frame[1], frame[2]
+        op = spec.opcode
+        next_state = TRANSITIONS.get((self.role, self._state, op, kind))
         if next_state is None:  # pragma: no cover - guarded at header time
             raise _Fail(EPROTO, f"{op.name} not allowed in state {self._state.name}", rid, op)
-        if kind is Kind.REQUEST:
-            _, _, _, _, offset, length, deadline, flags = frame
-            if op is Opcode.WRITE:
-                event = WriteRequest(rid, offset, payload, deadline, bool(flags & FLAG_FUA))
-            elif op is Opcode.READ:
-                event = ReadRequest(rid, offset, length, deadline)
-            elif op is Opcode.CHECKSUM:
-                event = ChecksumRequest(rid, offset, length, deadline)
-            elif op is Opcode.FLUSH:
-                event = FlushRequest(rid, deadline)
-            elif op is Opcode.PING:
-                event = PingRequest(rid, deadline)
-            elif op is Opcode.DISCOVER:
-                event = DiscoverRequest(rid)
-            else:
-                event = HelloRequest(rid, **self._decode(_f.decode_hello_request, payload, op, rid))
-            self._outstanding[rid] = (op, length)
-        else:
-            status = frame[4]
-            if status:
+        try:
+            if kind is Kind.REQUEST:
+                _, _, _, _, offset, length, deadline, flags = frame
+                decode = spec.request.decode
+                body = None if decode is None else decode(payload)
+                event = spec.request_event(rid, offset, length, deadline, flags, body)
+                self._outstanding[rid] = (op, length)
+            elif frame[4]:
                 try:
                     message = payload.decode("utf-8")
                 except UnicodeDecodeError:
                     raise _Fail(EPROTO, "error message is not UTF-8", rid, op) from None
-                event = _error_reply(op, rid, status, message)
-            elif op is Opcode.READ:
-                event = ReadReply(rid, 0, "", payload)
-            elif op is Opcode.CHECKSUM:
-                event = ChecksumReply(rid, 0, "", payload)
-            elif op is Opcode.WRITE:
-                event = WriteReply(rid, 0, "")
-            elif op is Opcode.FLUSH:
-                event = FlushReply(rid, 0, "")
-            elif op is Opcode.PING:
-                event = PingReply(rid, 0, "")
-            elif op is Opcode.DISCOVER:
-                event = DiscoverReply(
-                    rid, 0, "", self._decode(_f.decode_discover_reply, payload, op, rid)
-                )
+                event = spec.reply_event(rid, frame[4], message, *spec.error_body)
+                del self._outstanding[rid]
             else:
-                event = HelloReply(
-                    rid, 0, "", self._decode(_f.decode_hello_reply, payload, op, rid)
-                )
-            del self._outstanding[rid]
-        self._state = next_state
-        return event
-
-    @staticmethod
-    def _decode(decoder, payload: bytes, op: Opcode, rid: int):
-        try:
-            return decoder(payload)
+                decode = spec.reply.decode
+                if decode is None:
+                    event = spec.reply_event(rid, 0, "")
+                else:
+                    event = spec.reply_event(rid, 0, "", decode(payload))
+                del self._outstanding[rid]
         except _f.PAYLOAD_ERRORS as exc:
             raise _Fail(EPROTO, f"malformed {op.name} payload: {exc}", rid, op) from None
+        self._state = next_state
+        return event
 
     # --- sending: client -------------------------------------------------------------
 
@@ -532,18 +462,12 @@ class Connection:
     def send_read(
         self, request_id: int, offset: int, length: int, deadline_ms: int
     ) -> list[Buffer]:
-        if not 0 <= length <= self.max_payload:
-            raise LocalProtocolError(f"READ length {length} outside 0..{self.max_payload}")
         return [self._request(Opcode.READ, 0, request_id, 0, offset, length, deadline_ms)]
 
     def send_checksum(
         self, request_id: int, offset: int, length: int, deadline_ms: int
     ) -> list[Buffer]:
         """CHECKSUM: ask for the digests of ``length`` bytes at ``offset`` (see chunk_digests)."""
-        if not 1 <= length <= MAX_CHECKSUM_LENGTH:
-            raise LocalProtocolError(f"CHECKSUM length {length} outside 1..{MAX_CHECKSUM_LENGTH}")
-        if digests_size(length) > self.max_payload:
-            raise LocalProtocolError(f"CHECKSUM reply would exceed limit {self.max_payload}")
         return [self._request(Opcode.CHECKSUM, 0, request_id, 0, offset, length, deadline_ms)]
 
     def send_write(
@@ -551,8 +475,6 @@ class Connection:
     ) -> list[Buffer]:
         """WRITE: returns [header, data]; ``data`` is not copied."""
         size = data.nbytes if isinstance(data, memoryview) else len(data)
-        if size > self.max_payload:
-            raise LocalProtocolError(f"WRITE of {size} bytes exceeds limit {self.max_payload}")
         flags = FLAG_FUA if fua else 0
         head = self._request(Opcode.WRITE, flags, request_id, size, offset, size, deadline_ms)
         return [head, data] if size else [head]
@@ -564,6 +486,11 @@ class Connection:
         return [self._request(Opcode.PING, 0, request_id, 0, 0, 0, deadline_ms)]
 
     def _request(self, op, flags, rid, plen, offset, length, deadline) -> bytes:
+        if plen > self.max_payload:
+            raise LocalProtocolError(f"{op.name} of {plen} bytes exceeds limit {self.max_payload}")
+        spec = OPCODES[op]
+        if not _length_ok(spec, length, self.max_payload):
+            raise LocalProtocolError(_length_error(spec, length, self.max_payload)[1])
         if self.role is not Role.CLIENT:
             raise LocalProtocolError(f"only a client sends requests ({op.name})")
         next_state = TRANSITIONS.get((Role.CLIENT, self._state, op, Kind.REQUEST))
@@ -591,25 +518,24 @@ class Connection:
 
     def send_discover_reply(self, request_id: int, info: DiscoverInfo) -> list[Buffer]:
         payload = self._encode(_f.encode_discover_reply, info)
-        if len(payload) > self.max_payload:
-            raise LocalProtocolError(f"DISCOVER reply of {len(payload)} bytes is too large")
         return [self._reply(Opcode.DISCOVER, request_id, 0, len(payload)) + payload]
 
     def send_read_reply(self, request_id: int, data: Buffer) -> list[Buffer]:
         """Successful READ reply: returns [header, data]; ``data`` is not copied."""
         size = data.nbytes if isinstance(data, memoryview) else len(data)
-        head = self._reply(Opcode.READ, request_id, 0, size, size)
+        head = self._reply(Opcode.READ, request_id, 0, size)
         return [head, data] if size else [head]
 
     def send_checksum_reply(self, request_id: int, digests: Buffer) -> list[Buffer]:
         """Successful CHECKSUM reply: returns [header, digests]; one digest per chunk."""
         size = digests.nbytes if isinstance(digests, memoryview) else len(digests)
-        head = self._reply(Opcode.CHECKSUM, request_id, 0, size, size)
+        head = self._reply(Opcode.CHECKSUM, request_id, 0, size)
         return [head, digests]
 
     def send_reply(self, request_id: int, opcode: Opcode) -> list[Buffer]:
         """Empty OK reply to a WRITE, FLUSH or PING."""
-        if opcode not in (Opcode.WRITE, Opcode.FLUSH, Opcode.PING):
+        spec = OPCODES.get(opcode)
+        if spec is None or spec.reply is not EMPTY:
             raise LocalProtocolError(f"send_reply cannot answer opcode {opcode!r}")
         return [self._reply(Opcode(opcode), request_id, 0, 0)]
 
@@ -619,12 +545,14 @@ class Connection:
         """Error reply (status is an errno); ``message`` is cut to 1024 UTF-8 bytes."""
         if not 0 < status <= _U32:
             raise LocalProtocolError(f"error status must be a non-zero errno, not {status}")
-        if opcode not in _OPCODES:
+        if opcode not in OPCODES:
             raise LocalProtocolError(f"unknown opcode {opcode}")
         msg = _f.encode_message(message)
         return [self._reply(Opcode(opcode), request_id, status, len(msg)) + msg]
 
-    def _reply(self, op, rid, status, plen, expect_len=None) -> bytes:
+    def _reply(self, op, rid, status, plen) -> bytes:
+        if plen > self.max_payload:
+            raise LocalProtocolError(f"{op.name} reply of {plen} bytes is too large")
         if self.role is not Role.SERVER:
             raise LocalProtocolError(f"only a server sends replies ({op.name})")
         if self._state is State.CLOSED:
@@ -634,10 +562,9 @@ class Connection:
             raise LocalProtocolError(f"no outstanding request with id {rid}")
         if entry[0] is not op:
             raise LocalProtocolError(f"request {rid} is a {entry[0].name}, not {op.name}")
-        if expect_len is not None:
-            want = entry[1] if op is Opcode.READ else digests_size(entry[1])
-            if expect_len != want:
-                raise LocalProtocolError(f"{op.name} reply of {expect_len} bytes, not {want}")
+        size = OPCODES[op].reply.size
+        if size is not None and not status and plen != size(entry[1]):
+            raise LocalProtocolError(f"{op.name} reply of {plen} bytes, not {size(entry[1])}")
         kind = Kind.ERROR if status else Kind.OK
         next_state = TRANSITIONS.get((Role.SERVER, self._state, op, kind))
         if next_state is None:
@@ -655,20 +582,31 @@ class Connection:
             raise LocalProtocolError(f"cannot encode payload: {exc}") from None
 
 
-def _error_reply(op: Opcode, rid: int, status: int, message: str) -> Event:
-    if op is Opcode.HELLO:
-        return HelloReply(rid, status, message, None)
-    if op is Opcode.DISCOVER:
-        return DiscoverReply(rid, status, message, None)
-    if op is Opcode.READ:
-        return ReadReply(rid, status, message, b"")
-    if op is Opcode.WRITE:
-        return WriteReply(rid, status, message)
-    if op is Opcode.FLUSH:
-        return FlushReply(rid, status, message)
-    if op is Opcode.CHECKSUM:
-        return ChecksumReply(rid, status, message, b"")
-    return PingReply(rid, status, message)
+def _length_ok(spec: OpSpec, length: int, max_payload: int) -> bool:
+    """Whether a request's length field keeps its opcode's rules (bounds, reply size)."""
+    low, high = spec.length
+    size = spec.reply.size
+    return low <= length <= high and (size is None or size(length) <= max_payload)
+
+
+def _length_error(spec: OpSpec, length: int, max_payload: int) -> tuple[int, str]:
+    """(errno, why) for a length that :func:`_length_ok` refused."""
+    name = spec.opcode.name
+    low, high = spec.length
+    if length < low:
+        return EPROTO, f"{name} of {length} bytes"
+    if length > high:
+        return EMSGSIZE, f"{name} of {length} bytes exceeds {high}"
+    return EMSGSIZE, spec.reply.too_big.format(op=name, length=length, limit=max_payload)
+
+
+def _size_error(op: Opcode, payload: _f.Payload, plen: int, length: int, reply: bool) -> str:
+    """Why ``plen`` payload bytes break ``payload``'s size rule (for a request of ``length``)."""
+    if payload.size is not None:
+        return payload.mismatch.format(op=op.name, plen=plen, length=length)
+    if not payload.max_size:
+        return f"{op.name} {'reply' if reply else 'request'} with a payload"
+    return f"{op.name} {'reply ' if reply else ''}payload of {plen} bytes"
 
 
 _MAGIC_PREFIX = _f.HEADER_STRUCT.pack(MAGIC, VERSION, 0, 0, 0, 0)[:5]

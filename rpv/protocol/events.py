@@ -188,28 +188,3 @@ class ProtocolError(Event):
     request_id: int | None = None
     opcode: Opcode | None = None
 
-
-REQUEST_EVENTS: dict[Opcode, type[Request]] = {
-    cls.opcode: cls
-    for cls in (
-        HelloRequest,
-        DiscoverRequest,
-        ReadRequest,
-        WriteRequest,
-        FlushRequest,
-        PingRequest,
-        ChecksumRequest,
-    )
-}
-REPLY_EVENTS: dict[Opcode, type[Reply]] = {
-    cls.opcode: cls
-    for cls in (
-        HelloReply,
-        DiscoverReply,
-        ReadReply,
-        WriteReply,
-        FlushReply,
-        PingReply,
-        ChecksumReply,
-    )
-}

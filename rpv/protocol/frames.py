@@ -3,11 +3,18 @@ precompiled ``struct`` objects of the identical layout (tests assert both agree)
 
 Frame = header (20 bytes) + extension (request: 16 bytes, reply: 4 bytes) + payload.
 All integers are big-endian. Nothing here parses with a compiled construct.
+
+Per-opcode rules live in one table, :data:`OPCODES` (opcode -> :class:`OpSpec`); the
+Connection and the reference :data:`Frame` schema both read it.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 from construct import (
     Bytes,
@@ -32,6 +39,8 @@ from construct import (
     this,
 )
 
+from rpv.checksum import digests_size
+
 from .constants import (
     FLAG_FUA,
     FLAG_REPLY,
@@ -43,7 +52,28 @@ from .constants import (
     DeviceState,
     Opcode,
 )
-from .events import INSTANCE_SIZE, DiscoverEntry, DiscoverInfo, HelloInfo
+from .events import (
+    INSTANCE_SIZE,
+    ChecksumReply,
+    ChecksumRequest,
+    DiscoverEntry,
+    DiscoverInfo,
+    DiscoverReply,
+    DiscoverRequest,
+    FlushReply,
+    FlushRequest,
+    HelloInfo,
+    HelloReply,
+    HelloRequest,
+    PingReply,
+    PingRequest,
+    ReadReply,
+    ReadRequest,
+    Reply,
+    Request,
+    WriteReply,
+    WriteRequest,
+)
 from .pvid import PVID_SIZE
 
 # --- construct schemas -------------------------------------------------------------------
@@ -97,73 +127,7 @@ DiscoverReplyPayload = Struct(
     Terminated,
 )
 ErrorPayload = Struct("message" / GreedyString("utf8"), Terminated)
-
 _EMPTY = Terminated
-
-
-def _payload_key(ctx) -> tuple[str, int]:
-    if not ctx.flags & FLAG_REPLY:
-        return ("request", ctx.opcode)
-    return ("ok" if ctx.ext.status == 0 else "error", ctx.opcode)
-
-
-# Reference schema of one whole frame (validation, golden vectors, fuzz targets). The
-# Connection enforces the same rules plus the stateful ones (outstanding ids, states).
-Frame = Struct(
-    "magic" / Const(MAGIC, Int32ub),
-    "version" / Const(VERSION, Int8ub),
-    "opcode" / OneOf(Int8ub, {int(o) for o in Opcode}),
-    "flags" / Int16ub,
-    Check(this.flags & ~KNOWN_FLAGS == 0),
-    Check(lambda c: not c.flags & FLAG_FUA or c.flags == FLAG_FUA and c.opcode == Opcode.WRITE),
-    "request_id" / Int64ub,
-    "payload_len" / Int32ub,
-    "ext" / IfThenElse(this.flags & FLAG_REPLY, ReplyExt, RequestExt),
-    Check(
-        lambda c: (
-            c.flags & FLAG_REPLY
-            or c.opcode in (Opcode.READ, Opcode.WRITE, Opcode.CHECKSUM)
-            or c.ext.offset == 0
-            and c.ext.length == 0
-        )
-    ),
-    Check(
-        lambda c: (
-            c.flags & FLAG_REPLY
-            or c.opcode != Opcode.CHECKSUM
-            or 1 <= c.ext.length <= MAX_CHECKSUM_LENGTH
-        )
-    ),
-    Check(
-        lambda c: c.flags & FLAG_REPLY or c.opcode != Opcode.WRITE or c.ext.length == c.payload_len
-    ),
-    Check(lambda c: not c.flags & FLAG_REPLY or c.ext.status == 0 or c.payload_len <= MAX_MESSAGE),
-    "payload"
-    / FixedSized(
-        this.payload_len,
-        Switch(
-            _payload_key,
-            {
-                ("request", Opcode.HELLO): HelloRequestPayload,
-                ("request", Opcode.DISCOVER): _EMPTY,
-                ("request", Opcode.READ): _EMPTY,
-                ("request", Opcode.WRITE): GreedyBytes,
-                ("request", Opcode.FLUSH): _EMPTY,
-                ("request", Opcode.PING): _EMPTY,
-                ("request", Opcode.CHECKSUM): _EMPTY,
-                ("ok", Opcode.HELLO): HelloReplyPayload,
-                ("ok", Opcode.DISCOVER): DiscoverReplyPayload,
-                ("ok", Opcode.READ): GreedyBytes,
-                ("ok", Opcode.WRITE): _EMPTY,
-                ("ok", Opcode.FLUSH): _EMPTY,
-                ("ok", Opcode.PING): _EMPTY,
-                ("ok", Opcode.CHECKSUM): GreedyBytes,
-                **{("error", op): ErrorPayload for op in Opcode},
-            },
-            default=Error,
-        ),
-    ),
-)
 
 # --- struct twins of the fixed header (hot path) ------------------------------------------
 
@@ -330,3 +294,180 @@ def decode_discover_reply(payload: bytes) -> DiscoverInfo:
 
 PAYLOAD_ERRORS = (ConstructError, UnicodeError, ValueError)
 """Exceptions the decoders above raise on malformed bytes."""
+
+
+# --- the opcode table -------------------------------------------------------------------
+#
+# Everything the protocol decides per opcode is one row of OPCODES: when it may be sent, its
+# payloads (schema, size rule, decoder), its request fields and the events it produces. The
+# Connection and the reference Frame below read the table; adding an opcode adds one row
+# (plus its events and, for a new payload, its schema and codec above).
+
+
+class Scope(Enum):
+    """When a request may be sent (the TRANSITIONS table is built from this)."""
+
+    HELLO = "hello"  # the handshake request itself
+    ANYTIME = "anytime"  # with or without a session
+    SESSION = "session"  # only after a successful HELLO
+
+
+def _same(length: int) -> int:
+    return length
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What one direction of an opcode carries after the header.
+
+    Its size is either ``min_size..max_size`` or, with ``size``, exactly ``size(length)`` of
+    the request's length field (``mismatch`` reports a frame that differs; ``too_big`` a
+    request whose reply could not fit ``max_payload``). ``decode`` turns the bytes into the
+    event's payload field (it raises PAYLOAD_ERRORS); None means the event has no such field.
+    """
+
+    schema: Any  # the construct schema in the reference Frame
+    min_size: int = 0
+    max_size: int = 0
+    decode: Callable[[bytes], Any] | None = None
+    size: Callable[[int], int] | None = None
+    mismatch: str = ""  # format fields: op, plen, length
+    too_big: str = ""  # format fields: op, length, limit
+
+
+EMPTY = Payload(_EMPTY)
+DATA = Payload(GreedyBytes, decode=_same, size=_same,
+               mismatch="{op} length {length} != payload {plen}")
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """One opcode: a row of :data:`OPCODES`."""
+
+    opcode: Opcode
+    scope: Scope
+    # (request_id, offset, length, deadline_ms, flags, decoded payload) -> request event
+    request_event: Callable[[int, int, int, int, int, Any], Request]
+    reply_event: type[Reply]  # built as (request_id, status, message, *body)
+    request: Payload = EMPTY
+    reply: Payload = EMPTY  # of an OK reply; an error reply carries a message
+    error_body: tuple = ()  # the reply event's payload field in an error reply
+    ranged: bool = False  # offset and length are meaningful (else both must be 0)
+    fua: bool = False  # the FUA flag is allowed
+    length: tuple[int, int] = (0, 0xFFFFFFFF)  # bounds of the length field
+
+
+OPCODES: dict[Opcode, OpSpec] = {
+    spec.opcode: spec
+    for spec in (
+        OpSpec(
+            Opcode.HELLO, Scope.HELLO,
+            lambda rid, offset, length, deadline, flags, body: HelloRequest(rid, **body),
+            HelloReply,
+            request=Payload(HelloRequestPayload, HELLO_REQUEST_MIN, HELLO_REQUEST_MAX,
+                            decode_hello_request),
+            reply=Payload(HelloReplyPayload, HELLO_REPLY_MIN, HELLO_REPLY_MAX,
+                          decode_hello_reply),
+            error_body=(None,),
+        ),
+        OpSpec(
+            Opcode.DISCOVER, Scope.ANYTIME,
+            lambda rid, offset, length, deadline, flags, body: DiscoverRequest(rid),
+            DiscoverReply,
+            reply=Payload(DiscoverReplyPayload, DISCOVER_REPLY_MIN, 0xFFFFFFFF,
+                          decode_discover_reply),
+            error_body=(None,),
+        ),
+        OpSpec(
+            Opcode.READ, Scope.SESSION,
+            lambda rid, offset, length, deadline, flags, body: ReadRequest(
+                rid, offset, length, deadline),
+            ReadReply,
+            reply=Payload(GreedyBytes, decode=_same, size=_same,
+                          mismatch="{op} reply of {plen} bytes, asked {length}",
+                          too_big="{op} of {length} bytes exceeds limit {limit}"),
+            error_body=(b"",),
+            ranged=True,
+        ),
+        OpSpec(
+            Opcode.WRITE, Scope.SESSION,
+            lambda rid, offset, length, deadline, flags, body: WriteRequest(
+                rid, offset, body, deadline, bool(flags & FLAG_FUA)),
+            WriteReply,
+            request=DATA,
+            ranged=True,
+            fua=True,
+        ),
+        OpSpec(
+            Opcode.FLUSH, Scope.SESSION,
+            lambda rid, offset, length, deadline, flags, body: FlushRequest(rid, deadline),
+            FlushReply,
+        ),
+        OpSpec(
+            Opcode.PING, Scope.ANYTIME,
+            lambda rid, offset, length, deadline, flags, body: PingRequest(rid, deadline),
+            PingReply,
+        ),
+        OpSpec(
+            Opcode.CHECKSUM, Scope.SESSION,
+            lambda rid, offset, length, deadline, flags, body: ChecksumRequest(
+                rid, offset, length, deadline),
+            ChecksumReply,
+            reply=Payload(GreedyBytes, decode=_same, size=digests_size,
+                          mismatch="{op} reply of {plen} bytes for {length} bytes",
+                          too_big="{op} reply would exceed limit {limit}"),
+            error_body=(b"",),
+            ranged=True,
+            length=(1, MAX_CHECKSUM_LENGTH),
+        ),
+    )
+}
+"""opcode -> its OpSpec; an opcode missing here is unknown on the wire."""
+assert set(OPCODES) == set(Opcode), "every opcode needs a row"
+
+
+# --- reference schema of a whole frame ---------------------------------------------------
+
+
+def _payload_key(ctx) -> tuple[str, int]:
+    if not ctx.flags & FLAG_REPLY:
+        return ("request", ctx.opcode)
+    return ("ok" if ctx.ext.status == 0 else "error", ctx.opcode)
+
+
+def _request_rule(rule):
+    """A Check that applies ``rule(spec, ctx)`` to requests only."""
+    return Check(lambda c: c.flags & FLAG_REPLY or rule(OPCODES[c.opcode], c))
+
+
+# Reference schema of one whole frame (validation, golden vectors, fuzz targets). The
+# Connection enforces the same rules plus the stateful ones (outstanding ids, states).
+Frame = Struct(
+    "magic" / Const(MAGIC, Int32ub),
+    "version" / Const(VERSION, Int8ub),
+    "opcode" / OneOf(Int8ub, {int(o) for o in OPCODES}),
+    "flags" / Int16ub,
+    Check(this.flags & ~KNOWN_FLAGS == 0),
+    Check(lambda c: not c.flags & FLAG_FUA or c.flags == FLAG_FUA and OPCODES[c.opcode].fua),
+    "request_id" / Int64ub,
+    "payload_len" / Int32ub,
+    "ext" / IfThenElse(this.flags & FLAG_REPLY, ReplyExt, RequestExt),
+    _request_rule(lambda s, c: s.ranged or c.ext.offset == 0 and c.ext.length == 0),
+    _request_rule(lambda s, c: s.length[0] <= c.ext.length <= s.length[1]),
+    _request_rule(lambda s, c: s.request.size is None
+                  or s.request.size(c.ext.length) == c.payload_len),
+    Check(lambda c: not c.flags & FLAG_REPLY or c.ext.status == 0 or c.payload_len <= MAX_MESSAGE),
+    "payload"
+    / FixedSized(
+        this.payload_len,
+        Switch(
+            _payload_key,
+            {
+                **{("request", op): spec.request.schema for op, spec in OPCODES.items()},
+                **{("ok", op): spec.reply.schema for op, spec in OPCODES.items()},
+                **{("error", op): ErrorPayload for op in OPCODES},
+            },
+            default=Error,
+        ),
+    ),
+)
