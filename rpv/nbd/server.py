@@ -33,6 +33,7 @@ import socket
 import ssl
 import stat
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -280,6 +281,35 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
+class Phase(Enum):
+    """Where a connection is in its life; legal moves are :data:`PHASE_TRANSITIONS`."""
+
+    __hash__ = object.__hash__  # members are singletons: C-speed set and table lookups
+
+    HANDSHAKE = "handshake"  # option haggling (the handshake timer runs)
+    TLS = "tls"  # between NBD_OPT_STARTTLS and the end of the TLS handshake: nothing is read
+    SERVING = "serving"  # an export is open: requests are started
+    CLOSING = "closing"  # no more requests; the transport closes once in-flight ones finish
+    LOST = "lost"  # the transport is gone: replies of in-flight requests are dropped
+
+
+_LIVE = (Phase.HANDSHAKE, Phase.TLS, Phase.SERVING, Phase.CLOSING)
+
+PHASE_TRANSITIONS: dict[tuple[Phase, str], Phase] = {
+    (Phase.HANDSHAKE, "starttls"): Phase.TLS,
+    (Phase.TLS, "tls_established"): Phase.HANDSHAKE,
+    (Phase.CLOSING, "tls_established"): Phase.CLOSING,  # stopped during the TLS handshake
+    (Phase.HANDSHAKE, "export_opened"): Phase.SERVING,
+    **{(phase, "stop"): Phase.CLOSING for phase in _LIVE},
+    (Phase.LOST, "stop"): Phase.LOST,
+    **{(phase, "lost"): Phase.LOST for phase in _LIVE},
+}
+"""(phase, what happened) -> next phase. A missing key is a bug in this module."""
+
+_STOPPED = frozenset({Phase.CLOSING, Phase.LOST})  # no more requests will be started
+_PARSING = frozenset({Phase.HANDSHAKE, Phase.SERVING})  # received bytes become events
+
+
 class _Connection(asyncio.BufferedProtocol):
     """One client connection: feeds the sans-IO core and starts its requests, inline where the
     device allows, else as tasks."""
@@ -311,19 +341,31 @@ class _Connection(asyncio.BufferedProtocol):
         self.requests = 0
         self._blocked = False  # stopped pulling requests because of a limit
         self._pumping = False
-        self._tls_wait = False  # between NBD_OPT_STARTTLS and the end of the TLS handshake
+        self._phase = Phase.HANDSHAKE
         self._tls_task: asyncio.Task | None = None
         self._read_paused = False
         self._write_paused = False
-        self._stopped = False  # no more requests will be started
-        self._force_close = False  # close even with unsent replies (client not reading)
-        self._is_lost = False
+        # How to close, orthogonal to the phase: even with unsent replies (client not
+        # reading). Sticks once set; may be set before the connection is even made.
+        self._force_close = False
         self._reason = "closed"
         self._timer: asyncio.TimerHandle | None = None
         # Replies produced in one pass (or one loop iteration) go out in one write.
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def _advance(self, trigger: str) -> None:
+        """Move to the phase :data:`PHASE_TRANSITIONS` gives for ``trigger``."""
+        try:
+            self._phase = PHASE_TRANSITIONS[(self._phase, trigger)]
+        except KeyError:
+            raise RuntimeError(f"NBD connection {self.cid}: {trigger!r} in phase "
+                               f"{self._phase.name}") from None
 
     def info(self) -> dict[str, Any]:
         return {"id": self.cid, "peer": self.peer, "export": self.export,
@@ -344,7 +386,7 @@ class _Connection(asyncio.BufferedProtocol):
                   else "client address not in nbd_allow")
         if reason is not None:
             log.warning("nbd_connection_refused", conn=self.cid, peer=self.peer, reason=reason)
-            self._stopped = True
+            self._advance("stop")
             transport.abort()
             return
         server._connections.add(self)
@@ -377,10 +419,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._is_lost:
+        if self._phase is Phase.LOST:
             return
-        self._is_lost = True
-        self._stopped = True
+        self._advance("lost")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -397,7 +438,7 @@ class _Connection(asyncio.BufferedProtocol):
         core = self._core
         self._pumping = True
         try:
-            while not self._stopped and not self._tls_wait:
+            while self._phase in _PARSING:
                 if self._batch_bytes >= _BATCH_LIMIT:
                     self._flush()  # may call pause_writing()
                 if (self.inflight >= self._max_requests or self.inflight_bytes >= self._max_bytes
@@ -429,7 +470,7 @@ class _Connection(asyncio.BufferedProtocol):
         if core.has_data_to_send:
             self._batch.append(core.data_to_send())
         self._flush()
-        if self._stopped:
+        if self._phase in _STOPPED:
             self.finish()
 
     def _flush(self) -> None:
@@ -459,6 +500,7 @@ class _Connection(asyncio.BufferedProtocol):
         if type(ev) is OptionAnswered:
             pass
         elif type(ev) is ExportOpened:
+            self._advance("export_opened")
             self._device = ev.device
             self.readonly = bool(ev.flags & TransmissionFlag.READ_ONLY)
             self._read_inline = getattr(ev.device, "read_inline", None)
@@ -475,7 +517,7 @@ class _Connection(asyncio.BufferedProtocol):
         elif type(ev) is StartTLS:
             # Nothing more is read in plaintext (bytes injected after STARTTLS must never
             # count as coming through TLS) and nothing is parsed until the handshake is done.
-            self._tls_wait = True
+            self._advance("starttls")
             if not self._read_paused:
                 self._read_paused = True
                 self._transport.pause_reading()
@@ -519,18 +561,18 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.abort()
             self.connection_lost(None)  # the TLS layer may not report it to us
             return
-        if tls is None or self._is_lost:
+        if tls is None or self._phase is Phase.LOST:
             return
         self._transport = tls
         self.client_cert = _subject_cn(tls.get_extra_info("peercert"))
         log.info("nbd_tls", conn=self.cid, peer=self.peer, client_cert=self.client_cert)
         self._core.tls_established()
-        self._tls_wait = False
+        self._advance("tls_established")
         self._read_paused = False  # a fresh transport, reading
         self._pump()
 
     def _stop(self) -> None:
-        self._stopped = True
+        self._advance("stop")
         if not self._read_paused and not self._transport.is_closing():
             self._read_paused = True
             self._transport.pause_reading()
@@ -633,7 +675,8 @@ class _Connection(asyncio.BufferedProtocol):
         """A request finished: queue its reply and send it soon (batched with its peers)."""
         self.inflight -= 1
         self.inflight_bytes -= nbytes
-        if self._is_lost:
+        phase = self._phase
+        if phase is Phase.LOST:
             self._maybe_forget()
             return  # nobody to answer
         if failure is not None:
@@ -645,9 +688,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._batch_bytes += 16
         if self._pumping:
             return  # completed inside the pump, which sends the batch when it ends
-        if self._blocked and not self._stopped:
+        if self._blocked and phase is not Phase.CLOSING:
             self._pump()  # flushes too
-        elif self._stopped:
+        elif phase is Phase.CLOSING:
             self._flush()
             self.finish()
         elif self._batch_bytes >= _BATCH_LIMIT:
@@ -659,11 +702,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     def shutdown(self, reason: str = "server shutdown") -> None:
         """Start no more requests; close once the in-flight ones are answered."""
-        if self._transport is None or self._is_lost:
+        if self._transport is None or self._phase is Phase.LOST:
             return
         self._reason = reason
         if self._device is None:  # still haggling: nothing to finish
-            self._stopped = True
+            self._advance("stop")
             self._transport.abort()
             return
         self._stop()
@@ -683,15 +726,15 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
-        if self._device is None and not self._is_lost:
+        if self._device is None and self._phase is not Phase.LOST:
             self._reason = "handshake timeout"
             log.warning("nbd_protocol_error", conn=self.cid, peer=self.peer,
                         error="handshake timeout")
-            self._stopped = True
+            self._advance("stop")
             self._transport.abort()
 
     def _maybe_forget(self) -> None:
-        if self._is_lost and not self.inflight:
+        if self._phase is Phase.LOST and not self.inflight:
             self._server._forget(self)
             if not self.lost.done():
                 self.lost.set_result(None)
