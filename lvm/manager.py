@@ -17,11 +17,10 @@ from collections.abc import Callable
 
 import structlog
 
-from lvm import layout, policy, splitbrain
-from lvm.copy import copy_range
+from lvm import layout, policy
+from lvm.assembly import Assembler, is_local
 from lvm.layout import Kind
 from lvm.metadata import (
-    DRL_REGION,
     PV_ACTIVE,
     PV_MISSING,
     PV_REMOVED,
@@ -29,12 +28,11 @@ from lvm.metadata import (
     VGSA,
     LVEntry,
     PVEntry,
-    chunks_of,
 )
-from lvm.ports import ErrorSink, ExportControl, PVDirectory, VGCatalog
+from lvm.ports import ErrorSink, ExportControl, PVDirectory, VGCatalog, name_for_pvid
 from lvm.scheduler import ResyncScheduler
 from lvm.verify import verify as verify_lvs
-from lvm.vg import PVMeta, VolumeGroup, read_pv_meta, read_record, write_record
+from lvm.vg import VolumeGroup, read_pv_meta, read_record, write_record
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice
 from rpv.errors import CommandError
@@ -47,11 +45,6 @@ MiB = 1 << 20
 
 
 
-def is_local(dev: BlockDevice) -> bool:
-    """Whether a PV's data is on this host (a local disk, not an RPV client)."""
-    return dev.local
-
-
 class LVMManager:
     def __init__(self, pvs: PVDirectory, catalog: VGCatalog, exports: ExportControl,
                  errors: ErrorSink | None = None):
@@ -62,6 +55,7 @@ class LVMManager:
         self.vgs: dict[str, VolumeGroup] = {}
         self._lock = asyncio.Lock()
         self.resyncs = ResyncScheduler()
+        self.assembler = Assembler(pvs, errors)
         self._tasks: set[asyncio.Task] = set()
 
     # -- lookups -------------------------------------------------------------------------------
@@ -75,11 +69,8 @@ class LVMManager:
                                f"(run mkdev -l {name})")
         return info.pvid, info.device
 
-    def _device_for_pvid(self, pvid: str) -> BlockDevice | None:
-        return next((i.device for i in self.pvs.known_disks() if i.pvid == pvid), None)
-
     def _name_for_pvid(self, pvid: str) -> str | None:
-        return next((i.name for i in self.pvs.known_disks() if i.pvid == pvid), None)
+        return name_for_pvid(self.pvs, pvid)
 
     def vg_of_pvid(self, pvid: str) -> str | None:
         return next((n for n, _, pvids in self.catalog.vgs() if pvid in pvids), None)
@@ -189,7 +180,9 @@ class LVMManager:
                         await self._write_header(d, vgda, i)
                 except OSError as e:
                     raise CommandError(f"cannot write to {d.name}: {e.strerror or e}") from None
-                group = self._activate(vgda, vgsa, devmap, {k: 0 for k in Kind}, quorum=True)
+                group = self.assembler.build(vgda, vgsa, devmap, {k: 0 for k in Kind},
+                                             quorum=True)
+                self.vgs[vgda.name] = group
                 group.new_generation()
                 await group.write_vgda()
                 await group.commit_vgsa()
@@ -208,16 +201,6 @@ class LVMManager:
         body = {"pvid": pvid, "vgid": vgda.vgid, "vg_name": vgda.name, "index": index}
         for seq in (1, 2):  # both slots, so no older header survives
             await write_record(dev, Kind.PVHEADER, seq, body)
-
-    def _activate(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
-                  maintenance: bool = False, register: bool = True) -> VolumeGroup:
-        group = VolumeGroup(vgda, vgsa, devmap, seqs, is_local=is_local, errlog=self.errlog,
-                            quorum_active=quorum, maintenance=maintenance,
-                            site=self.pvs.site())
-        group.lvs = {n: LogicalVolume(group, e) for n, e in vgda.lvs.items()}
-        if register:
-            self.vgs[vgda.name] = group
-        return group
 
     async def extendvg(self, vg: str, pvs: list[str], force: bool = False) -> dict:
         async with self._lock:
@@ -529,22 +512,6 @@ class LVMManager:
         return await verify_lvs(group, vols, repair, progress, self.resyncs.lock(group.name))
 
     # -- varyon / varyoff / import / export -------------------------------------------------------
-    async def _scan(self, pvids: list[str], vgid: str) -> dict[str, tuple[BlockDevice, PVMeta]]:
-        """Read the metadata of every Available disk among ``pvids`` that belongs to ``vgid``."""
-        found = {}
-        for pvid in pvids:
-            dev = self._device_for_pvid(pvid)
-            if dev is None:
-                continue
-            try:
-                meta = await read_pv_meta(dev)
-            except OSError as e:
-                log.warning("lvm_pv_unreadable", pv=dev.name, error=str(e))
-                continue
-            if meta.header and meta.header.get("vgid") == vgid and meta.vgda:
-                found[pvid] = (dev, meta)
-        return found
-
     async def varyonvg(self, vg: str, force: bool = False, nosync: bool = False,
                        maintenance: bool = False, discard_site: str | None = None) -> dict:
         async with self._lock:
@@ -554,174 +521,20 @@ class LVMManager:
             if rec is None:
                 raise CommandError(f"volume group {vg} does not exist (see importvg)")
             if not force:
-                self._fence(vg, rec[2])
+                self.assembler.fence(vg, rec[2])
             return await self._varyon(vg, rec[1], rec[2], force, nosync, maintenance,
                                       discard_site)
-
-    def _fence(self, vg: str, pvids: list[str]) -> None:
-        """Refuse to use disks that this site is serving to a remote RPV client."""
-        for pvid in pvids:
-            server = self.pvs.serving(pvid)
-            if server is not None:
-                raise CommandError(
-                    f"0516-1777 varyonvg: {self._name_for_pvid(pvid)} of {vg} is exported "
-                    f"by {server}, which is Available: the volume group may be in use at "
-                    f"another site. Run rmdev -l {server} first (or varyonvg -f)")
 
     async def _varyon(self, name: str, vgid: str, pvids: list[str], force: bool, nosync: bool,
                       maintenance: bool, discard_site: str | None = None) -> dict:
         async with self._claiming(name, [self._name_for_pvid(p) for p in pvids]):
-            return await self._varyon_claimed(name, vgid, pvids, force, nosync, maintenance,
-                                              discard_site)
-
-    async def _varyon_claimed(self, name: str, vgid: str, pvids: list[str], force: bool,
-                              nosync: bool, maintenance: bool,
-                              discard_site: str | None) -> dict:
-        found = await self._scan(pvids, vgid)
-        if not found:
-            raise CommandError(f"0516-013 varyonvg: no physical volume of {name} is "
-                               f"reachable")
-        # the newest descriptor names the full PV set; look for any PV we did not know about
-        vgda = VGDA.from_json(max((m.vgda for _, m in found.values()), key=lambda r: r[0])[1])
-        found.update(await self._scan([p.pvid for p in vgda.pvs if p.pvid not in found], vgid))
-        winners, dropped = self._newest_history(found, discard_site)
-        seq_vgda, best = max((found[p][1].vgda for p in winners), key=lambda r: r[0])
-        vgda = VGDA.from_json(best)
-        vgda.name = name
-        metas = {p.index: found.get(p.pvid) for p in vgda.pvs}
-        reachable = {i for i, f in metas.items() if f is not None}
-        all_pvs = [p.index for p in vgda.pvs]
-        if vgda.quorum:
-            if not policy.has_quorum(all_pvs, reachable) and not force:
-                raise CommandError(
-                    f"0516-052 varyonvg: Volume group {name} cannot be varied on without a "
-                    f"quorum: {len(reachable)} of {len(all_pvs)} physical volumes reachable; "
-                    f"use -f to force")
-        elif len(reachable) < len(all_pvs) and not force:
-            raise CommandError(
-                f"0516-052 varyonvg: quorum is off, so all {len(all_pvs)} physical volumes of "
-                f"{name} must be reachable ({len(reachable)} are); use -f to force")
-        vgsa_rec = max((found[p][1].vgsa for p in winners if found[p][1].vgsa),
-                       key=lambda r: r[0], default=(0, VGSA().to_json()))
-        drl_rec = max((found[p][1].drl for p in winners if found[p][1].drl),
-                      key=lambda r: r[0], default=(0, {"regions": []}))
-        vgsa = VGSA.from_json(vgsa_rec[1])
-        for pvid in dropped:  # the discarded side of a split brain: recopy all of it
-            vgsa.absorb(found[pvid][1].vgsa[1].get("gens", []))
-            vgsa.pv_state[pvid] = PV_REMOVED
-            index = vgda.pv_by_pvid(pvid).index
-            for loc in vgda.used():
-                if loc[0] == index:
-                    vgsa.mark(loc, None)
-        pv_status = []
-        for p in vgda.pvs:
-            recorded = vgsa.pv_state.get(p.pvid, PV_ACTIVE)
-            if p.index not in reachable:
-                vgsa.pv_state[p.pvid] = PV_MISSING if recorded == PV_ACTIVE else recorded
-            elif recorded != PV_ACTIVE:
-                # another varyon saw this PV fail: it missed updates; the administrator
-                # returns it with chpv -v a
-                vgsa.pv_state[p.pvid] = PV_REMOVED
-            pv_status.append(self._pv_status(p.pvid, vgsa.pv_state[p.pvid],
-                                              p.index in reachable))
-        devmap = {i: (f[0] if f else None) for i, f in metas.items()}
-        seqs = {Kind.PVHEADER: 0, Kind.VGDA: seq_vgda, Kind.VGSA: vgsa_rec[0],
-                Kind.DRL: drl_rec[0]}
-        vgda.last_site = self.pvs.site()
-        # not registered (so no LV is exported) until dirty regions are recovered
-        group = self._activate(vgda, vgsa, devmap, seqs, quorum=vgda.quorum,
-                               maintenance=maintenance, register=False)
-        try:
-            if not group.usable_pvs():
-                raise CommandError(f"varyonvg: no active physical volume left in {name}")
-            if len(group.usable_pvs()) < len(all_pvs):
-                group.new_generation()  # running without some PVs: histories may diverge
-            await group.commit_vgsa()
-            await group.write_vgda()
-            await self._recover_dirty_regions(group, drl_rec[1])
-        except (OSError, CommandError) as e:
-            raise CommandError(f"varyonvg {name} failed: {e}") from None
+            group, pv_status = await self.assembler.assemble(name, vgid, pvids, force,
+                                                             maintenance, discard_site)
         self.vgs[name] = group
         if not nosync:
             self.resyncs.start_background(group)
-        log.info("lvm_varyon", vg=name, reachable=len(reachable), total=len(all_pvs),
-                 forced=force, maintenance=maintenance)
         return {"pv_status": pv_status,
                 "messages": [f"varyonvg: Volume group {name} is varied on."]}
-
-    def _newest_history(self, found: dict, discard_site: str | None) -> tuple[list, list]:
-        """(PVIDs carrying the newest state, PVIDs of a discarded split-brain side)."""
-        pvids = list(found)
-        chains = {i: (found[p][1].vgsa[1].get("gens", []) if found[p][1].vgsa else [])
-                  for i, p in enumerate(pvids)}
-        seqs = {i: (found[p][1].vgsa[0] if found[p][1].vgsa else 0)
-                for i, p in enumerate(pvids)}
-
-        def describe(side, gen) -> str:
-            names = " ".join(self._name_for_pvid(pvids[i]) or pvids[i][:16] for i in side.pvs)
-            when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                 time.gmtime(gen["first_write"] if gen else 0))
-            last = max(found[pvids[i]][1].vgsa[1].get("updated", 0) for i in side.pvs)
-            return (f"site {side.site or '?'} ({names}) wrote from {when} until "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(last))}")
-
-        try:
-            winners, dropped = splitbrain.choose(chains, seqs, discard_site, describe)
-        except splitbrain.SplitBrain as e:
-            raise CommandError(f"0516-1999 varyonvg: {e}") from None
-        return [pvids[i] for i in winners], [pvids[i] for i in dropped]
-
-    def _pv_status(self, pvid: str, state: str, reachable: bool) -> dict:
-        name = self._name_for_pvid(pvid)
-        if state == PV_REMOVED:
-            status = "PVREMOVED"
-        elif reachable and state == PV_ACTIVE:
-            status = "PVACTIVE"
-        else:
-            status = "NONAME" if name is None else "PVMISSING"
-        return {"name": name, "pvid": pvid, "status": status}
-
-    async def _recover_dirty_regions(self, group: VolumeGroup, drl: dict) -> None:
-        """Make the copies of every region logged dirty identical again (from one copy), or
-        mark the copies that cannot be written stale; then flush every PV (so what they
-        hold is durable before tracking starts) and clear the log.
-
-        The source is a copy on a host that has not booted again since the log was written
-        (its page cache still holds what it acknowledged), local first."""
-        regions = drl.get("regions", [])
-        avoid = group.rebooted_since(drl.get("boots", {}))
-        if avoid and regions:
-            log.warning("lvm_drl_host_rebooted", vg=group.name,
-                        pvs=[group.pv_name(i) for i in sorted(avoid)],
-                        boots_logged=drl.get("boots", {}), boots_now=group.host_boots())
-        by_id = {e.lvid: group.lvs[e.name] for e in group.vgda.lvs.values()}
-        copied = 0
-        for lvid, region in regions:
-            vol = by_id.get(lvid)
-            if vol is None:
-                continue
-            start = region * DRL_REGION
-            end = min(start + DRL_REGION, vol.size)
-            for lp, within, _, n in vol._segments(start, max(0, end - start)):
-                src = group.source_for(vol, lp, exclude=set(), avoid=avoid)
-                for m in vol.entry.maps:
-                    loc = m[lp]
-                    if src is not None and loc == src[0]:
-                        continue
-                    if src is None or loc in group.vgsa.stale or not group.usable(loc[0]):
-                        group.mark_stale(loc, chunks_of(within, n))
-                        continue
-                    try:
-                        copied += await copy_range(group, vol, lp, loc, within, n,
-                                                   avoid=avoid)
-                    except OSError as e:  # copy_range marked what failed
-                        log.warning("lvm_drl_recovery_failed", vg=group.name, lv=vol.name,
-                                    lp=lp, error=str(e))
-        await group.flush_pvs()
-        if regions:
-            log.info("lvm_drl_recovered", vg=group.name, regions=len(regions), bytes=copied)
-        group.accept_boots()
-        await group.drl_clear()
 
     async def _reactivate(self, group: VolumeGroup, nosync: bool,
                           discard_site: str | None = None) -> dict:
@@ -729,14 +542,14 @@ class LVMManager:
         if not group.online:
             raise CommandError(f"volume group {group.name} was closed ({group.closed_reason}); "
                                f"run varyoffvg {group.name} first")
-        returned = await self._probe_back(group, [p.index for p in group.vgda.pvs
+        returned = await self.assembler.probe_back(group, [p.index for p in group.vgda.pvs
                                                    if group.pv_state(p.index) == PV_MISSING],
                                            "LVM_MISSPVRET", discard_site)
         if returned:
-            await self._bring_current(group)
+            await self.assembler.bring_current(group)
         if not nosync:
             self.resyncs.start_background(group)
-        status = [self._pv_status(p.pvid, group.pv_state(p.index), group.usable(p.index))
+        status = [self.assembler.pv_status(p.pvid, group.pv_state(p.index), group.usable(p.index))
                   for p in group.vgda.pvs]
         return {"pv_status": status, "returned": returned,
                 "messages": [f"varyonvg: Volume group {group.name} is varied on."]}
@@ -782,56 +595,6 @@ class LVMManager:
                 await self._reactivate(group, nosync=False)
             except (OSError, CommandError) as e:
                 log.warning("lvm_auto_reactivate_failed", vg=vg, device=disk, error=str(e))
-
-    async def _probe_back(self, group: VolumeGroup, indexes: list[int], label: str,
-                          discard_site: str | None = None) -> list:
-        """Take back PVs that answer again. A PV whose history diverged from ours and was
-        written meanwhile (split brain) is refused unless its site's changes are discarded,
-        in which case all of it is recopied."""
-        answered = []
-        for i in indexes:
-            pvid = group.vgda.pv(i).pvid
-            dev = self._device_for_pvid(pvid)
-            if dev is None:
-                continue
-            try:
-                header = await read_record(dev, Kind.PVHEADER)
-                theirs = await read_record(dev, Kind.VGSA)
-            except OSError:
-                continue
-            if header is None or header[1].get("vgid") != group.vgda.vgid:
-                continue
-            wrote = splitbrain.written_since_shared(
-                theirs[1].get("gens", []) if theirs else [],
-                {g["id"] for g in group.vgsa.gens})
-            if wrote:
-                site = wrote[-1].get("site", "")
-                if discard_site != site:
-                    when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                         time.gmtime(wrote[0]["first_write"]))
-                    raise CommandError(
-                        f"0516-1999 varyonvg: split brain: {dev.name} was written at site "
-                        f"{site or '?'} from {when} while this site ({group.site or '?'}) "
-                        f"also wrote the volume group. Choose the survivor: varyonvg "
-                        f"--discard-site {site or 'SITE'} {group.name} keeps this site's "
-                        f"data; to keep {site}'s, vary off here and vary on there")
-            answered.append((i, dev, theirs[1].get("gens", []) if wrote else None))
-        for i, dev, diverged in answered:  # nothing changes unless every PV is acceptable
-            if diverged is not None:
-                group.vgsa.absorb(diverged)
-                for loc in group.owners:
-                    if loc[0] == i:
-                        group.vgsa.mark(loc, None)
-            group.devices[i] = dev
-            group.pv_returned(i, label)
-        return [dev.name for _, dev, _ in answered]
-
-    @staticmethod
-    async def _bring_current(group: VolumeGroup) -> None:
-        await group.commit_vgsa()
-        await group.write_vgda()
-        group.accept_boots()
-        await group.commit_drl()
 
     async def varyoffvg(self, vg: str) -> dict:
         async with self._lock:
@@ -880,7 +643,7 @@ class LVMManager:
             if known:
                 raise CommandError(f"{pv} belongs to volume group {known}, already known here")
             pvids = [p[0] for p in meta.vgda[1]["pvs"]]
-            self._fence(vg, pvids)  # -f overrides quorum here, never the fence
+            self.assembler.fence(vg, pvids)  # -f overrides quorum here, never the fence
             self.catalog.put_vg(vg, vgid, pvids)
             try:
                 result = await self._varyon(vg, vgid, pvids, force, False, False)
@@ -934,10 +697,10 @@ class LVMManager:
             elif state == "a":
                 if group.pv_state(index) == PV_ACTIVE:
                     return {"pv": pv}
-                if not await self._probe_back(group, [index], "LVM_MISSPVADDED"):
+                if not await self.assembler.probe_back(group, [index], "LVM_MISSPVADDED"):
                     raise CommandError(f"{pv} cannot be read; it stays "
                                        f"{group.pv_state(index)}")
-                await self._bring_current(group)
+                await self.assembler.bring_current(group)
             else:
                 raise CommandError("chpv -v must be a or r")
             return {"pv": pv}

@@ -76,3 +76,12 @@ class ErrorSink(Protocol):
 
     def log(self, label: str, resource: str, resource_class: str = "",
             resource_type: str = "", detail: str = "") -> dict: ...
+
+
+def device_for_pvid(pvs: PVDirectory, pvid: str) -> BlockDevice | None:
+    """The open device of the disk with this PVID (None if unknown or Defined)."""
+    return next((i.device for i in pvs.known_disks() if i.pvid == pvid), None)
+
+
+def name_for_pvid(pvs: PVDirectory, pvid: str) -> str | None:
+    return next((i.name for i in pvs.known_disks() if i.pvid == pvid), None)

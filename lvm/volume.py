@@ -40,7 +40,7 @@ class LogicalVolume:
     def size(self) -> int:
         return self.entry.lps * self.vg.vgda.pp_size
 
-    def _segments(self, offset: int, length: int):
+    def segments(self, offset: int, length: int):
         """(lp, offset within the LP, offset within the request, length) pieces."""
         pp = self.vg.vgda.pp_size
         pos, end = offset, offset + length
@@ -84,7 +84,7 @@ class LogicalVolume:
         check_range(self.size, offset, length)
         self.vg.check_online()
         parts = [self._read_lp(lp, within, n) for lp, within, _, n in
-                 self._segments(offset, length)]
+                 self.segments(offset, length)]
         if len(parts) == 1:
             return await parts[0]
         return b"".join(await asyncio.gather(*parts))
@@ -228,7 +228,7 @@ class LogicalVolume:
         remote: list[tuple[int, asyncio.Future]] = []
         local: list[tuple[int, object, int, memoryview]] = []
         lps = []
-        for lp, within, start, n in self._segments(offset, len(data)):
+        for lp, within, start, n in self.segments(offset, len(data)):
             lps.append(lp)
             piece = view[start:start + n]
             for m in self.entry.maps:
