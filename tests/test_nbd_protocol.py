@@ -395,6 +395,57 @@ def test_request_vector():
         "67446698" "00000005" "0102030405060708")
 
 
+def test_send_reply_vectors():
+    conn = opened()
+    conn.receive_data(request(Cmd.FLUSH, 7) + request(Cmd.READ, 8, 0, 4)
+                      + request(Cmd.READ, 9, 0, 1 << 17))
+    assert [ev.handle for ev in events(conn)] == [7, 8, 9]
+    assert conn.unanswered == 3
+    assert conn.send_reply(7, Err.EIO) == [encode_reply(7, Err.EIO)]
+    assert conn.send_reply(8, 0, b"data") == [encode_reply(8) + b"data"]  # small: one buffer
+    big = bytes(1 << 17)
+    head, data = conn.send_reply(9, 0, big)
+    assert head == encode_reply(9) and data is big  # large: not copied
+    assert conn.unanswered == 0
+
+
+def test_send_reply_refuses_unknown_or_answered_handles():
+    conn = opened()
+    with pytest.raises(ValueError):
+        conn.send_reply(1)  # never issued
+    conn.receive_data(request(Cmd.FLUSH, 1))
+    [ev] = events(conn)
+    with pytest.raises(ValueError):
+        conn.send_reply(1, Err.EIO, b"data")  # an error carries no data
+    assert conn.send_reply(1) == [encode_reply(1)]
+    with pytest.raises(ValueError):
+        conn.send_reply(1)  # answered twice
+    # A handle the core answered itself (invalid request) is not the caller's to answer.
+    conn.receive_data(request(Cmd.FLUSH, 2, 0, 1))
+    assert events(conn) == [] and replies(conn.data_to_send()) == [(2, Err.EINVAL)]
+    with pytest.raises(ValueError):
+        conn.send_reply(2)
+
+
+def test_send_reply_counts_a_reused_handle():
+    """A client that reuses an in-flight handle gets one reply per request."""
+    conn = opened()
+    conn.receive_data(request(Cmd.FLUSH, 5) * 2)
+    assert len(events(conn)) == 2 and conn.unanswered == 2
+    conn.send_reply(5)
+    conn.send_reply(5)
+    assert conn.unanswered == 0
+    with pytest.raises(ValueError):
+        conn.send_reply(5)
+
+
+def test_requests_after_disconnect_are_still_answered():
+    conn = opened()
+    conn.receive_data(request(Cmd.FLUSH, 3) + request(Cmd.DISC, 4))
+    assert events(conn) == [Request(Cmd.FLUSH, 0, 3, 0, 0, None), Disconnect("NBD_CMD_DISC")]
+    assert conn.send_reply(3) == [encode_reply(3)]
+
+
 STREAM = [
     (request(Cmd.READ, 1, 0, 4096), Request(0, 0, 1, 0, 4096, None)),
     (request(Cmd.WRITE, 2, 512, 5, CmdFlag.FUA, b"hello"), Request(1, 1, 2, 512, 5, b"hello")),

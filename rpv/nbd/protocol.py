@@ -5,7 +5,8 @@ sends, in the style of h11 and websockets: no sockets, no clocks, no asyncio, an
 raises on bad input. Bytes the protocol itself answers (greeting, option replies, error replies
 to malformed requests) collect in :meth:`ServerConnection.data_to_send`; requests that need the
 device come out of :meth:`ServerConnection.next_event` as :class:`Request` and the caller
-answers them with :func:`encode_reply` in any order.
+answers each once, in any order, with :meth:`ServerConnection.send_reply` (which knows which
+handles await a reply: answering one twice, or one never issued, is a caller bug).
 
 Limits are checked on the header, before a payload is buffered: an option longer than
 ``max_option_length`` closes the connection; a READ longer than ``max_request_length`` gets
@@ -167,6 +168,7 @@ PREFERRED_BLOCK_SIZE = 4096
 MAX_REQUEST_LENGTH = 32 << 20
 _RECV_CHUNK = 256 << 10  # the scratch buffer headers and small requests are received into
 MAX_OPTION_LENGTH = 64 << 10
+SMALL_REPLY = 64 << 10  # up to this size a READ reply is joined with its header (one buffer)
 MAX_STRING = 4096  # the spec's cap on export names and messages
 
 # Command flags a client may set per command; anything else gets EINVAL.
@@ -199,7 +201,8 @@ _pack_reply = _REPLY.pack
 
 
 def encode_reply(handle: int, error: int = 0) -> bytes:
-    """A simple reply header; for a successful READ the data follows it."""
+    """A simple reply header; for a successful READ the data follows it. (A server answers
+    through :meth:`ServerConnection.send_reply`, which also checks the handle.)"""
     return _pack_reply(SIMPLE_REPLY_MAGIC, error, handle)
 
 
@@ -242,8 +245,8 @@ class Request(NamedTuple):
     """A transmission request that passed validation and needs the device.
 
     ``kind`` is one of READ, WRITE, FLUSH, TRIM, WRITE_ZEROES; ``data`` is the payload of a
-    WRITE (``None`` otherwise). Answer with :func:`encode_reply` (plus ``length`` bytes of data
-    for a successful READ).
+    WRITE (``None`` otherwise). Answer with :meth:`ServerConnection.send_reply` (with
+    ``length`` bytes of data for a successful READ).
     """
 
     kind: int
@@ -392,6 +395,11 @@ class ServerConnection:
         self._payload: bytearray | None = None  # that WRITE's payload, filled in place
         self._scratch: bytearray | None = None
         self._pending: tuple[int, int, int, int] | None = None  # flags, handle, offset, length
+        # Handles of requests handed out and not yet answered by send_reply. A client may
+        # reuse a handle that is still in flight (the protocol does not police that): the
+        # extra requests with it are counted in _reused.
+        self._unanswered: set[int] = set()
+        self._reused: dict[int, int] = {}
 
     # ---------------------------------------------------------------- byte plumbing
 
@@ -466,6 +474,13 @@ class ServerConnection:
         """The next event, or :data:`NEED_DATA`. Never raises on any input."""
         if self.state is State.TRANSMISSION:
             ev = self._next_request()
+            if type(ev) is Request:
+                handle = ev.handle
+                if handle in self._unanswered:
+                    self._reused[handle] = self._reused.get(handle, 0) + 1
+                else:
+                    self._unanswered.add(handle)
+                return ev
         elif self.state is State.CLOSED:
             return NEED_DATA
         else:
@@ -553,6 +568,39 @@ class ServerConnection:
             self._out.append(_pack_reply(SIMPLE_REPLY_MAGIC, err, handle))
             return self._next_request()
         return Request(CMD_WRITE, flags, handle, offset, length, data)
+
+    def send_reply(self, handle: int, error: int = 0, data: bytes | None = None) -> list[bytes]:
+        """The reply to the :class:`Request` with ``handle``: its header, then ``data`` for a
+        successful READ (joined into one buffer up to SMALL_REPLY bytes, else not copied).
+
+        Raises ValueError for a handle that no request awaiting a reply carries (answered
+        already, or never issued): a bug in the caller, not in the peer.
+        """
+        if error and data is not None:
+            raise ValueError("an NBD error reply carries no data")
+        reused = self._reused
+        if reused and handle in reused:
+            if reused[handle] == 1:
+                del reused[handle]
+            else:
+                reused[handle] -= 1
+        else:
+            try:
+                self._unanswered.remove(handle)
+            except KeyError:
+                raise ValueError(f"no NBD request with handle {handle:#x} awaits a reply"
+                                 ) from None
+        head = _pack_reply(SIMPLE_REPLY_MAGIC, error, handle)
+        if data is None:
+            return [head]
+        if len(data) <= SMALL_REPLY:
+            return [head + data]
+        return [head, data]
+
+    @property
+    def unanswered(self) -> int:
+        """Requests handed out by :meth:`next_event` that :meth:`send_reply` has not answered."""
+        return len(self._unanswered) + sum(self._reused.values())
 
     def _check(self, kind: int, flags: int, offset: int, length: int) -> int:
         allowed = _ALLOWED_FLAGS.get(kind)

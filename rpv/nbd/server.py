@@ -48,7 +48,6 @@ from rpv.nbd.protocol import (
     FLAG_FUA,
     MAX_REQUEST_LENGTH,
     NEED_DATA,
-    SIMPLE_REPLY_MAGIC,
     ConnectionClosed,
     Disconnect,
     Err,
@@ -63,13 +62,11 @@ from rpv.nbd.protocol import (
     TransmissionFlag,
     errno_to_nbd,
 )
-from rpv.nbd.protocol import _pack_reply as pack_reply
 
 log = structlog.get_logger("nbd")
 
 ZERO_CHUNK = 1 << 20
 _ZEROS = bytes(ZERO_CHUNK)
-_SMALL_REPLY = 64 << 10  # up to this size a READ reply is joined into one buffer
 _BATCH_LIMIT = 256 << 10  # replies are batched into one transport write up to this size
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -608,7 +605,7 @@ class _Connection(asyncio.BufferedProtocol):
         if isinstance(data, Exception):
             self._queue_error(req, data)
         else:
-            self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
+            self._queue_data(req, data)
 
     def _inline_write(self, req: Request) -> None:
         nbytes = self._begin(req)
@@ -621,12 +618,8 @@ class _Connection(asyncio.BufferedProtocol):
         if not taken:
             self._spawn(req, nbytes)
 
-    def _queue_data(self, header: bytes, data: bytes) -> None:
-        if len(data) <= _SMALL_REPLY:
-            self._batch.append(header + data)
-        else:
-            self._batch.append(header)
-            self._batch.append(data)
+    def _queue_data(self, req: Request, data: bytes) -> None:
+        self._batch += self._core.send_reply(req.handle, 0, data)
         self._batch_bytes += 16 + len(data)
 
     def _queue_error(self, req: Request, exc: BaseException) -> None:
@@ -638,7 +631,7 @@ class _Connection(asyncio.BufferedProtocol):
             err = Err.EIO
             log.error("nbd_device_failure", conn=self.cid, export=self.export, cmd=req.kind,
                       offset=req.offset, length=req.length, exc_info=exc)
-        self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, err, req.handle))
+        self._batch += self._core.send_reply(req.handle, err)
         self._batch_bytes += 16
 
     async def _execute(self, req: Request, nbytes: int) -> None:
@@ -682,9 +675,9 @@ class _Connection(asyncio.BufferedProtocol):
         if failure is not None:
             self._queue_error(req, failure)
         elif data is not None:
-            self._queue_data(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle), data)
+            self._queue_data(req, data)
         else:
-            self._batch.append(pack_reply(SIMPLE_REPLY_MAGIC, 0, req.handle))
+            self._batch += self._core.send_reply(req.handle)
             self._batch_bytes += 16
         if self._pumping:
             return  # completed inside the pump, which sends the batch when it ends
