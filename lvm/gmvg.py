@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lvm.manager import LVMManager, is_local
+from lvm.assembly import is_local
+from lvm.manager import LVMManager
 from lvm.metadata import LVEntry
 from rpv.errors import CommandError
 

@@ -18,8 +18,9 @@ from collections.abc import Callable
 import structlog
 
 from lvm import layout, policy
-from lvm.assembly import Assembler, is_local
+from lvm.assembly import Assembler
 from lvm.layout import Kind
+from lvm.listing import describe_lv, describe_vg
 from lvm.metadata import (
     PV_ACTIVE,
     PV_MISSING,
@@ -381,19 +382,7 @@ class LVMManager:
 
     def lslv(self, lv: str, map: bool = False) -> dict:  # noqa: A002 — the wire name
         group, vol = self._find_lv(lv)
-        e = vol.entry
-        stale = [loc for m in e.maps for loc in m if loc in group.vgsa.stale]
-        out = {"name": lv, "vg": group.name, "copies": e.copies, "lps": e.lps,
-               "pps": e.lps * e.copies, "stale_pps": len(stale), "strictness": e.strictness,
-               "upperbound": e.upperbound, "pp_size_mb": group.vgda.pp_size // MiB,
-               "size_bytes": vol.size,
-               "state": ("opened" if group.online else "closed") + ("/stale" if stale
-                                                                      else "/syncd")}
-        if map:
-            out["map"] = [{"lp": lp + 1, "copies": [
-                {"pv": group.pv_name(m[lp][0]), "pp": m[lp][1] + 1,
-                 "stale": m[lp] in group.vgsa.stale} for m in e.maps]} for lp in range(e.lps)]
-        return out
+        return describe_lv(group, vol, map)
 
     # -- mirroring --------------------------------------------------------------------------------
     async def mirrorvg(self, vg: str, pvs: list[str], copies: int = 2, sync: str = "foreground",
@@ -716,47 +705,7 @@ class LVMManager:
         if group is None:
             return {"name": vg, "vgid": rec[1], "state": "inactive", "pvs": [
                 {"name": self._name_for_pvid(p), "pvid": p} for p in rec[2]], "lvs": []}
-        return self._describe(group)
-
-    def _describe(self, group: VolumeGroup) -> dict:
-        vgda, vgsa = group.vgda, group.vgsa
-        used = vgda.used()
-        pvs = []
-        for p in vgda.pvs:
-            free = p.pp_count - sum(1 for loc in used if loc[0] == p.index)
-            dev = group.devices.get(p.index)
-            pvs.append({"name": self._name_for_pvid(p.pvid), "pvid": p.pvid,
-                        "state": group.pv_state(p.index) if dev is not None or
-                        group.pv_state(p.index) != PV_ACTIVE else PV_MISSING,
-                        "total_pps": p.pp_count, "free_pps": free,
-                        "stale_pps": vgsa.stale_count(p.index),
-                        "site": self._site_of(dev)})
-        total = sum(p.pp_count for p in vgda.pvs)
-        lvs = [{"name": e.name, "type": "lv", "lps": e.lps, "pps": e.lps * e.copies,
-                "pvs": len({pv for m in e.maps for pv, _ in m}), "copies": e.copies,
-                "state": ("open" if group.online else "closed") + (
-                    "/stale" if any(loc in vgsa.stale for m in e.maps for loc in m)
-                    else "/syncd")} for e in vgda.lvs.values()]
-        return {"name": group.name, "vgid": vgda.vgid,
-                "state": "active" if group.online else "closed",
-                "quorum": vgda.quorum, "quorum_active": group.quorum_active,
-                "auto_on": vgda.auto_on, "pp_size_mb": vgda.pp_size // MiB,
-                "total_pps": total, "free_pps": total - len(used), "used_pps": len(used),
-                "stale_pps": vgsa.stale_count(),
-                "stale_pvs": len({pv for pv, _ in vgsa.stale}),
-                "active_pvs": len(group.usable_pvs()), "total_pvs": len(vgda.pvs),
-                "lvs_count": len(lvs), "open_lvs": len(lvs) if group.online else 0,
-                "maintenance": group.maintenance,
-                "resyncing": bool(group.resync_task and not group.resync_task.done()),
-                "pvs": pvs, "lvs": lvs}
-
-    def _site_of(self, dev: BlockDevice | None) -> str:
-        if dev is None:
-            return ""
-        if is_local(dev):
-            return self.pvs.site() or "local"
-        info = self.pvs.disk(dev.name)
-        return getattr(dev, "site", "") or (info.site if info else "")
+        return describe_vg(group, self.pvs)
 
     async def shutdown(self) -> None:
         for group in list(self.vgs.values()):
