@@ -20,7 +20,9 @@ from rpv.nbd.protocol import (
     ConnectionClosed,
     Disconnect,
     Err,
+    ExportListRequested,
     ExportOpened,
+    ExportRequested,
     Info,
     Opt,
     OptionAnswered,
@@ -32,6 +34,7 @@ from rpv.nbd.protocol import (
     StartTLS,
     State,
     TransmissionFlag,
+    answer_from_registry,
     encode_reply,
     errno_to_nbd,
 )
@@ -380,6 +383,60 @@ def test_registry_exception_is_unknown_export():
     conn.receive_data(struct.pack(">I", 3) + option(Opt.GO, go_data("x")))
     [ev] = events(conn)
     assert ev.reply == Rep.ERR_UNKNOWN
+
+
+def test_export_lookup_is_an_event_the_caller_answers():
+    """Without a registry the core never looks exports up: it asks, waits for the answer and
+    goes on with it."""
+    conn = ServerConnection()
+    conn.receive_data(struct.pack(">I", 3) + option(Opt.LIST)
+                      + option(Opt.GO, go_data("d", Info.DESCRIPTION)))
+    assert conn.next_event() == ExportListRequested()
+    assert conn.next_event() is NEED_DATA and conn.data_to_send().endswith(b"\x00\x03")
+    with pytest.raises(ValueError):
+        conn.export_found(object(), 1, 1)  # a list was asked for, not an export
+    conn.export_list([("d", "disk d")])
+    assert conn.next_event() == OptionAnswered(Opt.LIST)
+    assert conn.next_event() == ExportRequested("d", Opt.GO, True)
+    with pytest.raises(ValueError):
+        conn.export_list([])
+    dev = object()
+    conn.export_found(dev, MiB, int(TransmissionFlag.HAS_FLAGS), "disk d")
+    assert conn.next_event() == ExportOpened("d", dev, MiB, int(TransmissionFlag.HAS_FLAGS))
+    reps = parse_option_replies(conn.data_to_send())
+    assert (Opt.GO, Rep.INFO, struct.pack(">H", Info.DESCRIPTION) + b"disk d") in reps
+    with pytest.raises(ValueError):
+        conn.export_missing()  # nothing pending any more
+
+
+def test_export_lookup_answers_give_the_registry_bytes():
+    """Answering the events by hand produces the bytes a registry-driven connection sends."""
+    for opt, data in [(Opt.GO, go_data("hdisk2", Info.NAME, Info.DESCRIPTION)),
+                      (Opt.INFO, go_data("ro")), (Opt.GO, go_data("nope")),
+                      (Opt.EXPORT_NAME, b"hdisk1"), (Opt.EXPORT_NAME, b"nope"),
+                      (Opt.LIST, b"")]:
+        wire = struct.pack(">I", 1) + option(opt, data)
+        by_registry = ServerConnection(registry())
+        by_registry.receive_data(wire)
+        want = events(by_registry)
+        by_hand = ServerConnection()
+        by_hand.receive_data(wire)
+        [lookup] = events(by_hand)
+        assert type(lookup) in (ExportRequested, ExportListRequested)
+        answer_from_registry(by_hand, registry(), lookup)
+        got = events(by_hand)
+        assert [type(e) for e in got] == [type(e) for e in want]
+        assert by_hand.data_to_send() == by_registry.data_to_send()
+        assert by_hand.state is by_registry.state
+
+
+def test_export_name_lookup_missing_closes():
+    conn = ServerConnection()
+    conn.receive_data(struct.pack(">I", 3) + option(Opt.EXPORT_NAME, b"nope"))
+    assert conn.next_event() == ExportRequested("nope", Opt.EXPORT_NAME)
+    conn.export_missing()
+    ev = conn.next_event()
+    assert isinstance(ev, ProtocolError) and conn.state is State.CLOSED
 
 
 # --------------------------------------------------------------------------- transmission

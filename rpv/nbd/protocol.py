@@ -6,7 +6,9 @@ raises on bad input. Bytes the protocol itself answers (greeting, option replies
 to malformed requests) collect in :meth:`ServerConnection.data_to_send`; requests that need the
 device come out of :meth:`ServerConnection.next_event` as :class:`Request` and the caller
 answers each once, in any order, with :meth:`ServerConnection.send_reply` (which knows which
-handles await a reply: answering one twice, or one never issued, is a caller bug).
+handles await a reply: answering one twice, or one never issued, is a caller bug). Export
+lookups are events too (:class:`ExportRequested`, :class:`ExportListRequested`): the caller
+asks its registry and answers, so nothing here calls out.
 
 Limits are checked on the header, before a payload is buffered: an option longer than
 ``max_option_length`` closes the connection; a READ longer than ``max_request_length`` gets
@@ -287,6 +289,24 @@ class OptionRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class ExportRequested:
+    """The client named an export (NBD_OPT_EXPORT_NAME, INFO or GO): look it up and answer with
+    :meth:`ServerConnection.export_found` or :meth:`ServerConnection.export_missing` (see
+    :func:`answer_from_registry`). ``describe``: the client asked for the description. No
+    further event comes out until the answer."""
+
+    name: str
+    option: int
+    describe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExportListRequested:
+    """The client asked for the list of exports (NBD_OPT_LIST): answer with
+    :meth:`ServerConnection.export_list`. No further event comes out until then."""
+
+
+@dataclass(frozen=True, slots=True)
 class StartTLS:
     """The client asked for TLS (NBD_OPT_STARTTLS) and got its ACK: send the pending bytes,
     run the TLS handshake on the connection, then call
@@ -319,16 +339,41 @@ class ConnectionClosed:
     phase: str
 
 
-Event = (Request | ExportOpened | OptionAnswered | OptionRejected | StartTLS | Disconnect
-         | ProtocolError | ConnectionClosed)
+Event = (Request | ExportRequested | ExportListRequested | ExportOpened | OptionAnswered
+         | OptionRejected | StartTLS | Disconnect | ProtocolError | ConnectionClosed)
 
 
 class ExportLookup(Protocol):
-    """What the protocol needs from the export registry (see ``rpv.blockdev.ExportRegistry``)."""
+    """What :func:`answer_from_registry` needs (see ``rpv.blockdev.ExportRegistry``)."""
 
     def get_export(self, name: str) -> Any: ...
 
     def list_exports(self) -> list[tuple[str, str]]: ...
+
+
+def answer_from_registry(conn: ServerConnection, registry: ExportLookup,
+                         ev: ExportRequested | ExportListRequested) -> None:
+    """Answer a lookup event of ``conn`` from ``registry``. A registry that raises, or a device
+    without a usable size, counts as an unknown export (a registry bug must not kill the
+    connection)."""
+    if type(ev) is ExportListRequested:
+        conn.export_list(registry.list_exports())
+        return
+    try:
+        device = registry.get_export(ev.name)
+        size = None if device is None else int(device.size)
+    except Exception:
+        size = None
+    if size is None or size < 0:
+        conn.export_missing()
+        return
+    description = ""
+    if ev.describe:
+        try:
+            description = next((d for n, d in registry.list_exports() if n == ev.name), "")
+        except Exception:
+            pass
+    conn.export_found(device, size, transmission_flags(device), description)
 
 
 # --------------------------------------------------------------------------- state machine
@@ -356,11 +401,17 @@ class ServerConnection:
     gone through NBD_OPT_STARTTLS, every option but STARTTLS and ABORT is answered with
     NBD_REP_ERR_TLS_REQD (NBD_OPT_EXPORT_NAME, which cannot carry an error, closes the
     connection). With ``tls=False`` STARTTLS is not offered.
+
+    The connection never looks exports up itself: it emits :class:`ExportRequested` /
+    :class:`ExportListRequested` and goes on once the caller answers (``export_found``,
+    ``export_missing``, ``export_list``). Only with a ``registry`` (a convenience for tests
+    and fuzzers) does it answer them on the spot through :func:`answer_from_registry`, so
+    they never come out.
     """
 
     def __init__(
         self,
-        registry: ExportLookup,
+        registry: ExportLookup | None = None,
         *,
         max_option_length: int = MAX_OPTION_LENGTH,
         max_request_length: int = MAX_REQUEST_LENGTH,
@@ -395,6 +446,9 @@ class ServerConnection:
         self._payload: bytearray | None = None  # that WRITE's payload, filled in place
         self._scratch: bytearray | None = None
         self._pending: tuple[int, int, int, int] | None = None  # flags, handle, offset, length
+        self._lookup: tuple[int, str] | None = None  # option and name of an unanswered lookup
+        self._requested: set[int] = set()  # information types the pending INFO/GO asked for
+        self._answer: Event | None = None  # the event the lookup's answer produced
         # Handles of requests handed out and not yet answered by send_reply. A client may
         # reuse a handle that is still in flight (the protocol does not police that): the
         # extra requests with it are counted in _reused.
@@ -472,6 +526,9 @@ class ServerConnection:
 
     def next_event(self) -> Event | _NeedData:
         """The next event, or :data:`NEED_DATA`. Never raises on any input."""
+        if self._answer is not None:
+            ev, self._answer = self._answer, None
+            return ev
         if self.state is State.TRANSMISSION:
             ev = self._next_request()
             if type(ev) is Request:
@@ -485,6 +542,10 @@ class ServerConnection:
             return NEED_DATA
         else:
             ev = self._next_handshake_event()
+            if self._registry is not None and (
+                    type(ev) is ExportRequested or type(ev) is ExportListRequested):
+                answer_from_registry(self, self._registry, ev)
+                return self.next_event()
         if ev is NEED_DATA and self._eof and not self._eof_reported:
             self._eof_reported = True
             phase = "transmission" if self.state is State.TRANSMISSION else "handshake"
@@ -624,7 +685,7 @@ class ServerConnection:
 
     def _next_handshake_event(self) -> Event | _NeedData:
         buf = self._buf
-        while self.state is not State.CLOSED and not self._tls_pending:
+        while self.state is not State.CLOSED and not self._tls_pending and self._lookup is None:
             if self.state is State.CLIENT_FLAGS:
                 if len(buf) < 4:
                     return NEED_DATA
@@ -677,11 +738,8 @@ class ServerConnection:
         if option == Opt.LIST:
             if data:
                 return self._reject(option, Rep.ERR_INVALID, "NBD_OPT_LIST takes no data")
-            for name, description in self._registry.list_exports():
-                raw = name.encode()
-                self._reply(option, Rep.SERVER, _U32.pack(len(raw)) + raw + description.encode())
-            self._reply(option, Rep.ACK)
-            return OptionAnswered(option)
+            self._lookup = (option, "")
+            return ExportListRequested()
         if option == Opt.ABORT:
             self._reply(option, Rep.ACK)
             self.state = State.CLOSED
@@ -706,11 +764,61 @@ class ServerConnection:
         self._tls_pending = True
         return StartTLS()
 
-    def _lookup(self, name: str) -> Any:
-        try:
-            return self._registry.get_export(name)
-        except Exception:  # a registry bug must not kill the connection
-            return None
+    # ---------------------------------------------------------------- lookup answers
+
+    def _take_lookup(self, listing: bool) -> tuple[int, str]:
+        lookup = self._lookup
+        if lookup is None or (lookup[0] == Opt.LIST) != listing:
+            raise ValueError("no NBD export lookup of that kind awaits an answer")
+        self._lookup = None
+        return lookup
+
+    def export_list(self, exports: list[tuple[str, str]]) -> None:
+        """Answer :class:`ExportListRequested` with (name, description) pairs."""
+        option = self._take_lookup(True)[0]
+        for name, description in exports:
+            raw = name.encode()
+            self._reply(option, Rep.SERVER, _U32.pack(len(raw)) + raw + description.encode())
+        self._reply(option, Rep.ACK)
+        self._answer = OptionAnswered(option)
+
+    def export_missing(self) -> None:
+        """Answer :class:`ExportRequested`: there is no such export (or it is not usable)."""
+        option, name = self._take_lookup(False)
+        if option == Opt.EXPORT_NAME:
+            # NBD_OPT_EXPORT_NAME cannot carry an error: the spec says terminate.
+            self._answer = self._fail(f"unknown export {name[:256]!r}")
+        else:
+            self._answer = self._reject(option, Rep.ERR_UNKNOWN,
+                                        f"export {name[:256]!r} not available")
+
+    def export_found(self, device: Any, size: int, flags: int, description: str = "") -> None:
+        """Answer :class:`ExportRequested`: the export is ``device`` of ``size`` bytes with
+        transmission ``flags`` (see :func:`transmission_flags`)."""
+        option, name = self._take_lookup(False)
+        if option == Opt.EXPORT_NAME:
+            reply = _EXPORT_NAME_REPLY.pack(size, flags)
+            if not self.client_flags & ClientFlag.NO_ZEROES:
+                reply += bytes(124)
+            self._out.append(reply)
+            self._answer = self._enter_transmission(name, device, size, flags)
+            return
+        self._reply(option, Rep.INFO, _INFO_EXPORT.pack(Info.EXPORT, size, flags))
+        requested = self._requested
+        if Info.NAME in requested:
+            self._reply(option, Rep.INFO, _U16.pack(Info.NAME) + name.encode())
+        if Info.DESCRIPTION in requested and description:
+            self._reply(option, Rep.INFO,
+                        _U16.pack(Info.DESCRIPTION) + description.encode()[:MAX_STRING])
+        # Block sizes may be sent unasked; we accept unaligned requests anyway.
+        self._reply(option, Rep.INFO, _INFO_BLOCK_SIZE.pack(
+            Info.BLOCK_SIZE, self.min_block_size, self.preferred_block_size,
+            self.max_request_length))
+        self._reply(option, Rep.ACK)
+        if option == Opt.GO:
+            self._answer = self._enter_transmission(name, device, size, flags)
+        else:
+            self._answer = OptionAnswered(option)
 
     def _enter_transmission(self, name: str, device: Any, size: int, flags: int) -> ExportOpened:
         self.state = State.TRANSMISSION
@@ -721,29 +829,16 @@ class ServerConnection:
         self._readonly = bool(flags & TransmissionFlag.READ_ONLY)
         return ExportOpened(name, device, size, flags)
 
-    def _device_size(self, device: Any) -> int | None:
-        try:
-            size = int(device.size)
-        except Exception:
-            return None
-        return size if size >= 0 else None
-
     def _opt_export_name(self, data: bytes) -> Event:
         try:
             name = data.decode()
         except UnicodeDecodeError:
             return self._fail("export name is not UTF-8")
-        device = self._lookup(name) if len(data) <= MAX_STRING else None
-        size = None if device is None else self._device_size(device)
-        if size is None:
+        if len(data) > MAX_STRING:
             # NBD_OPT_EXPORT_NAME cannot carry an error: the spec says terminate.
             return self._fail(f"unknown export {name[:256]!r}")
-        flags = transmission_flags(device)
-        reply = _EXPORT_NAME_REPLY.pack(size, flags)
-        if not self.client_flags & ClientFlag.NO_ZEROES:
-            reply += bytes(124)
-        self._out.append(reply)
-        return self._enter_transmission(name, device, size, flags)
+        self._lookup = (Opt.EXPORT_NAME, name)
+        return ExportRequested(name, Opt.EXPORT_NAME)
 
     def _opt_info_go(self, option: int, data: bytes) -> Event:
         if len(data) < 6:
@@ -758,36 +853,8 @@ class ServerConnection:
             name = data[4 : 4 + namelen].decode()
         except UnicodeDecodeError:
             return self._reject(option, Rep.ERR_INVALID, "export name is not UTF-8")
-        requested = {
+        self._requested = {
             _U16.unpack_from(data, 6 + namelen + 2 * i)[0] for i in range(ninfo)
         }
-        device = self._lookup(name)
-        size = None if device is None else self._device_size(device)
-        if size is None:
-            return self._reject(option, Rep.ERR_UNKNOWN, f"export {name[:256]!r} not available")
-        flags = transmission_flags(device)
-        self._reply(option, Rep.INFO, _INFO_EXPORT.pack(Info.EXPORT, size, flags))
-        if Info.NAME in requested:
-            self._reply(option, Rep.INFO, _U16.pack(Info.NAME) + name.encode())
-        if Info.DESCRIPTION in requested:
-            description = self._description(name)
-            if description:
-                self._reply(option, Rep.INFO,
-                            _U16.pack(Info.DESCRIPTION) + description.encode()[:MAX_STRING])
-        # Block sizes may be sent unasked; we accept unaligned requests anyway.
-        self._reply(option, Rep.INFO, _INFO_BLOCK_SIZE.pack(
-            Info.BLOCK_SIZE, self.min_block_size, self.preferred_block_size,
-            self.max_request_length))
-        self._reply(option, Rep.ACK)
-        if option == Opt.GO:
-            return self._enter_transmission(name, device, size, flags)
-        return OptionAnswered(option)
-
-    def _description(self, name: str) -> str:
-        try:
-            for export, description in self._registry.list_exports():
-                if export == name:
-                    return description
-        except Exception:
-            pass
-        return ""
+        self._lookup = (option, name)
+        return ExportRequested(name, option, Info.DESCRIPTION in self._requested)

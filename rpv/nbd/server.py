@@ -51,7 +51,9 @@ from rpv.nbd.protocol import (
     ConnectionClosed,
     Disconnect,
     Err,
+    ExportListRequested,
     ExportOpened,
+    ExportRequested,
     OptionAnswered,
     OptionRejected,
     ProtocolError,
@@ -60,6 +62,7 @@ from rpv.nbd.protocol import (
     ServerConnection,
     StartTLS,
     TransmissionFlag,
+    answer_from_registry,
     errno_to_nbd,
 )
 
@@ -318,8 +321,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self._max_requests = server.max_inflight_requests
         self._max_bytes = server.max_inflight_bytes
-        self._core = ServerConnection(server.registry,
-                                      max_request_length=server.max_request_length,
+        self._core = ServerConnection(max_request_length=server.max_request_length,
                                       tls=listener.tls is not None)
         self._transport: asyncio.Transport | None = None
         self._device: BlockDevice | None = None
@@ -494,7 +496,9 @@ class _Connection(asyncio.BufferedProtocol):
             out = core.data_to_send()
             self._batch.append(out)
             self._batch_bytes += len(out)
-        if type(ev) is OptionAnswered:
+        if type(ev) is ExportRequested or type(ev) is ExportListRequested:
+            answer_from_registry(core, self._server.registry, ev)  # its event comes next
+        elif type(ev) is OptionAnswered:
             pass
         elif type(ev) is ExportOpened:
             self._advance("export_opened")
