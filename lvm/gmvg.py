@@ -35,7 +35,7 @@ class GMVG:
         dev = group.devices.get(index)
         if dev is not None:
             return LOCAL if is_local(dev) else self._disk_site(dev.name)
-        name = self.lvm._name_for_pvid(group.vgda.pv(index).pvid)
+        name = self.lvm.name_for_pvid(group.vgda.pv(index).pvid)
         return self._disk_site(name) if name else "unknown"
 
     def _site_matches(self, site: str, wanted: str) -> bool:
@@ -46,7 +46,7 @@ class GMVG:
     async def add_rpvs(self, vg: str, site: str, pvs: list[str] | None = None,
                        force: bool = False) -> dict:
         """extendvg with the RPV client disks of ``site`` (all free ones if none named)."""
-        self.lvm._online(vg)
+        self.lvm.online(vg)
         if pvs:
             for n in pvs:
                 info = self.pvs.disk(n)
@@ -67,7 +67,7 @@ class GMVG:
                          sync: str = "foreground", keep_quorum: bool = False,
                          progress: Callable[[dict], None] | None = None) -> dict:
         """A new copy of every LV wholly on ``site``'s disks of the VG (super strict)."""
-        group = self.lvm._online(vg)
+        group = self.lvm.online(vg)
         loose = [e.name for e in group.vgda.lvs.values() if e.strictness != "s"]
         if loose:
             raise CommandError("logical volumes must be super strict first: "
@@ -84,13 +84,13 @@ class GMVG:
                 if e.pvs_of_copy(c) & set(pvs):
                     raise CommandError(f"copy {c + 1} of {e.name} already lies at site {site}")
         target = copies or max(e.copies for e in group.vgda.lvs.values()) + 1
-        names = [self.lvm._name_for_pvid(group.vgda.pv(i).pvid) for i in pvs]
-        return await self.lvm.mirrorvg(vg, names, target, sync, keep_quorum, progress)
+        names = [self.lvm.name_for_pvid(group.vgda.pv(i).pvid) for i in pvs]
+        return await self.lvm.lv.mirrorvg(vg, names, target, sync, keep_quorum, progress)
 
     def verify(self, vg: str) -> dict:
         """The seed's site/copy check; ``ok`` is False when a copy spans sites or two copies
         share one."""
-        group = self.lvm._online(vg)
+        group = self.lvm.online(vg)
         lvs = list(group.vgda.lvs.values())
         ncopies = max((e.copies for e in lvs), default=0)
         table = []
@@ -123,7 +123,7 @@ class GMVG:
         for name, _vgid, pvids in self.lvm.catalog.vgs():
             group = self.lvm.vgs.get(name)
             if group is None:
-                remote = [p for p in pvids if (n := self.lvm._name_for_pvid(p))
+                remote = [p for p in pvids if (n := self.lvm.name_for_pvid(p))
                           and self._disk_site(n) != LOCAL]
                 if remote:
                     out.append({"vg": name, "state": "inactive", "sites": [], "copies": None,
@@ -157,5 +157,5 @@ class GMVG:
                         "synced_pct": round(100.0 * (total - stale) / total, 2) if total
                         else 100.0})
         if vg is not None and not out:
-            self.lvm._online(vg)
+            self.lvm.online(vg)
         return out

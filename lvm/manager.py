@@ -11,28 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
-from collections.abc import Callable
 
 import structlog
 
-from lvm import layout, policy
+from lvm import layout
 from lvm.assembly import Assembler
 from lvm.layout import Kind
-from lvm.listing import describe_lv, describe_vg
+from lvm.listing import describe_vg
+from lvm.lvcommands import LVCommands, copies_on, drop_copies, refuse_last_copy
 from lvm.metadata import (
+    NAME_RE,
     PV_ACTIVE,
     PV_MISSING,
     PV_REMOVED,
     VGDA,
     VGSA,
-    LVEntry,
     PVEntry,
 )
 from lvm.ports import ErrorSink, ExportControl, PVDirectory, VGCatalog, name_for_pvid
 from lvm.scheduler import ResyncScheduler
-from lvm.verify import verify as verify_lvs
 from lvm.vg import VolumeGroup, read_pv_meta, read_record, write_record
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice
@@ -40,7 +38,6 @@ from rpv.errors import CommandError
 
 log = structlog.get_logger("lvm")
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
 MiB = 1 << 20
 
 
@@ -54,13 +51,14 @@ class LVMManager:
         self.exports = exports
         self.errlog = errors
         self.vgs: dict[str, VolumeGroup] = {}
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one configuration change at a time
         self.resyncs = ResyncScheduler()
         self.assembler = Assembler(pvs, errors)
+        self.lv = LVCommands(self)  # mklv ... syncvg --verify
         self._tasks: set[asyncio.Task] = set()
 
     # -- lookups -------------------------------------------------------------------------------
-    def _disk(self, name: str) -> tuple[str, BlockDevice]:
+    def disk(self, name: str) -> tuple[str, BlockDevice]:
         """(pvid, device) of an Available disk."""
         info = self.pvs.disk(name)
         if info is None:
@@ -70,13 +68,13 @@ class LVMManager:
                                f"(run mkdev -l {name})")
         return info.pvid, info.device
 
-    def _name_for_pvid(self, pvid: str) -> str | None:
+    def name_for_pvid(self, pvid: str) -> str | None:
         return name_for_pvid(self.pvs, pvid)
 
     def vg_of_pvid(self, pvid: str) -> str | None:
         return next((n for n, _, pvids in self.catalog.vgs() if pvid in pvids), None)
 
-    def _online(self, name: str) -> VolumeGroup:
+    def online(self, name: str) -> VolumeGroup:
         vg = self.vgs.get(name)
         if vg is None:
             if self.catalog.get_vg(name) is None:
@@ -84,7 +82,7 @@ class LVMManager:
             raise CommandError(f"volume group {name} is not varied on")
         return vg
 
-    def _find_lv(self, name: str) -> tuple[VolumeGroup, LogicalVolume]:
+    def find_lv(self, name: str) -> tuple[VolumeGroup, LogicalVolume]:
         for vg in self.vgs.values():
             if name in vg.lvs:
                 return vg, vg.lvs[name]
@@ -128,7 +126,7 @@ class LVMManager:
             raise CommandError("a physical volume is named twice")
         out = []
         for n in names:
-            pvid, dev = self._disk(n)
+            pvid, dev = self.disk(n)
             owner = self.vg_of_pvid(pvid)
             if owner is not None:
                 raise CommandError(f"{n} already belongs to volume group {owner}")
@@ -145,11 +143,11 @@ class LVMManager:
 
     async def mkvg(self, vg: str, pvs: list[str], pp_size_mb: int | None = None,
                    force: bool = False) -> dict:
-        async with self._lock:
+        async with self.lock:
             if not NAME_RE.match(vg or ""):
                 raise CommandError(f"volume group name '{vg}' must be 1-15 letters, digits "
                                    f"or _, starting with a letter")
-            if self.catalog.get_vg(vg) is not None or self._name_taken(vg):
+            if self.catalog.get_vg(vg) is not None or self.name_taken(vg):
                 raise CommandError(f"the name {vg} is already used")
             disks = await self._check_new_pvs(pvs, force)
             sizes = [d.size for _, _, d in disks]
@@ -192,7 +190,7 @@ class LVMManager:
                 log.info("lvm_mkvg", vg=vg, pvs=pvs, pp_size=pp)
                 return {"vg": vg, "pp_size_mb": pp // MiB}
 
-    def _name_taken(self, name: str) -> bool:
+    def name_taken(self, name: str) -> bool:
         return self.pvs.is_device(name) or any(name in g.lvs or name == g.name
                                                     for g in self.vgs.values())
 
@@ -204,8 +202,8 @@ class LVMManager:
             await write_record(dev, Kind.PVHEADER, seq, body)
 
     async def extendvg(self, vg: str, pvs: list[str], force: bool = False) -> dict:
-        async with self._lock:
-            group = self._online(vg)
+        async with self.lock:
+            group = self.online(vg)
             disks = await self._check_new_pvs(pvs, force)
             vgda = group.vgda
             for n, _pvid, d in disks:
@@ -227,9 +225,9 @@ class LVMManager:
                 return {"vg": vg}
 
     async def reducevg(self, vg: str, pv: str, delete_lvs: bool = False) -> dict:
-        async with self._lock:
-            group = self._online(vg)
-            pvid, dev = self._disk(pv)
+        async with self.lock:
+            group = self.online(vg)
+            pvid, dev = self.disk(pv)
             entry = group.vgda.pv_by_pvid(pvid)
             if entry is None:
                 raise CommandError(f"{pv} is not in volume group {vg}")
@@ -240,9 +238,9 @@ class LVMManager:
             if holders and not delete_lvs:
                 raise CommandError(f"{pv} holds partitions of {', '.join(sorted(holders))}; "
                                    f"move them or use reducevg -d")
-            plan = self._copies_on(group, {entry.index})
-            self._refuse_last_copy(group, plan)
-            self._drop_copies(group, plan)
+            plan = copies_on(group, {entry.index})
+            refuse_last_copy(group, plan)
+            drop_copies(group, plan)
             group.vgda.pvs.remove(entry)
             group.devices.pop(entry.index, None)
             group.vgsa.pv_state.pop(pvid, None)
@@ -257,253 +255,10 @@ class LVMManager:
             self.catalog.put_vg(vg, group.vgda.vgid, [p.pvid for p in group.vgda.pvs])
             return {"vg": vg, "pv": pv}
 
-    @staticmethod
-    def _copies_on(group: VolumeGroup, pv_indexes: set[int]) -> dict[str, list[int]]:
-        """LV name -> copies (indexes) having any partition on ``pv_indexes``."""
-        plan: dict[str, list[int]] = {}
-        for lv in group.vgda.lvs.values():
-            hit = [c for c in range(lv.copies) if lv.pvs_of_copy(c) & pv_indexes]
-            if hit:
-                plan[lv.name] = hit
-        return plan
-
-    @staticmethod
-    def _refuse_last_copy(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
-        for name, copies in plan.items():
-            if len(copies) >= group.vgda.lvs[name].copies:
-                raise CommandError(f"that would remove the last copy of logical volume {name}")
-
-    @staticmethod
-    def _drop_copies(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
-        for name, copies in plan.items():
-            lv = group.vgda.lvs[name]
-            for c in sorted(copies, reverse=True):
-                for loc in lv.maps[c]:
-                    group.vgsa.stale.pop(loc, None)
-                del lv.maps[c]
-
-    # -- logical volumes ------------------------------------------------------------------------
-    async def mklv(self, lv: str, vg: str, lps: int, copies: int = 1, strictness: str = "y",
-                   upperbound: int = 0, pvs: list[str] | None = None) -> dict:
-        async with self._lock:
-            group = self._online(vg)
-            group.check_online()
-            if not NAME_RE.match(lv or ""):
-                raise CommandError(f"logical volume name '{lv}' must be 1-15 letters, digits "
-                                   f"or _, starting with a letter")
-            if self._name_taken(lv):
-                raise CommandError(f"the name {lv} is already used")
-            if not 1 <= copies <= 3:
-                raise CommandError("copies must be 1, 2 or 3")
-            if strictness not in ("y", "s", "n"):
-                raise CommandError("strictness (-s) must be y, s or n")
-            if lps < 1:
-                raise CommandError("the number of logical partitions must be at least 1")
-            if upperbound < 0:
-                raise CommandError("upper bound (-u) must not be negative")
-            candidates = self._candidates(group, pvs)
-            if strictness != "n" and copies > len(candidates):
-                raise CommandError(f"{copies} copies need at least {copies} physical volumes; "
-                                   f"{len(candidates)} available")
-            vgda = group.vgda
-            entry = LVEntry(lv, vgda.next_lvid, lps, strictness, upperbound)
-            self._allocate(group, entry, range(copies), candidates)
-            vgda.lvs[lv] = entry
-            vgda.next_lvid += 1
-            await group.write_vgda()
-            group.lvs[lv] = LogicalVolume(group, entry)
-            log.info("lvm_mklv", vg=vg, lv=lv, lps=lps, copies=copies, strictness=strictness)
-            return {"lv": lv}
-
-    def _candidates(self, group: VolumeGroup, pvs: list[str] | None) -> list[int]:
-        if not pvs:
-            return group.usable_pvs()
-        out = []
-        for n in pvs:
-            pvid, _ = self._disk(n)
-            entry = group.vgda.pv_by_pvid(pvid)
-            if entry is None:
-                raise CommandError(f"{n} is not in volume group {group.name}")
-            if not group.usable(entry.index):
-                raise CommandError(f"{n} is {group.pv_state(entry.index)}, not active")
-            out.append(entry.index)
-        return out
-
-    @staticmethod
-    def _allocate(group: VolumeGroup, entry: LVEntry, copies: range,
-                  candidates: list[int]) -> list:
-        """Allocate whole copies; on failure nothing is taken and CommandError is raised."""
-        used = group.vgda.used()
-        added = []
-        try:
-            for c in copies:
-                m = policy.allocate_copy(group.vgda, entry, candidates, range(entry.lps),
-                                         c, used)
-                entry.maps.append(m)
-                added.append(m)
-        except policy.AllocationError as e:
-            for m in added:
-                entry.maps.remove(m)
-            raise CommandError(str(e)) from None
-        return added
-
-    async def chlv(self, lv: str, strictness: str | None = None,
-                   upperbound: int | None = None) -> dict:
-        async with self._lock:
-            group, vol = self._find_lv(lv)
-            if strictness is None and upperbound is None:
-                raise CommandError("chlv needs -s or -u")
-            if strictness is not None and strictness not in ("y", "s", "n"):
-                raise CommandError("strictness (-s) must be y, s or n")
-            if upperbound is not None and upperbound < 0:
-                raise CommandError("upper bound (-u) must not be negative")
-            why = policy.check_strictness(vol.entry, strictness, upperbound)
-            if why:
-                raise CommandError(f"cannot change {lv}: {why}")
-            if strictness is not None:
-                vol.entry.strictness = strictness
-            if upperbound is not None:
-                vol.entry.upperbound = upperbound
-            await group.write_vgda()
-            return {"lv": lv}
-
-    async def rmlv(self, lv: str) -> dict:
-        async with self._lock:
-            group, vol = self._find_lv(lv)
-            entry = group.vgda.lvs.pop(lv)
-            for m in entry.maps:
-                for loc in m:
-                    group.vgsa.stale.pop(loc, None)
-            group.lvs.pop(lv, None)
-            await self._disconnect(lv)
-            await group.write_vgda()
-            await group.commit_vgsa()
-            return {"lv": lv}
-
-    def lslv(self, lv: str, map: bool = False) -> dict:  # noqa: A002 — the wire name
-        group, vol = self._find_lv(lv)
-        return describe_lv(group, vol, map)
-
-    # -- mirroring --------------------------------------------------------------------------------
-    async def mirrorvg(self, vg: str, pvs: list[str], copies: int = 2, sync: str = "foreground",
-                       keep_quorum: bool = False,
-                       progress: Callable[[dict], None] | None = None) -> dict:
-        async with self._lock:
-            group = self._online(vg)
-            group.check_online()
-            if copies not in (2, 3):
-                raise CommandError("mirrorvg -c must be 2 or 3")
-            if sync not in ("foreground", "background", "none"):
-                raise CommandError("sync must be foreground, background or none")
-            candidates = self._candidates(group, pvs)
-            new_locs = []
-            lvs = [e for e in group.vgda.lvs.values() if e.copies < copies]
-            if not lvs:
-                raise CommandError(f"every logical volume of {vg} already has {copies} copies")
-            snapshot = {e.name: len(e.maps) for e in lvs}
-            try:
-                for e in lvs:
-                    for m in self._allocate(group, e, range(e.copies, copies), candidates):
-                        new_locs.extend(m)
-            except CommandError:
-                for e in lvs:
-                    del e.maps[snapshot[e.name]:]
-                raise
-            messages = []
-            for loc in new_locs:  # stale before the VGDA makes the copies visible
-                group.vgsa.mark(loc, None)
-            await group.commit_vgsa()
-            if not keep_quorum and group.vgda.quorum:
-                group.vgda.quorum = False
-                messages.append("0516-1125 mirrorvg: Quorum requirement turned off, varyoff "
-                                "and varyon volume group for this to take effect.")
-            await group.write_vgda()
-        result = None
-        if sync == "foreground":
-            result = await self.resyncs.run(group, None, 1, 0.0, progress)
-        elif sync == "background":
-            self.resyncs.start_background(group)
-        return {"messages": messages, "resync": result}
-
-    async def unmirrorvg(self, vg: str, pvs: list[str]) -> dict:
-        async with self._lock:
-            group = self._online(vg)
-            indexes = set(self._candidates_any(group, pvs))
-            plan = self._copies_on(group, indexes)
-            if not plan:
-                raise CommandError(f"no copy of any logical volume of {vg} lies on "
-                                   f"{' '.join(pvs)}")
-            self._refuse_last_copy(group, plan)
-            self._drop_copies(group, plan)
-            await group.write_vgda()
-            await group.commit_vgsa()
-            return {"vg": vg, "lvs": sorted(plan)}
-
-    def _candidates_any(self, group: VolumeGroup, pvs: list[str]) -> list[int]:
-        out = []
-        for n in pvs:
-            info = self.pvs.disk(n)
-            pvid = info.pvid if info else None
-            entry = group.vgda.pv_by_pvid(pvid) if pvid else None
-            if entry is None:
-                raise CommandError(f"{n} is not in volume group {group.name}")
-            out.append(entry.index)
-        return out
-
-    # -- resync -----------------------------------------------------------------------------------
-    async def syncvg(self, lv: str | None = None, pv: str | None = None, vg: str | None = None,
-                     parallel: int = 1, force: bool = False, rate_mb: float = 0.0,
-                     progress: Callable[[dict], None] | None = None) -> dict:
-        if sum(x is not None for x in (lv, pv, vg)) != 1:
-            raise CommandError("syncvg needs exactly one of -l LV, -p PV, -v VG")
-        if not 1 <= parallel <= 32:
-            raise CommandError("-P must be between 1 and 32")
-        if rate_mb < 0:
-            raise CommandError("--rate must not be negative")
-        if lv is not None:
-            group, vol = self._find_lv(lv)
-            locs = {loc for m in vol.entry.maps for loc in m}
-            want = locs.__contains__
-            scope_lvs = [vol.entry]
-        elif pv is not None:
-            pvid, _ = self._disk(pv)
-            vgname = self.vg_of_pvid(pvid)
-            if vgname is None:
-                raise CommandError(f"{pv} is not in a volume group")
-            group = self._online(vgname)
-            index = group.vgda.pv_by_pvid(pvid).index
-            want = lambda loc: loc[0] == index  # noqa: E731
-            scope_lvs = list(group.vgda.lvs.values())
-        else:
-            group = self._online(vg)
-            want = None
-            scope_lvs = list(group.vgda.lvs.values())
-        group.check_online()
-        if force:
-            self.resyncs.force_stale(group, scope_lvs, want)
-            await group.commit_vgsa()
-        return await self.resyncs.run(group, want, parallel, rate_mb * MiB, progress)
-
-    async def verify(self, lv: str | None = None, vg: str | None = None, repair: bool = False,
-                     progress: Callable[[dict], None] | None = None) -> dict:
-        """syncvg --verify: compare the copies of every non-stale partition by 64 KiB digests
-        computed where each copy lives; with ``repair`` rewrite differing chunks from the
-        preferred copy (local first)."""
-        if (lv is None) == (vg is None):
-            raise CommandError("syncvg --verify needs exactly one of -l LV or -v VG")
-        if lv is not None:
-            group, vol = self._find_lv(lv)
-            vols = [vol]
-        else:
-            group = self._online(vg)
-            vols = [group.lvs[n] for n in group.vgda.lvs]
-        group.check_online()
-        return await verify_lvs(group, vols, repair, progress, self.resyncs.lock(group.name))
-
     # -- varyon / varyoff / import / export -------------------------------------------------------
     async def varyonvg(self, vg: str, force: bool = False, nosync: bool = False,
                        maintenance: bool = False, discard_site: str | None = None) -> dict:
-        async with self._lock:
+        async with self.lock:
             if vg in self.vgs:
                 return await self._reactivate(self.vgs[vg], nosync, discard_site)
             rec = self.catalog.get_vg(vg)
@@ -516,7 +271,7 @@ class LVMManager:
 
     async def _varyon(self, name: str, vgid: str, pvids: list[str], force: bool, nosync: bool,
                       maintenance: bool, discard_site: str | None = None) -> dict:
-        async with self._claiming(name, [self._name_for_pvid(p) for p in pvids]):
+        async with self._claiming(name, [self.name_for_pvid(p) for p in pvids]):
             group, pv_status = await self.assembler.assemble(name, vgid, pvids, force,
                                                              maintenance, discard_site)
         self.vgs[name] = group
@@ -576,7 +331,7 @@ class LVMManager:
         vg = self.disk_in_use(disk)
         if vg is None:
             return
-        async with self._lock:
+        async with self.lock:
             group = self.vgs.get(vg)
             if group is None or not group.online:
                 return
@@ -586,8 +341,8 @@ class LVMManager:
                 log.warning("lvm_auto_reactivate_failed", vg=vg, device=disk, error=str(e))
 
     async def varyoffvg(self, vg: str) -> dict:
-        async with self._lock:
-            group = self._online(vg)
+        async with self.lock:
+            group = self.online(vg)
             await self._close(group)
             return {"vg": vg}
 
@@ -615,12 +370,12 @@ class LVMManager:
         await self.exports.withdraw(lv)
 
     async def importvg(self, vg: str, pv: str, force: bool = False) -> dict:
-        async with self._lock:
+        async with self.lock:
             if not NAME_RE.match(vg or ""):
                 raise CommandError(f"volume group name '{vg}' is not valid")
-            if self.catalog.get_vg(vg) is not None or self._name_taken(vg):
+            if self.catalog.get_vg(vg) is not None or self.name_taken(vg):
                 raise CommandError(f"the name {vg} is already used")
-            pvid, dev = self._disk(pv)
+            pvid, dev = self.disk(pv)
             try:
                 meta = await read_pv_meta(dev)
             except OSError as e:
@@ -644,7 +399,7 @@ class LVMManager:
             return result
 
     async def exportvg(self, vg: str) -> dict:
-        async with self._lock:
+        async with self.lock:
             if self.catalog.get_vg(vg) is None:
                 raise CommandError(f"volume group {vg} does not exist")
             if vg in self.vgs:
@@ -653,8 +408,8 @@ class LVMManager:
             return {"vg": vg}
 
     async def chvg(self, vg: str, auto_on: str | None = None, quorum: str | None = None) -> dict:
-        async with self._lock:
-            group = self._online(vg)
+        async with self.lock:
+            group = self.online(vg)
             if auto_on is None and quorum is None:
                 raise CommandError("chvg needs -a or -Q")
             for flag, v in (("-a", auto_on), ("-Q", quorum)):
@@ -672,13 +427,13 @@ class LVMManager:
             return {"messages": messages}
 
     async def chpv(self, pv: str, state: str) -> dict:
-        async with self._lock:
+        async with self.lock:
             info = self.pvs.disk(pv)
             pvid = info.pvid if info is not None else None
             vgname = self.vg_of_pvid(pvid) if pvid else None
             if vgname is None:
                 raise CommandError(f"{pv} is not in a volume group")
-            group = self._online(vgname)
+            group = self.online(vgname)
             index = group.vgda.pv_by_pvid(pvid).index
             if state == "r":
                 group.vgsa.pv_state[pvid] = PV_REMOVED
@@ -704,7 +459,7 @@ class LVMManager:
         group = self.vgs.get(vg)
         if group is None:
             return {"name": vg, "vgid": rec[1], "state": "inactive", "pvs": [
-                {"name": self._name_for_pvid(p), "pvid": p} for p in rec[2]], "lvs": []}
+                {"name": self.name_for_pvid(p), "pvid": p} for p in rec[2]], "lvs": []}
         return describe_vg(group, self.pvs)
 
     async def shutdown(self) -> None:

@@ -8,7 +8,11 @@ Stale state is per physical partition: ``stale[(pv_index, pp)]`` is the set of c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+#: names of volume groups and logical volumes (AIX: 15 characters)
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
 
 CHUNK = 64 * 1024  # fine-grained resync unit
 MAX_CHUNKS_PER_PP = 256  # beyond this many changed chunks a PP is tracked as wholly stale

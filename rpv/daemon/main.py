@@ -110,13 +110,14 @@ class Daemon:
             "errnotify_add": self.op_errnotify_add, "errnotify_list": self.op_errnotify_list,
             "errnotify_rm": self.op_errnotify_rm,
             **{op: getattr(self.lvm, op) for op in (
-                "mkvg", "extendvg", "reducevg", "mklv", "chlv", "rmlv", "lslv", "mirrorvg",
-                "unmirrorvg", "syncvg", "varyonvg", "varyoffvg", "importvg", "exportvg",
-                "chvg", "chpv", "lsvg")},
+                "mkvg", "extendvg", "reducevg", "varyonvg", "varyoffvg", "importvg",
+                "exportvg", "chvg", "chpv", "lsvg")},
+            **{op: getattr(self.lvm.lv, op) for op in (
+                "mklv", "chlv", "rmlv", "lslv", "mirrorvg", "unmirrorvg", "syncvg")},
             "gmvg_add_rpvs": self.gmvg.add_rpvs, "gmvg_add_mirror": self.gmvg.add_mirror,
             "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
             "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
-            "syncvg_verify": self.lvm.verify,
+            "syncvg_verify": self.lvm.lv.verify,
         }
 
     def op_site(self, name: str | None = None) -> dict:

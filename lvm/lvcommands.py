@@ -1,0 +1,266 @@
+"""Logical volume and mirroring commands: mklv, chlv, rmlv, lslv, mirrorvg, unmirrorvg,
+syncvg and syncvg --verify. They work on volume groups the manager (lvm/manager.py) has varied
+on, under its configuration lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from lvm import policy
+from lvm.listing import describe_lv
+from lvm.metadata import NAME_RE, LVEntry
+from lvm.verify import verify as verify_lvs
+from lvm.vg import VolumeGroup
+from lvm.volume import LogicalVolume
+from rpv.errors import CommandError
+
+log = structlog.get_logger("lvm")
+
+MiB = 1 << 20
+
+
+def copies_on(group: VolumeGroup, pv_indexes: set[int]) -> dict[str, list[int]]:
+    """LV name -> copies (indexes) having any partition on ``pv_indexes``."""
+    plan: dict[str, list[int]] = {}
+    for lv in group.vgda.lvs.values():
+        hit = [c for c in range(lv.copies) if lv.pvs_of_copy(c) & pv_indexes]
+        if hit:
+            plan[lv.name] = hit
+    return plan
+
+def refuse_last_copy(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
+    for name, copies in plan.items():
+        if len(copies) >= group.vgda.lvs[name].copies:
+            raise CommandError(f"that would remove the last copy of logical volume {name}")
+
+def drop_copies(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
+    for name, copies in plan.items():
+        lv = group.vgda.lvs[name]
+        for c in sorted(copies, reverse=True):
+            for loc in lv.maps[c]:
+                group.vgsa.stale.pop(loc, None)
+            del lv.maps[c]
+
+
+class LVCommands:
+    def __init__(self, core):
+        self.core = core  # lvm.manager.LVMManager: the varied-on VGs, lookups and the lock
+
+    async def mklv(self, lv: str, vg: str, lps: int, copies: int = 1, strictness: str = "y",
+                   upperbound: int = 0, pvs: list[str] | None = None) -> dict:
+        async with self.core.lock:
+            group = self.core.online(vg)
+            group.check_online()
+            if not NAME_RE.match(lv or ""):
+                raise CommandError(f"logical volume name '{lv}' must be 1-15 letters, digits "
+                                   f"or _, starting with a letter")
+            if self.core.name_taken(lv):
+                raise CommandError(f"the name {lv} is already used")
+            if not 1 <= copies <= 3:
+                raise CommandError("copies must be 1, 2 or 3")
+            if strictness not in ("y", "s", "n"):
+                raise CommandError("strictness (-s) must be y, s or n")
+            if lps < 1:
+                raise CommandError("the number of logical partitions must be at least 1")
+            if upperbound < 0:
+                raise CommandError("upper bound (-u) must not be negative")
+            candidates = self._candidates(group, pvs)
+            if strictness != "n" and copies > len(candidates):
+                raise CommandError(f"{copies} copies need at least {copies} physical volumes; "
+                                   f"{len(candidates)} available")
+            vgda = group.vgda
+            entry = LVEntry(lv, vgda.next_lvid, lps, strictness, upperbound)
+            self._allocate(group, entry, range(copies), candidates)
+            vgda.lvs[lv] = entry
+            vgda.next_lvid += 1
+            await group.write_vgda()
+            group.lvs[lv] = LogicalVolume(group, entry)
+            log.info("lvm_mklv", vg=vg, lv=lv, lps=lps, copies=copies, strictness=strictness)
+            return {"lv": lv}
+
+    def _candidates(self, group: VolumeGroup, pvs: list[str] | None) -> list[int]:
+        if not pvs:
+            return group.usable_pvs()
+        out = []
+        for n in pvs:
+            pvid, _ = self.core.disk(n)
+            entry = group.vgda.pv_by_pvid(pvid)
+            if entry is None:
+                raise CommandError(f"{n} is not in volume group {group.name}")
+            if not group.usable(entry.index):
+                raise CommandError(f"{n} is {group.pv_state(entry.index)}, not active")
+            out.append(entry.index)
+        return out
+
+    @staticmethod
+    def _allocate(group: VolumeGroup, entry: LVEntry, copies: range,
+                  candidates: list[int]) -> list:
+        """Allocate whole copies; on failure nothing is taken and CommandError is raised."""
+        used = group.vgda.used()
+        added = []
+        try:
+            for c in copies:
+                m = policy.allocate_copy(group.vgda, entry, candidates, range(entry.lps),
+                                         c, used)
+                entry.maps.append(m)
+                added.append(m)
+        except policy.AllocationError as e:
+            for m in added:
+                entry.maps.remove(m)
+            raise CommandError(str(e)) from None
+        return added
+
+    async def chlv(self, lv: str, strictness: str | None = None,
+                   upperbound: int | None = None) -> dict:
+        async with self.core.lock:
+            group, vol = self.core.find_lv(lv)
+            if strictness is None and upperbound is None:
+                raise CommandError("chlv needs -s or -u")
+            if strictness is not None and strictness not in ("y", "s", "n"):
+                raise CommandError("strictness (-s) must be y, s or n")
+            if upperbound is not None and upperbound < 0:
+                raise CommandError("upper bound (-u) must not be negative")
+            why = policy.check_strictness(vol.entry, strictness, upperbound)
+            if why:
+                raise CommandError(f"cannot change {lv}: {why}")
+            if strictness is not None:
+                vol.entry.strictness = strictness
+            if upperbound is not None:
+                vol.entry.upperbound = upperbound
+            await group.write_vgda()
+            return {"lv": lv}
+
+    async def rmlv(self, lv: str) -> dict:
+        async with self.core.lock:
+            group, vol = self.core.find_lv(lv)
+            entry = group.vgda.lvs.pop(lv)
+            for m in entry.maps:
+                for loc in m:
+                    group.vgsa.stale.pop(loc, None)
+            group.lvs.pop(lv, None)
+            await self.core.exports.withdraw(lv)
+            await group.write_vgda()
+            await group.commit_vgsa()
+            return {"lv": lv}
+
+    def lslv(self, lv: str, map: bool = False) -> dict:  # noqa: A002 — the wire name
+        group, vol = self.core.find_lv(lv)
+        return describe_lv(group, vol, map)
+
+    # -- mirroring --------------------------------------------------------------------------------
+    async def mirrorvg(self, vg: str, pvs: list[str], copies: int = 2, sync: str = "foreground",
+                       keep_quorum: bool = False,
+                       progress: Callable[[dict], None] | None = None) -> dict:
+        async with self.core.lock:
+            group = self.core.online(vg)
+            group.check_online()
+            if copies not in (2, 3):
+                raise CommandError("mirrorvg -c must be 2 or 3")
+            if sync not in ("foreground", "background", "none"):
+                raise CommandError("sync must be foreground, background or none")
+            candidates = self._candidates(group, pvs)
+            new_locs = []
+            lvs = [e for e in group.vgda.lvs.values() if e.copies < copies]
+            if not lvs:
+                raise CommandError(f"every logical volume of {vg} already has {copies} copies")
+            snapshot = {e.name: len(e.maps) for e in lvs}
+            try:
+                for e in lvs:
+                    for m in self._allocate(group, e, range(e.copies, copies), candidates):
+                        new_locs.extend(m)
+            except CommandError:
+                for e in lvs:
+                    del e.maps[snapshot[e.name]:]
+                raise
+            messages = []
+            for loc in new_locs:  # stale before the VGDA makes the copies visible
+                group.vgsa.mark(loc, None)
+            await group.commit_vgsa()
+            if not keep_quorum and group.vgda.quorum:
+                group.vgda.quorum = False
+                messages.append("0516-1125 mirrorvg: Quorum requirement turned off, varyoff "
+                                "and varyon volume group for this to take effect.")
+            await group.write_vgda()
+        result = None
+        if sync == "foreground":
+            result = await self.core.resyncs.run(group, None, 1, 0.0, progress)
+        elif sync == "background":
+            self.core.resyncs.start_background(group)
+        return {"messages": messages, "resync": result}
+
+    async def unmirrorvg(self, vg: str, pvs: list[str]) -> dict:
+        async with self.core.lock:
+            group = self.core.online(vg)
+            indexes = set(self._candidates_any(group, pvs))
+            plan = copies_on(group, indexes)
+            if not plan:
+                raise CommandError(f"no copy of any logical volume of {vg} lies on "
+                                   f"{' '.join(pvs)}")
+            refuse_last_copy(group, plan)
+            drop_copies(group, plan)
+            await group.write_vgda()
+            await group.commit_vgsa()
+            return {"vg": vg, "lvs": sorted(plan)}
+
+    def _candidates_any(self, group: VolumeGroup, pvs: list[str]) -> list[int]:
+        out = []
+        for n in pvs:
+            info = self.core.pvs.disk(n)
+            pvid = info.pvid if info else None
+            entry = group.vgda.pv_by_pvid(pvid) if pvid else None
+            if entry is None:
+                raise CommandError(f"{n} is not in volume group {group.name}")
+            out.append(entry.index)
+        return out
+
+    # -- resync -----------------------------------------------------------------------------------
+    async def syncvg(self, lv: str | None = None, pv: str | None = None, vg: str | None = None,
+                     parallel: int = 1, force: bool = False, rate_mb: float = 0.0,
+                     progress: Callable[[dict], None] | None = None) -> dict:
+        if sum(x is not None for x in (lv, pv, vg)) != 1:
+            raise CommandError("syncvg needs exactly one of -l LV, -p PV, -v VG")
+        if not 1 <= parallel <= 32:
+            raise CommandError("-P must be between 1 and 32")
+        if rate_mb < 0:
+            raise CommandError("--rate must not be negative")
+        if lv is not None:
+            group, vol = self.core.find_lv(lv)
+            locs = {loc for m in vol.entry.maps for loc in m}
+            want = locs.__contains__
+            scope_lvs = [vol.entry]
+        elif pv is not None:
+            pvid, _ = self.core.disk(pv)
+            vgname = self.core.vg_of_pvid(pvid)
+            if vgname is None:
+                raise CommandError(f"{pv} is not in a volume group")
+            group = self.core.online(vgname)
+            index = group.vgda.pv_by_pvid(pvid).index
+            want = lambda loc: loc[0] == index  # noqa: E731
+            scope_lvs = list(group.vgda.lvs.values())
+        else:
+            group = self.core.online(vg)
+            want = None
+            scope_lvs = list(group.vgda.lvs.values())
+        group.check_online()
+        if force:
+            self.core.resyncs.force_stale(group, scope_lvs, want)
+            await group.commit_vgsa()
+        return await self.core.resyncs.run(group, want, parallel, rate_mb * MiB, progress)
+
+    async def verify(self, lv: str | None = None, vg: str | None = None, repair: bool = False,
+                     progress: Callable[[dict], None] | None = None) -> dict:
+        """syncvg --verify: compare the copies of every non-stale partition by 64 KiB digests
+        computed where each copy lives; with ``repair`` rewrite differing chunks from the
+        preferred copy (local first)."""
+        if (lv is None) == (vg is None):
+            raise CommandError("syncvg --verify needs exactly one of -l LV or -v VG")
+        if lv is not None:
+            group, vol = self.core.find_lv(lv)
+            vols = [vol]
+        else:
+            group = self.core.online(vg)
+            vols = [group.lvs[n] for n in group.vgda.lvs]
+        group.check_online()
+        return await verify_lvs(group, vols, repair, progress, self.core.resyncs.lock(group.name))
