@@ -1,0 +1,1 @@
+"""Shared test fakes and helpers: in-memory disks and the daemon services the LVM core needs."""
