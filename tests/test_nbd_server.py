@@ -26,7 +26,7 @@ from rpv.nbd.protocol import (
     Opt,
     Rep,
 )
-from rpv.nbd.server import Phase
+from rpv.nbd.server import PHASE_TRANSITIONS, Phase
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -622,6 +622,41 @@ def test_disconnect_export(run, sock):
         assert await c.reply({2: 512}) == (2, 0, bytes(512))
         for cl in (a, b, c):
             cl.close()
+        await server.close()
+
+    run(body)
+
+
+def test_phase_table_shape():
+    """All lifecycle legality is in PHASE_TRANSITIONS: LOST absorbs everything, every live
+    phase can stop or be lost, only the handshake opens an export or starts TLS."""
+    table = PHASE_TRANSITIONS
+    live = set(Phase) - {Phase.LOST}
+    assert {p for (p, t) in table if t == "lost"} == live
+    assert {p for (p, t) in table if t == "stop"} == set(Phase)
+    assert all(nxt is Phase.LOST for (p, _), nxt in table.items() if p is Phase.LOST)
+    assert all(nxt is Phase.CLOSING for (p, t), nxt in table.items()
+               if p is Phase.CLOSING and t != "lost")
+    assert {p for (p, t) in table if t in ("export_opened", "starttls")} == {Phase.HANDSHAKE}
+
+
+def test_registry_that_raises_is_an_unknown_export(run, sock):
+    """The adapter answers the core's export lookups; a registry bug is an unknown export."""
+
+    class Broken(Registry):
+        def get_export(self, name):
+            raise RuntimeError("boom")
+
+    async def body():
+        server = NBDServer(Broken(MemDisk("hdisk1")))
+        await server.start_unix(sock)
+        reader, writer = await asyncio.open_unix_connection(sock)
+        await reader.readexactly(18)
+        writer.write(struct.pack(">I", 3) + option(Opt.GO, go_data("hdisk1")))
+        _, opt, rep, length = struct.unpack(">QIII", await reader.readexactly(20))
+        assert (opt, rep) == (Opt.GO, Rep.ERR_UNKNOWN)
+        await reader.readexactly(length)
+        writer.close()
         await server.close()
 
     run(body)
