@@ -504,16 +504,22 @@ def test_protocol_error_drops_only_that_connection(run, sock):
     run(body)
 
 
+async def go_refused(sock: str, name: str):
+    """Connect, ask for export ``name`` with NBD_OPT_GO, expect NBD_REP_ERR_UNKNOWN."""
+    reader, writer = await asyncio.open_unix_connection(sock)
+    await reader.readexactly(18)
+    writer.write(struct.pack(">I", 3) + option(Opt.GO, go_data(name)))
+    _, opt, rep, length = struct.unpack(">QIII", await reader.readexactly(20))
+    assert (opt, rep) == (Opt.GO, Rep.ERR_UNKNOWN)
+    await reader.readexactly(length)
+    return reader, writer
+
+
 def test_unknown_export_then_known(run, sock):
     async def body():
         server = NBDServer(Registry(MemDisk("hdisk1")))
         await server.start_unix(sock)
-        reader, writer = await asyncio.open_unix_connection(sock)
-        await reader.readexactly(18)
-        writer.write(struct.pack(">I", 3) + option(Opt.GO, go_data("nope")))
-        _, _, rep, length = struct.unpack(">QIII", await reader.readexactly(20))
-        assert rep == Rep.ERR_UNKNOWN
-        await reader.readexactly(length)
+        reader, writer = await go_refused(sock, "nope")
         writer.write(option(Opt.EXPORT_NAME, b"nope"))  # legacy: the server must hang up
         assert await reader.read(1) == b""
         writer.close()
@@ -650,12 +656,7 @@ def test_registry_that_raises_is_an_unknown_export(run, sock):
     async def body():
         server = NBDServer(Broken(MemDisk("hdisk1")))
         await server.start_unix(sock)
-        reader, writer = await asyncio.open_unix_connection(sock)
-        await reader.readexactly(18)
-        writer.write(struct.pack(">I", 3) + option(Opt.GO, go_data("hdisk1")))
-        _, opt, rep, length = struct.unpack(">QIII", await reader.readexactly(20))
-        assert (opt, rep) == (Opt.GO, Rep.ERR_UNKNOWN)
-        await reader.readexactly(length)
+        _, writer = await go_refused(sock, "hdisk1")
         writer.close()
         await server.close()
 
