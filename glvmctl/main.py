@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from glvmctl import devices, errlog, gmvg, lvm, rpv, stats, tls
+from glvmctl import devices, errlog, gmvg, jobs, lvm, rpv, stats, tls
 from glvmctl.context import set_socket
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(rpv.server_app, name="rpvserver")
 app.add_typer(rpv.client_app, name="rpvclient")
 app.add_typer(gmvg.app, name="gmvg")
 app.add_typer(tls.app, name="tls")
+app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from lvm.vg import VolumeGroup, read_pv_meta, read_record, write_record
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice
 from rpv.errors import CommandError
+from rpv.jobs import Jobs
 
 log = structlog.get_logger("lvm")
 
@@ -45,14 +46,14 @@ MiB = 1 << 20
 
 class LVMManager:
     def __init__(self, pvs: PVDirectory, catalog: VGCatalog, exports: ExportControl,
-                 errors: ErrorSink | None = None):
+                 errors: ErrorSink | None = None, jobs: Jobs | None = None):
         self.pvs = pvs
         self.catalog = catalog
         self.exports = exports
         self.errlog = errors
         self.vgs: dict[str, VolumeGroup] = {}
         self.lock = asyncio.Lock()  # one configuration change at a time
-        self.resyncs = ResyncScheduler()
+        self.resyncs = ResyncScheduler(jobs)
         self.assembler = Assembler(pvs, errors)
         self.lv = LVCommands(self)  # mklv ... syncvg --verify
         self._tasks: set[asyncio.Task] = set()

@@ -11,6 +11,7 @@ import structlog
 from lvm.metadata import LVEntry
 from lvm.resync import resync
 from lvm.vg import VolumeGroup
+from rpv.jobs import Jobs
 
 log = structlog.get_logger("lvm")
 
@@ -18,8 +19,9 @@ BACKGROUND_PASSES = 8  # resync passes one background resync makes at most
 
 
 class ResyncScheduler:
-    def __init__(self) -> None:
+    def __init__(self, jobs: Jobs | None = None) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
+        self._jobs = jobs  # background resyncs are listed there (glvmctl jobs)
 
     def lock(self, vg: str) -> asyncio.Lock:
         return self._locks.setdefault(vg, asyncio.Lock())
@@ -36,19 +38,22 @@ class ResyncScheduler:
         if not group.stale_locs():
             return
 
-        async def run():
+        async def run(progress=None):
             try:
                 # partitions that go stale while a pass runs (a copy that missed writes, a
                 # server that restarted) are taken by the next pass
                 for _ in range(BACKGROUND_PASSES):
                     group.resync_wanted = False
-                    stats = await self.run(group, None, 2, 0.0, None)
+                    stats = await self.run(group, None, 2, 0.0, progress)
                     if not group.stale_locs() or stats["failed"] and not group.resync_wanted:
                         break
             except OSError as e:
                 log.warning("lvm_background_resync_stopped", vg=group.name, error=str(e))
 
-        group.resync_task = asyncio.get_running_loop().create_task(run())
+        if self._jobs is not None:
+            group.resync_task = self._jobs.start("resync", group.name, run).task
+        else:
+            group.resync_task = asyncio.get_running_loop().create_task(run())
 
     @staticmethod
     def force_stale(group: VolumeGroup, lvs: list[LVEntry], want) -> None:

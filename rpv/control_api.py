@@ -277,12 +277,28 @@ class SyncvgVerifyArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class JobsCancelArgs:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobsWaitArgs:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     name: str
     args: type  # the argument dataclass
     result: type  # the JSON shape of the result: dict, list, int or object (either)
     query: bool = False  # changes nothing
     progress: bool = False  # sends {"event": ...} lines before the reply
+    job: bool = False  # runs as a job: listed, followed and cancelled with glvmctl jobs
 
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
@@ -307,9 +323,9 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("chlv", ChlvArgs, dict),
     Operation("rmlv", RmlvArgs, dict),
     Operation("lslv", LslvArgs, dict, query=True),
-    Operation("mirrorvg", MirrorvgArgs, dict, progress=True),
+    Operation("mirrorvg", MirrorvgArgs, dict, progress=True, job=True),
     Operation("unmirrorvg", UnmirrorvgArgs, dict),
-    Operation("syncvg", SyncvgArgs, dict, progress=True),
+    Operation("syncvg", SyncvgArgs, dict, progress=True, job=True),
     Operation("varyonvg", VaryonvgArgs, dict),
     Operation("varyoffvg", VaryoffvgArgs, dict),
     Operation("importvg", ImportvgArgs, dict),
@@ -318,12 +334,15 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("chpv", ChpvArgs, dict),
     Operation("lsvg", LsvgArgs, object, query=True),
     Operation("gmvg_add_rpvs", GmvgAddRpvsArgs, dict),
-    Operation("gmvg_add_mirror", GmvgAddMirrorArgs, dict, progress=True),
+    Operation("gmvg_add_mirror", GmvgAddMirrorArgs, dict, progress=True, job=True),
     Operation("gmvg_verify", GmvgVerifyArgs, dict, query=True),
     Operation("gmvg_list", GmvgListArgs, list, query=True),
     Operation("gmvgstat", GmvgstatArgs, list, query=True),
     Operation("rpvstat", RpvstatArgs, list, query=True),
-    Operation("syncvg_verify", SyncvgVerifyArgs, dict, progress=True),
+    Operation("syncvg_verify", SyncvgVerifyArgs, dict, progress=True, job=True),
+    Operation("jobs", JobsArgs, list, query=True),
+    Operation("jobs_cancel", JobsCancelArgs, dict),
+    Operation("jobs_wait", JobsWaitArgs, dict, query=True, progress=True),
 
 )}
 

@@ -24,6 +24,7 @@ import structlog
 
 from rpv import control_api as api
 from rpv.errors import CommandError
+from rpv.jobs import JobError, Jobs
 
 log = structlog.get_logger("control")
 # Audit events are written whatever log_level says.
@@ -35,13 +36,15 @@ MAX_CLIENTS = 64
 
 
 class ControlServer:
-    def __init__(self, handlers: dict[str, Callable[..., Awaitable | object]]):
+    def __init__(self, handlers: dict[str, Callable[..., Awaitable | object]],
+                 jobs: Jobs | None = None):
         missing = api.OPERATIONS.keys() - handlers.keys()
         extra = handlers.keys() - api.OPERATIONS.keys()
         if missing or extra:
             raise ValueError(f"control handlers do not match the API table: missing "
                              f"{sorted(missing)}, not in the table {sorted(extra)}")
         self._handlers = handlers
+        self._jobs = jobs  # operations with progress run as jobs (glvmctl jobs)
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task] = set()
 
@@ -115,13 +118,18 @@ class ControlServer:
             return {"ok": False, "error": str(e)}, op, None, "refused"
         op = operation.name
         kwargs = api.arguments(args)
-        if operation.progress:
-            kwargs["progress"] = lambda ev: writer.write(
-                json.dumps({"event": ev}).encode() + b"\n")
+        handler = self._handlers[op]
         try:
-            result = self._handlers[op](**kwargs)
-            if inspect.isawaitable(result):
-                result = await result
+            if operation.job:
+                result = await self._as_job(op, handler, kwargs, writer)
+            elif operation.progress:
+                result = await handler(**kwargs, progress=_sender(writer))
+            else:
+                result = handler(**kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        except JobError as e:
+            return {"ok": False, "error": str(e)}, op, api.arguments(args), "refused"
         except Exception as e:  # noqa: BLE001 — every failure becomes one error line
             if not isinstance(e, CommandError):
                 log.exception("control_op_failed", op=op)
@@ -130,6 +138,29 @@ class ControlServer:
             log.info("control_op_refused", op=op, reason=str(e))
             return {"ok": False, "error": str(e)}, op, api.arguments(args), "refused"
         return {"ok": True, "result": result}, op, api.arguments(args), "ok"
+
+
+    async def _as_job(self, op: str, handler, kwargs: dict, writer) -> object:
+        """Run a long operation as a job, passing its progress to this client; the job runs on
+        if the client goes away."""
+        send = _sender(writer)
+        if self._jobs is None:
+            return await handler(**kwargs, progress=send)
+        target = next((kwargs[k] for k in ("lv", "vg", "pv") if kwargs.get(k)), "")
+        job = self._jobs.start(op, target, lambda progress: handler(**kwargs, progress=progress))
+        job.watchers.append(send)
+        await asyncio.wait({job.task})
+        if job.task.cancelled():
+            raise JobError(f"{op} {target} was cancelled (job {job.id})")
+        return job.task.result()
+
+
+def _sender(writer) -> Callable[[dict], None]:
+    """A progress callback writing ``{"event": ...}`` lines to this client while it is there."""
+    def send(ev: dict) -> None:
+        if writer is not None and not writer.is_closing():
+            writer.write(json.dumps({"event": ev}).encode() + b"\n")
+    return send
 
 
 def _op_name(line: bytes) -> str | None:

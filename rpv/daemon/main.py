@@ -24,6 +24,7 @@ from rpv.daemon.devdb import DeviceDB
 from rpv.daemon.devices import DeviceManager
 from rpv.daemon.errlog import ErrorLog
 from rpv.errors import CommandError
+from rpv.jobs import JobError, Jobs
 from rpv.nbd.server import NBDServer
 from rpv.server.server import Limits, RPVServer
 
@@ -89,13 +90,14 @@ class Daemon:
         if cfg.tls_ca:
             self.server_ssl = tls.server_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
             self.devices.client_ssl = tls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+        self.jobs = Jobs()
         self.lvm = LVMManager(pvs=self.devices, catalog=self.db, exports=self.devices,
-                              errors=self.errlog)
+                              errors=self.errlog, jobs=self.jobs)
         self.devices.lvm = self.lvm
         self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
         self.devices.nbd = self.nbd
-        self.control = ControlServer(self.ops())
+        self.control = ControlServer(self.ops(), jobs=self.jobs)
 
     def ops(self) -> dict:
         d = self.devices
@@ -118,12 +120,28 @@ class Daemon:
             "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
             "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
             "syncvg_verify": self.lvm.lv.verify,
+            "jobs": self.jobs.list, "jobs_cancel": self.op_jobs_cancel,
+            "jobs_wait": self.op_jobs_wait,
         }
 
     def op_site(self, name: str | None = None) -> dict:
         if name is not None:
             self.devices.set_site(name)
         return {"site": self.devices.site() or None}
+
+    async def op_jobs_cancel(self, id: int) -> dict:  # noqa: A002 — the wire name
+        try:
+            job = self.jobs.cancel(id)
+        except JobError as e:
+            raise CommandError(str(e)) from None
+        await asyncio.wait({job.task}, timeout=30)  # copies in flight finish first
+        return job.as_dict()
+
+    async def op_jobs_wait(self, id: int, progress=None) -> dict:  # noqa: A002
+        try:
+            return (await self.jobs.follow(id, progress)).as_dict()
+        except JobError as e:
+            raise CommandError(str(e)) from None
 
     def op_errpt(self, identifier: str | None = None, resource: str | None = None) -> list:
         entries = self.errlog.entries()
