@@ -14,21 +14,13 @@ from lvm.copy import copy_range
 from lvm.metadata import CHUNK
 from lvm.vg import VolumeGroup
 from lvm.volume import LogicalVolume
-from rpv.blockdev import BlockDevice
-from rpv.checksum import DIGEST_SIZE, chunk_digests
+from rpv.blockdev import digests
+from rpv.checksum import DIGEST_SIZE
 
 log = structlog.get_logger("lvm")
 
 MiB = 1 << 20
 VERIFY_REGION = 4 * MiB
-
-
-async def _checksum(dev: BlockDevice, offset: int, length: int) -> bytes:
-    """Per-64 KiB digests of a range, computed where the device's data lives."""
-    fn = getattr(dev, "checksum", None)
-    if fn is not None:
-        return await fn(offset, length)
-    return chunk_digests(await dev.read(offset, length))
 
 
 def _differing(a: bytes, b: bytes) -> list[int]:
@@ -70,12 +62,12 @@ async def _verify_lp(group: VolumeGroup, vol: LogicalVolume, lp: int, repair: bo
             if len(copies) < 2:
                 report["skipped"] += 1
                 continue
-            digests = await asyncio.gather(*(
-                _checksum(group.devices[loc[0]], layout.pp_offset(loc[1], pp) + within, n)
+            sums = await asyncio.gather(*(
+                digests(group.devices[loc[0]], layout.pp_offset(loc[1], pp) + within, n)
                 for loc in copies))
             report["regions"] += 1
             report["bytes"] += n * len(copies)
-            bad = sorted({c for d in digests[1:] for c in _differing(digests[0], d)})
+            bad = sorted({c for d in sums[1:] for c in _differing(sums[0], d)})
             for c in bad:
                 off = c * CHUNK
                 report["mismatches"].append({

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from rpv.checksum import CHECKSUM_CHUNK, chunk_digests
@@ -40,16 +41,63 @@ class BlockDevice(Protocol):
         """Make every completed write durable."""
 
 
-# Optional inline fast paths, used by the NBD server when a device offers them (FileDisk and
-# LogicalVolume do); everything else goes through the async methods above:
-#
-#   read_inline(offset, length) -> bytes | None
-#       the data, read now; None when only the async ``read`` can serve this request (nothing
-#       was done); OSError for a request that failed.
-#   write_inline(offset, data, fua, done) -> bool
-#       start the write now; False when only the async ``write`` can serve it (nothing was
-#       done). True means ``done(None | OSError)`` is called exactly once: later, or already
-#       before write_inline returned. ``done`` must not raise.
+# Optional abilities. A device has one when it has the methods; the Protocols below say what
+# each ability promises, and callers check for an ability with isinstance where a check per
+# connection or per command is cheap, or by the method's presence on per-request hot paths.
+
+
+@runtime_checkable
+class InlineRead(Protocol):
+    """The NBD server may read without a task (FileDisk, logical volumes)."""
+
+    def read_inline(self, offset: int, length: int) -> bytes | None:
+        """The data, read now; None when only the async ``read`` can serve this request
+        (nothing was done); OSError for a request that failed."""
+
+
+@runtime_checkable
+class InlineWrite(Protocol):
+    """The NBD server may start writes without a task (FileDisk, logical volumes)."""
+
+    def write_inline(self, offset: int, data, fua: bool,
+                     done: Callable[[OSError | None], None]) -> bool:
+        """Start the write now; False when only the async ``write`` can serve it (nothing
+        was done). True means ``done(None | OSError)`` is called exactly once: later, or
+        already before write_inline returned. ``done`` must not raise."""
+
+
+@runtime_checkable
+class PageCacheIO(Protocol):
+    """Synchronous positional I/O into the page cache: a local disk (FileDisk)."""
+
+    def read_now(self, offset: int, length: int) -> bytes: ...
+
+    def write_now(self, offset: int, data) -> None: ...
+
+
+@runtime_checkable
+class PipelinedWrites(Protocol):
+    """Writes submitted without a task and answered by a future or a callback, in order of
+    submission on the wire (RPV client)."""
+
+    def accepts(self, length: int) -> bool: ...
+
+    def submit_write(self, offset: int, data, fua: bool) -> asyncio.Future: ...
+
+
+@runtime_checkable
+class Checksummed(Protocol):
+    """Chunk digests computed where the data lives (FileDisk locally; an RPV client asks its
+    server, so only digests cross the link)."""
+
+    async def checksum(self, offset: int, length: int) -> bytes: ...
+
+
+async def digests(dev: BlockDevice, offset: int, length: int) -> bytes:
+    """The chunk digests of a range: computed by the device if it can, else read and hashed."""
+    if isinstance(dev, Checksummed):
+        return await dev.checksum(offset, length)
+    return chunk_digests(await dev.read(offset, length))
 
 
 class ExportRegistry(Protocol):
@@ -179,9 +227,8 @@ class ReadOnlyView:
         self.name = device.name
         self.local = device.local
         self.readonly_reason = reason
-        inline = getattr(device, "read_inline", None)
-        if inline is not None:
-            self.read_inline = inline
+        if isinstance(device, InlineRead):
+            self.read_inline = device.read_inline
 
     @property
     def size(self) -> int:

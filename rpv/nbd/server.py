@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from rpv.blockdev import BlockDevice, ExportRegistry
+from rpv.blockdev import BlockDevice, ExportRegistry, InlineRead, InlineWrite
 from rpv.nbd.protocol import (
     CMD_FLUSH,
     CMD_READ,
@@ -504,9 +504,10 @@ class _Connection(asyncio.BufferedProtocol):
             self._advance("export_opened")
             self._device = ev.device
             self.readonly = bool(ev.flags & TransmissionFlag.READ_ONLY)
-            self._read_inline = getattr(ev.device, "read_inline", None)
-            self._write_inline = None if self.readonly else getattr(ev.device, "write_inline",
-                                                                     None)
+            device = ev.device
+            self._read_inline = device.read_inline if isinstance(device, InlineRead) else None
+            self._write_inline = (device.write_inline if isinstance(device, InlineWrite)
+                                  and not self.readonly else None)
             self.export = ev.name
             if self._timer is not None:
                 self._timer.cancel()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from rpv import protocol as pc
-from rpv.blockdev import BlockDevice, check_range
+from rpv.blockdev import BlockDevice, check_range, digests
 from rpv.instance import new_instance
 from rpv.protocol import (
     FEATURE_FLUSH,
@@ -376,15 +376,11 @@ class _ServerConnection(asyncio.BufferedProtocol):
     async def _checksum_async(self, disk: BlockDevice, ev: pc.ChecksumRequest) -> None:
         """Only the digests cross the link; a disk without ``checksum`` is read and hashed."""
         try:
-            checksum = getattr(disk, "checksum", None)
-            if checksum is not None:
-                digests = await checksum(ev.offset, ev.length)
-            else:
-                digests = pc.chunk_digests(await disk.read(ev.offset, ev.length))
+            sums = await digests(disk, ev.offset, ev.length)
         except OSError as e:
             self._send_oserror(ev.request_id, Opcode.CHECKSUM, e)
             return
-        self._send(self.conn.send_checksum_reply, ev.request_id, digests)
+        self._send(self.conn.send_checksum_reply, ev.request_id, sums)
 
     def on_ping(self, ev: pc.PingRequest) -> None:
         self._send(self.conn.send_reply, ev.request_id, Opcode.PING)
