@@ -78,7 +78,7 @@ import time
 from pathlib import Path
 
 from rpv.faultproxy.client import FaultProxyControl, start_proxy
-from tests.lvmtools import diff_blocks, read_copy
+from tests.helpers.lvmtools import diff_blocks, read_copy
 from tests.sites import GLVMCTL, CommandFailed, Site
 
 KiB, MiB = 1 << 10, 1 << 20

@@ -13,12 +13,12 @@ from rpv import protocol as pc
 from rpv.blockdev import FileDisk
 from rpv.client.device import RPVClient
 from rpv.protocol import CHECKSUM_CHUNK, DIGEST_SIZE, MAX_CHECKSUM_LENGTH, chunk_digests
-from rpv.server.server import Export, Limits, RPVServer
 from tests.conftest import qemu_io
-from tests.test_rpv_link import RawClient, file_bytes
+from tests.helpers.disks import ReadOnlyMemDisk
+from tests.helpers.rpv_raw import RawClient, file_bytes
+from tests.helpers.rpv_server import PVID, serve
 
 MiB = 1 << 20
-PVID = "000dd32daa568b070000000000000000"
 
 
 def random_file(path, size: int) -> bytes:
@@ -80,45 +80,12 @@ async def test_filedisk_checksum_sees_writes_and_runs_in_executor(tmp_path, monk
 # --- server handler and RPVClient.checksum, in process ------------------------------------
 
 
-class MemDisk:
-    """A BlockDevice without ``checksum``: the server falls back to read + chunk_digests."""
-
-    def __init__(self, data: bytes, fail: bool = False):
-        self.name = "mem"
-        self.data = data
-        self.fail = fail
-        self.reads = 0
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    async def read(self, offset: int, length: int) -> bytes:
-        self.reads += 1
-        if self.fail:
-            raise OSError(errno.EIO, "medium error")
-        return self.data[offset : offset + length]
-
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        raise OSError(errno.EROFS, "read-only")
-
-    async def flush(self) -> None:
-        pass
-
-
-async def serve(disk) -> tuple[RPVServer, int]:
-    export = Export("rpvserver0", "hdisk1", bytes.fromhex(PVID), "127.0.0.1", True, disk,
-                    disk.size)
-    server = RPVServer(lambda: [export], lambda: "siteB", "nodeB", Limits())
-    await server.start("127.0.0.1", 0)
-    return server, server._servers[0].sockets[0].getsockname()[1]
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["file", "mem"])
 async def test_client_checksum_through_server(tmp_path, kind):
     data = random_file(tmp_path / "disk.img", 8 * MiB)
-    disk = FileDisk("hdisk1", str(tmp_path / "disk.img")) if kind == "file" else MemDisk(data)
+    disk = (FileDisk("hdisk1", str(tmp_path / "disk.img")) if kind == "file"
+            else ReadOnlyMemDisk(data))
     server, port = await serve(disk)
     client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
                        io_timeout=10)
@@ -144,7 +111,7 @@ async def test_client_checksum_through_server(tmp_path, kind):
 
 @pytest.mark.asyncio
 async def test_client_checksum_disk_error_is_reported():
-    disk = MemDisk(bytes(MiB), fail=True)
+    disk = ReadOnlyMemDisk(bytes(MiB), fail=True)
     server, port = await serve(disk)
     client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
                        io_timeout=10)

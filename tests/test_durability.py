@@ -18,10 +18,10 @@ from lvm.scheduler import ResyncScheduler
 from lvm.vg import VolumeGroup
 from lvm.volume import LogicalVolume
 from rpv.client.device import RPVClient
-from rpv.server.server import Export, Limits, RPVServer
-from tests.test_checksum import PVID
-from tests.test_checksum import MemDisk as ServerDisk
-from tests.test_lvm_inline import LOCAL, PP, REMOTE, MemDisk, RemoteDisk, make_lv, vgsa_on
+from rpv.server.server import Limits
+from tests.helpers.disks import PageCacheDisk, ReadOnlyMemDisk, RemoteMemDisk
+from tests.helpers.mirror_lv import LOCAL, PP, REMOTE, make_lv, vgsa_on
+from tests.helpers.rpv_server import PVID, port_of, start_server
 
 MiB = 1 << 20
 
@@ -42,7 +42,7 @@ def pv_state_on(disk, pvid: str) -> str:
 
 @pytest.mark.asyncio
 async def test_restarted_server_marks_unflushed_writes_stale_before_the_flush_is_acked():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     vg = lv.vg
     await lv.write(0, b"a" * 4096)  # acknowledged by both copies, not flushed
@@ -60,7 +60,7 @@ async def test_restarted_server_marks_unflushed_writes_stale_before_the_flush_is
 
 @pytest.mark.asyncio
 async def test_flushed_writes_are_not_marked_when_the_server_restarts():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     await lv.write(0, b"a" * 4096)
     await lv.flush()
@@ -73,7 +73,7 @@ async def test_flushed_writes_are_not_marked_when_the_server_restarts():
 
 @pytest.mark.asyncio
 async def test_unflushed_tracking_is_bounded_by_a_background_flush():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     vg = lv.vg
     vg.unflushed_max_pps = 1  # a PV may hold unflushed writes in one partition only
@@ -92,7 +92,7 @@ async def test_unflushed_tracking_is_bounded_by_a_background_flush():
 
 @pytest.mark.asyncio
 async def test_pv_that_fails_later_loses_what_it_took_since_its_last_flush():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     await lv.write(0, b"x" * 4096)  # X: acknowledged on both copies
     remote.fail = True
@@ -104,7 +104,7 @@ async def test_pv_that_fails_later_loses_what_it_took_since_its_last_flush():
 
 @pytest.mark.asyncio
 async def test_failed_flush_marks_exactly_the_unflushed_writes():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     await lv.write(0, b"x" * 4096)
     await lv.flush()
@@ -122,7 +122,7 @@ async def test_failed_flush_marks_exactly_the_unflushed_writes():
 
 # -- defect 3: EIO on one LP after others were written ---------------------------------------
 
-class FailingDisk(MemDisk):
+class FailingDisk(PageCacheDisk):
     async def write(self, offset, data, fua=False):
         if self.fail:
             raise OSError(errno.EIO, f"{self.name}: injected write error")
@@ -136,7 +136,7 @@ class FailingDisk(MemDisk):
 
 @pytest.mark.asyncio
 async def test_eio_on_one_lp_comes_after_the_other_lps_are_accounted():
-    a, r, c = MemDisk("hdisk1"), RemoteDisk("hdisk3"), FailingDisk("hdisk2")
+    a, r, c = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3"), FailingDisk("hdisk2")
     entry = LVEntry("lv00", 1, 2, "y", 0, [[(1, 0), (3, 0)], [(2, 0), (2, 1)]])
     vgda = VGDA("v" * 32, "vg", PP, quorum=False,
                 pvs=[PVEntry("a" * 32, 1, 10), PVEntry("b" * 32, 2, 10),
@@ -161,7 +161,7 @@ async def test_eio_on_one_lp_comes_after_the_other_lps_are_accounted():
 
 # -- defect 4: the generation's "written" mark --------------------------------------------------
 
-class GatedDisk(MemDisk):
+class GatedDisk(PageCacheDisk):
     """Metadata writes wait for ``gate``; ``arrived`` is set when one is waiting."""
 
     def __init__(self, name):
@@ -178,7 +178,7 @@ class GatedDisk(MemDisk):
 
 @pytest.mark.asyncio
 async def test_no_writer_is_acknowledged_before_the_written_mark_is_durable():
-    local, remote = GatedDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = GatedDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     lv.vg.vgsa.current["written"] = False  # a generation nobody wrote yet (as on disk)
     first = asyncio.ensure_future(lv.write(0, b"1" * 4096))
@@ -197,7 +197,7 @@ async def test_no_writer_is_acknowledged_before_the_written_mark_is_durable():
 # -- defect 6a: syncvg -f during a background resync -----------------------------------------
 
 def test_forced_resync_reaches_the_partitions_a_running_resync_holds():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     vg = lv.vg
     vg.lvs = {"lv00": lv}
@@ -209,7 +209,7 @@ def test_forced_resync_reaches_the_partitions_a_running_resync_holds():
 
 # -- the RPV client: a new server instance, a replaced link, a lower io_timeout ------------
 
-class HeldDisk(ServerDisk):
+class HeldDisk(ReadOnlyMemDisk):
     """Writes land in memory; the first ``hold`` of them wait until released."""
 
     def __init__(self, size: int, hold: int = 0):
@@ -230,18 +230,6 @@ class HeldDisk(ServerDisk):
 
     async def flush(self):
         self.flushes += 1
-
-
-async def start_server(disk, port: int = 0, limits: Limits | None = None) -> RPVServer:
-    export = Export("rpvserver0", "hdisk1", bytes.fromhex(PVID), "127.0.0.1", True, disk,
-                    disk.size)
-    server = RPVServer(lambda: [export], lambda: "siteB", "nodeB", limits or Limits())
-    await server.start("127.0.0.1", port)
-    return server
-
-
-def port_of(server: RPVServer) -> int:
-    return server._servers[0].sockets[0].getsockname()[1]
 
 
 @pytest.mark.asyncio
@@ -323,7 +311,7 @@ async def test_lower_io_timeout_brings_outstanding_deadlines_forward():
 
 @pytest.mark.asyncio
 async def test_unflushed_loss_never_leaves_an_lp_without_a_fresh_copy():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     vg = lv.vg
     vg.mark_stale((LOCAL, 0), None)  # LP 1's only fresh copy is the remote one
@@ -334,7 +322,7 @@ async def test_unflushed_loss_never_leaves_an_lp_without_a_fresh_copy():
     assert await lv.read(0, 4096) == b"r" * 4096
 
 
-class SlowReadDisk(RemoteDisk):
+class SlowReadDisk(RemoteMemDisk):
     def __init__(self, name):
         super().__init__(name)
         self.reading = asyncio.Event()
@@ -348,7 +336,7 @@ class SlowReadDisk(RemoteDisk):
 
 @pytest.mark.asyncio
 async def test_read_from_a_copy_that_went_stale_meanwhile_is_retried_elsewhere():
-    b, c = SlowReadDisk("hdisk3"), RemoteDisk("hdisk4")
+    b, c = SlowReadDisk("hdisk3"), RemoteMemDisk("hdisk4")
     entry = LVEntry("lv00", 1, 1, "y", 0, [[(2, 0)], [(3, 0)]])
     vgda = VGDA("v" * 32, "vg", PP, quorum=False,
                 pvs=[PVEntry("b" * 32, 2, 10), PVEntry("c" * 32, 3, 10)], lvs={"lv00": entry})
@@ -374,7 +362,7 @@ async def test_read_from_a_copy_that_went_stale_meanwhile_is_retried_elsewhere()
 
 
 def test_dirty_region_log_records_a_new_boot_only_once_the_losses_are_durable():
-    local, remote = MemDisk("hdisk1"), RemoteDisk("hdisk3")
+    local, remote = PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk3")
     lv = make_lv(local, remote)
     vg = lv.vg
     remote.instance = bytes(range(16))

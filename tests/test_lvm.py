@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import signal
 import subprocess
-import time
 
 import pytest
 
 from lvm.resync import BATCH_PPS
 from tests.conftest import qemu_io, run
-from tests.lvmtools import diff_blocks, read_copy
+from tests.helpers.lvmtools import copies_equal, diff_blocks, read_copy
+from tests.helpers.waits import wait_for_log
 
 MiB = 1 << 20
 
@@ -33,30 +32,6 @@ def build_datavg(geo, lps: int = 10) -> None:
     assert "Quorum requirement turned off" in out
     a.ctl("varyoffvg", "datavg")
     a.ctl("varyonvg", "datavg")
-
-
-def wait_for_log(site, match, timeout: float = 30.0, since: int = 0) -> dict:
-    """Follow the daemon's JSON log until an event matches (bounded by ``timeout``),
-    ignoring the first ``since`` lines."""
-    deadline = time.monotonic() + timeout
-    with open(site.state_dir / "rpvd.log") as f:
-        for _ in range(since):
-            f.readline()
-        while time.monotonic() < deadline:
-            line = f.readline()
-            if not line:
-                select.select([], [], [], 0.02)  # a regular file is always "readable"
-                continue
-            event = json.loads(line)
-            if match(event):
-                return event
-    raise AssertionError("log event not seen in time")
-
-
-def copies_equal(geo, lv: str) -> list[int]:
-    m = geo.a.json("lslv", "-m", lv)
-    return diff_blocks(read_copy(m, 0, geo.files, m["pp_size_mb"]),
-                       read_copy(m, 1, geo.files, m["pp_size_mb"]))
 
 
 def test_vg_lv_listings_and_lv_export(geo):

@@ -15,105 +15,14 @@ import errno
 
 import pytest
 
-from lvm import layout
-from lvm.layout import Kind, MiB, pp_offset
-from lvm.metadata import PV_MISSING, VGDA, VGSA, LVEntry, PVEntry
-from lvm.vg import VolumeGroup
-from lvm.volume import LogicalVolume
-
-PP = 4 * MiB
-LOCAL, REMOTE = 1, 2
+from lvm.layout import pp_offset
+from lvm.metadata import PV_MISSING
+from tests.helpers.disks import PageCacheDisk, RemoteMemDisk
+from tests.helpers.mirror_lv import LOCAL, PP, REMOTE, make_lv, vgsa_on
 
 
-class _Disk:
-    def __init__(self, name: str, size: int = 64 * MiB):
-        self.name = name
-        self.size = size
-        self.buf = bytearray(size)
-        self.fail = False
-        self.flushes = 0
-
-    async def flush(self):
-        self.flushes += 1
-
-
-class MemDisk(_Disk):
-    """A local disk in memory, with the synchronous page-cache calls FileDisk offers."""
-
-    def read_now(self, offset, length):
-        if self.fail:
-            raise OSError(errno.EIO, f"{self.name}: injected read error")
-        return bytes(self.buf[offset:offset + length])
-
-    def write_now(self, offset, data):
-        if self.fail:
-            raise OSError(errno.EIO, f"{self.name}: injected write error")
-        self.buf[offset:offset + len(data)] = data
-
-    async def read(self, offset, length):
-        return self.read_now(offset, length)
-
-    async def write(self, offset, data, fua=False):
-        self.write_now(offset, data)
-
-
-class RemoteDisk(_Disk):
-    """A remote disk (no page-cache calls): writes are answered when the test says so."""
-
-    def __init__(self, name: str, size: int = 64 * MiB):
-        super().__init__(name, size)
-        self.ready = True
-        self.waiting: list = []
-
-    async def read(self, offset, length):
-        return bytes(self.buf[offset:offset + length])
-
-    async def write(self, offset, data, fua=False):
-        if self.fail:
-            raise OSError(errno.EIO, f"{self.name}: injected write error")
-        self.buf[offset:offset + len(data)] = data
-
-    def accepts(self, length):
-        return self.ready
-
-    def submit_write_cb(self, offset, data, fua, callback):
-        if not self.ready:
-            return False
-        self.waiting.append((offset, bytes(data), callback))
-        return True
-
-    def answer(self, error: OSError | None = None) -> None:
-        for offset, data, callback in self.waiting:
-            if error is None:
-                self.buf[offset:offset + len(data)] = data
-            callback(error)
-        self.waiting.clear()
-
-
-def make_lv(local: MemDisk, remote: RemoteDisk) -> LogicalVolume:
-    """A two-copy LV of 2 LPs: copy 1 on the local disk, copy 2 on the remote one."""
-    entry = LVEntry("lv00", 1, 2, "y", 0, [[(LOCAL, 0), (LOCAL, 1)], [(REMOTE, 0), (REMOTE, 1)]])
-    vgda = VGDA("v" * 32, "vg", PP, quorum=False,
-                pvs=[PVEntry("a" * 32, LOCAL, 10), PVEntry("b" * 32, REMOTE, 10)],
-                lvs={"lv00": entry})
-    vgsa = VGSA()  # as varyon reads it: a generation already marked written, on disk
-    vgsa.new_generation("g" * 16, "", 0.0)
-    vgsa.current["written"] = True
-    vg = VolumeGroup(vgda, vgsa, {LOCAL: local, REMOTE: remote}, {k: 0 for k in Kind},
-                     is_local=lambda d: d is local, quorum_active=False)
-    vg.drl_durable = {(1, r) for r in range(2 * PP // (4 * MiB))}
-    return LogicalVolume(vg, entry)
-
-
-def at(disk: MemDisk, pp: int, within: int, n: int) -> bytes:
+def at(disk: PageCacheDisk, pp: int, within: int, n: int) -> bytes:
     return bytes(disk.buf[pp_offset(pp, PP) + within:pp_offset(pp, PP) + within + n])
-
-
-def vgsa_on(disk: MemDisk) -> dict:
-    area = layout.AREAS[Kind.VGSA]
-    raw = bytes(disk.buf[area.offset:area.offset + 2 * area.slot_size])
-    rec = layout.newest(Kind.VGSA, raw[:area.slot_size], raw[area.slot_size:])
-    return rec[1] if rec else {}
 
 
 class Done:
@@ -128,7 +37,7 @@ class Done:
 
 @pytest.fixture
 def disks():
-    return MemDisk("hdisk1"), RemoteDisk("hdisk2")
+    return PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk2")
 
 
 @pytest.mark.asyncio

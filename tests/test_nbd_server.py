@@ -14,7 +14,7 @@ import struct
 import pytest
 import uvloop
 
-from rpv.blockdev import FileDisk, check_range, create_sparse_file
+from rpv.blockdev import FileDisk, create_sparse_file
 from rpv.nbd import NBDServer
 from rpv.nbd.protocol import (
     IHAVEOPT,
@@ -27,6 +27,7 @@ from rpv.nbd.protocol import (
     Rep,
 )
 from rpv.nbd.server import PHASE_TRANSITIONS, Phase
+from tests.helpers.disks import AsyncMemDisk
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -35,41 +36,7 @@ MiB = 1 << 20
 # --------------------------------------------------------------------------- fakes
 
 
-class MemDisk:
-    """An async-only device (no read_now/write_now), so every request runs as a task."""
-
-    def __init__(self, name: str, size: int = 8 * MiB):
-        self.name = name
-        self.buf = bytearray(size)
-        self.writes: list[tuple[int, int, bool]] = []
-        self.flushes = 0
-        self.started: list[tuple[str, int]] = []
-
-    @property
-    def size(self) -> int:
-        return len(self.buf)
-
-    async def read(self, offset: int, length: int) -> bytes:
-        check_range(self.size, offset, length)
-        self.started.append(("read", offset))
-        await self._delay("read", offset)
-        return bytes(self.buf[offset : offset + length])
-
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        check_range(self.size, offset, len(data))
-        self.started.append(("write", offset))
-        await self._delay("write", offset)
-        self.buf[offset : offset + len(data)] = data
-        self.writes.append((offset, len(data), fua))
-
-    async def flush(self) -> None:
-        self.flushes += 1
-
-    async def _delay(self, op: str, offset: int) -> None:
-        await asyncio.sleep(0)
-
-
-class GatedDisk(MemDisk):
+class GatedDisk(AsyncMemDisk):
     """Operations at offset 0 wait for ``gate``; everything else completes at once."""
 
     def __init__(self, name: str, size: int = 8 * MiB):
@@ -81,7 +48,7 @@ class GatedDisk(MemDisk):
             await self.gate.wait()
 
 
-class CallbackDisk(MemDisk):
+class CallbackDisk(AsyncMemDisk):
     """A device with the inline write path (as a logical volume has): writes at offset 0
     complete inline at once, writes at ``refused`` are left to the async path, and all other
     writes are answered when the test calls :meth:`answer`."""
@@ -109,7 +76,7 @@ class CallbackDisk(MemDisk):
             done(error)
 
 
-class FailingDisk(MemDisk):
+class FailingDisk(AsyncMemDisk):
     def __init__(self, name: str, exc_by_offset: dict[int, BaseException]):
         super().__init__(name)
         self.exc_by_offset = exc_by_offset
@@ -296,7 +263,7 @@ def test_inline_writes_complete_later_in_any_order(run, sock):
 
 def test_pipelined_writes_then_flush(run, sock):
     async def body():
-        dev = MemDisk("hdisk1")
+        dev = AsyncMemDisk("hdisk1")
         server = NBDServer(Registry(dev))
         await server.start_unix(sock)
         c = await Client.connect(sock)
@@ -319,7 +286,7 @@ def test_pipelined_writes_then_flush(run, sock):
 
 def test_write_zeroes_chunked_with_fua(run, sock):
     async def body():
-        dev = MemDisk("hdisk1")
+        dev = AsyncMemDisk("hdisk1")
         dev.buf[:] = b"\xff" * len(dev.buf)
         server = NBDServer(Registry(dev))
         await server.start_unix(sock)
@@ -366,7 +333,7 @@ def test_backpressure_async_device(run, sock):
     """A client that never reads replies: in-flight work and buffers stay bounded."""
 
     async def body():
-        dev = MemDisk("hdisk1", 8 * MiB)
+        dev = AsyncMemDisk("hdisk1", 8 * MiB)
         server = NBDServer(Registry(dev), max_inflight_requests=4,
                            max_inflight_bytes=256 * KiB)
         await server.start_unix(sock)
@@ -488,7 +455,7 @@ def test_disc_answers_outstanding_then_closes(run, sock):
 
 def test_protocol_error_drops_only_that_connection(run, sock):
     async def body():
-        dev = MemDisk("hdisk1")
+        dev = AsyncMemDisk("hdisk1")
         server = NBDServer(Registry(dev))
         await server.start_unix(sock)
         bad = await Client.connect(sock)
@@ -517,7 +484,7 @@ async def go_refused(sock: str, name: str):
 
 def test_unknown_export_then_known(run, sock):
     async def body():
-        server = NBDServer(Registry(MemDisk("hdisk1")))
+        server = NBDServer(Registry(AsyncMemDisk("hdisk1")))
         await server.start_unix(sock)
         reader, writer = await go_refused(sock, "nope")
         writer.write(option(Opt.EXPORT_NAME, b"nope"))  # legacy: the server must hang up
@@ -530,7 +497,7 @@ def test_unknown_export_then_known(run, sock):
 
 def test_tcp_listener(run):
     async def body():
-        server = NBDServer(Registry(MemDisk("hdisk1")))
+        server = NBDServer(Registry(AsyncMemDisk("hdisk1")))
         [(host, port)] = await server.start_tcp("127.0.0.1", 0)
         c = await Client.connect((host, port))
         c.send(request(Cmd.WRITE, 1, 512, 3, 0, b"tcp"))
@@ -548,9 +515,9 @@ def test_stale_socket_replaced_live_socket_refused(run, sock):
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(sock)
         stale.close()  # leaves a socket file nobody listens on
-        server = NBDServer(Registry(MemDisk("hdisk1")))
+        server = NBDServer(Registry(AsyncMemDisk("hdisk1")))
         await server.start_unix(sock)
-        other = NBDServer(Registry(MemDisk("hdisk1")))
+        other = NBDServer(Registry(AsyncMemDisk("hdisk1")))
         with pytest.raises(OSError) as info:
             await other.start_unix(sock)
         assert info.value.errno == errno.EADDRINUSE
@@ -565,7 +532,7 @@ def test_stale_socket_replaced_live_socket_refused(run, sock):
 
 def test_connection_limit_and_handshake_timeout(run, sock):
     async def body():
-        server = NBDServer(Registry(MemDisk("hdisk1")), max_connections=1,
+        server = NBDServer(Registry(AsyncMemDisk("hdisk1")), max_connections=1,
                            handshake_timeout=0.3)
         await server.start_unix(sock)
         r1, w1 = await asyncio.open_unix_connection(sock)
@@ -587,7 +554,7 @@ def test_option_flood_is_back_pressured(run, sock):
     """NBD_OPT_LIST answers are large: a client that sends many and reads none stalls."""
 
     async def body():
-        devs = [MemDisk(f"lv{i:03d}", 4096) for i in range(200)]
+        devs = [AsyncMemDisk(f"lv{i:03d}", 4096) for i in range(200)]
         server = NBDServer(Registry(*devs))
         await server.start_unix(sock)
         reader, writer = await asyncio.open_unix_connection(sock)
@@ -610,7 +577,7 @@ def test_option_flood_is_back_pressured(run, sock):
 def test_disconnect_export(run, sock):
     async def body():
         lv = GatedDisk("lv01")
-        other = MemDisk("lv02")
+        other = AsyncMemDisk("lv02")
         server = NBDServer(Registry(lv, other))
         await server.start_unix(sock)
         a = await Client.connect(sock, "lv01")
@@ -654,7 +621,7 @@ def test_registry_that_raises_is_an_unknown_export(run, sock):
             raise RuntimeError("boom")
 
     async def body():
-        server = NBDServer(Broken(MemDisk("hdisk1")))
+        server = NBDServer(Broken(AsyncMemDisk("hdisk1")))
         await server.start_unix(sock)
         _, writer = await go_refused(sock, "hdisk1")
         writer.close()

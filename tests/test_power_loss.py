@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import TEST_PORT
-from tests.lvmtools import diff_blocks, read_copy
+from tests.helpers.lvmtools import diff_blocks, read_copy
 from tests.sites import Site
 from tests.soak import LogFollower, NBDClient
 

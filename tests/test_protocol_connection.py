@@ -30,7 +30,7 @@ from rpv.protocol import (
     WriteRequest,
 )
 from rpv.protocol import frames as f
-from tests.test_protocol import (
+from tests.helpers.rpv_frames import (
     DISCOVER_INFO,
     HELLO_INFO,
     PVID,

@@ -38,7 +38,7 @@ from rpv.protocol import (
     digests_size,
 )
 from rpv.protocol import frames as f
-from tests.test_protocol import CONVERSATION, PVID, VECTORS, join, ready_pair
+from tests.helpers.rpv_frames import CONVERSATION, PVID, VECTORS, join, ready_pair
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,12 +11,13 @@ import pytest
 
 from rpv.blockdev import FileDisk, create_sparse_file
 from rpv.client.device import ClientState, RPVClient
-from tests.test_checksum import PVID, MemDisk, serve
+from tests.helpers.disks import ReadOnlyMemDisk
+from tests.helpers.rpv_server import PVID, serve
 
 MiB = 1 << 20
 
 
-class StalledDisk(MemDisk):
+class StalledDisk(ReadOnlyMemDisk):
     """Writes never complete: the server never answers them."""
 
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
@@ -66,7 +67,7 @@ async def test_writes_are_answered_by_their_replies(tmp_path):
 
 @pytest.mark.asyncio
 async def test_server_error_reaches_the_callback():
-    server, port = await serve(MemDisk(bytes(MiB)))  # its writes fail with EROFS
+    server, port = await serve(ReadOnlyMemDisk(bytes(MiB)))  # its writes fail with EROFS
     client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
                        io_timeout=10)
     try:

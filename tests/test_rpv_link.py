@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import select
-import socket
 import subprocess
 import time
 
@@ -16,17 +15,12 @@ import pytest
 from rpv import protocol as pc
 from rpv.faultproxy.client import start_proxy
 from tests.conftest import qemu_io, run
+from tests.helpers.rpv_raw import RawClient, file_bytes
 
 #: these tests write the RPV client disk hdisk3 directly, to exercise the link itself
 pytestmark = pytest.mark.raw_writes
 
 MiB = 1 << 20
-
-
-def file_bytes(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
 
 
 def timed_write_fails(site, export: str) -> float:
@@ -103,35 +97,6 @@ def test_server_checks_peer_pvid_and_state(linked):
     assert any(e["event"] == "rpv_hello_refused" and e["errno"] == errno.ENODEV
                for e in site_b.log_events())
     assert file_bytes(disk, 0, 4096) == bytes(4096)
-
-
-class RawClient:
-    """A hand-driven RPV client socket bound to a chosen source address."""
-
-    def __init__(self, server, source: str):
-        self.sock = socket.create_connection((server.addr, server.port), timeout=5,
-                                             source_address=(source, 0))
-        self.conn = pc.Connection(pc.Role.CLIENT)
-
-    def send(self, buffers) -> None:
-        self.sock.sendall(b"".join(bytes(b) for b in buffers))
-
-    def event(self):
-        while True:
-            ev = self.conn.next_event()
-            if ev is not pc.NEED_DATA:
-                return ev
-            try:
-                data = self.sock.recv(1 << 20)
-            except ConnectionResetError:
-                data = b""
-            self.conn.receive_data(data)
-
-    def closed_by_peer(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
 
 
 def test_raw_protocol_abuse_gets_specific_errors(linked):

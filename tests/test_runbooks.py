@@ -6,23 +6,11 @@ from __future__ import annotations
 import json
 
 from tests.conftest import qemu_io, run
-from tests.lvmtools import diff_blocks, read_copy
+from tests.helpers.lvmtools import diff_blocks, read_copy
+from tests.helpers.runbooks import configure_airline
+from tests.helpers.waits import wait_for_log
 
 MiB = 1 << 20
-
-
-def configure_airline(geo) -> None:
-    """Runbook 1: the seed's airline example, step by step."""
-    a = geo.a
-    a.ctl("mkvg", "-y", "datavg", "hdisk1", "hdisk2")
-    a.ctl("mklv", "-y", "datafslv", "datavg", "10")
-    a.ctl("mklv", "-y", "dataloglv", "datavg", "1")
-    a.ctl("chvg", "-a", "n", "datavg")
-    for lv in ("datafslv", "dataloglv"):
-        a.ctl("chlv", "-s", "s", "-u", "2", lv)
-    assert "hdisk3 hdisk4" in a.ctl("gmvg", "add-rpvs", "datavg", "--site", "Poughkeepsie")
-    out = a.ctl("gmvg", "add-mirror", "datavg", "--site", "Poughkeepsie")
-    assert "0516-1125 mirrorvg: Quorum requirement turned off" in out
 
 
 def test_runbook1_configure_and_verify(geo):
@@ -164,7 +152,6 @@ def test_split_brain_at_fresh_varyon(geo):
 def test_auto_resume_reactivates_and_resyncs(geo):
     """auto_resume=y: after the RPV server answers again, nobody has to run chdev or
     varyonvg; the PVs come back and the stale partitions are resynced."""
-    from tests.test_lvm import wait_for_log
     a, b = geo.a, geo.b
     configure_airline(geo)
     a.ctl("varyoffvg", "datavg")

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from rpv.faultproxy.client import start_proxy
-from tests.conftest import run
-from tests.lvmtools import diff_blocks, read_copy
-from tests.test_lvm import copies_equal, qemu_io
-from tests.test_runbooks import configure_airline
+from tests.conftest import qemu_io, run
+from tests.helpers.lvmtools import copies_equal, diff_blocks, read_copy
+from tests.helpers.runbooks import configure_airline
 
 MiB = 1 << 20
 KiB = 1 << 10

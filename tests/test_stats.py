@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import qemu_io
-from tests.test_runbooks import configure_airline
+from tests.helpers.runbooks import configure_airline
 
 #: these tests write the RPV client disk hdisk3 directly, to exercise the link itself
 pytestmark = pytest.mark.raw_writes

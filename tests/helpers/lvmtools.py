@@ -1,4 +1,5 @@
-"""Helpers for LVM tests: read a copy of an LV straight from the backing files."""
+"""Helpers for LVM tests: read a copy of an LV straight from the backing files and compare
+copies."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def diff_blocks(x: bytes, y: bytes, block: int = 4096) -> list[int]:
     """Offsets of the blocks that differ."""
     assert len(x) == len(y)
     return [o for o in range(0, len(x), block) if x[o:o + block] != y[o:o + block]]
+
+
+def copies_equal(geo, lv: str) -> list[int]:
+    """Offsets of the blocks where copy 2 of ``lv`` differs from copy 1 (``[]``: identical),
+    read from the backing files of a :class:`tests.conftest.Geo`."""
+    m = geo.a.json("lslv", "-m", lv)
+    return diff_blocks(read_copy(m, 0, geo.files, m["pp_size_mb"]),
+                       read_copy(m, 1, geo.files, m["pp_size_mb"]))

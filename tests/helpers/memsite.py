@@ -4,38 +4,9 @@ without a daemon, a socket or a file."""
 
 from __future__ import annotations
 
-import errno
-
 from lvm.manager import LVMManager
 from lvm.ports import DiskInfo
-
-MiB = 1 << 20
-
-
-class MemDisk:
-    """A BlockDevice in memory. ``fail`` makes every call raise EIO (a dead disk)."""
-
-    def __init__(self, name: str, size: int = 64 * MiB, local: bool = True):
-        self.name = name
-        self.size = size
-        self.local = local
-        self.buf = bytearray(size)
-        self.fail = False
-
-    def _check(self) -> None:
-        if self.fail:
-            raise OSError(errno.EIO, f"{self.name}: injected failure")
-
-    async def read(self, offset: int, length: int) -> bytes:
-        self._check()
-        return bytes(self.buf[offset:offset + length])
-
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        self._check()
-        self.buf[offset:offset + len(data)] = data
-
-    async def flush(self) -> None:
-        self._check()
+from tests.helpers.disks import MemDisk, MiB
 
 
 class MemSite:
