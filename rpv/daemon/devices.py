@@ -49,19 +49,25 @@ def new_pvid() -> str:
 
 class DeviceManager:
     def __init__(self, db: DeviceDB, errlog: ErrorLog, node: str,
-                 unsafe_raw_writes: bool = False):
+                 client_ssl=None, unsafe_raw_writes: bool = False):
         self.db = db
         self.unsafe_raw_writes = unsafe_raw_writes
         self._claims: dict[str, str] = {}  # disk name -> who is taking it into use
         self.errlog = errlog
         self.node = node
         self.disks: dict[str, BlockDevice] = {}  # Available disk devices by name
-        self.rpv_server: RPVServer | None = None
-        self.lvm = None  # lvm.manager.LVMManager, set by the daemon
-        self.nbd = None  # rpv.nbd.NBDServer, set by the daemon
-        self.client_ssl = None  # ssl.SSLContext for RPV clients when TLS is configured
+        self.rpv_server: RPVServer | None = None  # these three: see attach()
+        self.lvm = None
+        self.nbd = None
+        self.client_ssl = client_ssl  # ssl.SSLContext for RPV clients when TLS is configured
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
+
+    def attach(self, rpv_server: RPVServer, lvm, nbd) -> None:
+        """The daemon's other parts, once they exist: the RPV server (exports to drop), the
+        LVM core (disks in use, PVs coming back; lvm.manager.LVMManager) and the NBD server
+        (connections to close)."""
+        self.rpv_server, self.lvm, self.nbd = rpv_server, lvm, nbd
 
     # -- site ----------------------------------------------------------------------------------
     def site(self) -> str:

@@ -80,23 +80,25 @@ class Daemon:
             machine_id = os.urandom(6).hex().upper()
             self.db.set_setting("machine_id", machine_id)
         self.errlog = ErrorLog(self.db, cfg.node, machine_id)
-        self.devices = DeviceManager(self.db, self.errlog, cfg.node,
+        # The one place objects are wired together. The device manager and the LVM core need
+        # each other (disks in use, PVs coming back), so the manager is told its peers once
+        # they exist; the LVM core gets its ports at construction.
+        client_ssl = None
+        self.server_ssl = None
+        if cfg.tls_ca:
+            self.server_ssl = tls.server_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+            client_ssl = tls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+        self.devices = DeviceManager(self.db, self.errlog, cfg.node, client_ssl=client_ssl,
                                      unsafe_raw_writes=cfg.nbd_unsafe_raw_writes)
         self.rpv = RPVServer(self.devices.rpv_exports, self.devices.site, cfg.node, Limits(
             max_connections=cfg.max_connections, max_payload=cfg.max_payload,
             max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
-        self.devices.rpv_server = self.rpv
-        self.server_ssl = None
-        if cfg.tls_ca:
-            self.server_ssl = tls.server_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
-            self.devices.client_ssl = tls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         self.jobs = Jobs()
         self.lvm = LVMManager(pvs=self.devices, catalog=self.db, exports=self.devices,
                               errors=self.errlog, jobs=self.jobs)
-        self.devices.lvm = self.lvm
         self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
-        self.devices.nbd = self.nbd
+        self.devices.attach(rpv_server=self.rpv, lvm=self.lvm, nbd=self.nbd)
         self.control = ControlServer(self.ops(), jobs=self.jobs)
 
     def ops(self) -> dict:
