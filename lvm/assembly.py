@@ -15,8 +15,9 @@ from lvm import policy, splitbrain
 from lvm.layout import Kind
 from lvm.metadata import PV_ACTIVE, PV_MISSING, PV_REMOVED, VGDA, VGSA
 from lvm.ports import ErrorSink, PVDirectory, device_for_pvid, name_for_pvid
+from lvm.records import PVMeta, read_pv_meta, read_record
 from lvm.recovery import recover_dirty_regions
-from lvm.vg import PVMeta, VolumeGroup, read_pv_meta, read_record
+from lvm.vg import VolumeGroup
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice
 from rpv.errors import CommandError

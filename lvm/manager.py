@@ -30,8 +30,9 @@ from lvm.metadata import (
     PVEntry,
 )
 from lvm.ports import ErrorSink, ExportControl, PVDirectory, VGCatalog, name_for_pvid
+from lvm.records import read_pv_meta, read_record, write_record
 from lvm.scheduler import ResyncScheduler
-from lvm.vg import VolumeGroup, read_pv_meta, read_record, write_record
+from lvm.vg import VolumeGroup
 from lvm.volume import LogicalVolume
 from rpv.blockdev import BlockDevice
 from rpv.errors import CommandError

@@ -23,11 +23,9 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
-from lvm import layout
 from lvm.commit import GroupCommit
 from lvm.layout import Kind
 from lvm.metadata import (
@@ -41,6 +39,7 @@ from lvm.metadata import (
     Loc,
 )
 from lvm.policy import has_quorum
+from lvm.records import write_record
 from rpv.blockdev import BlockDevice
 from rpv.instance import boot_hash, boot_of
 
@@ -52,35 +51,6 @@ DRL_MAX_ACTIVE = 256
 # what a failure of the PV can cost in resync
 UNFLUSHED_MAX_PPS = 1024
 _NONE = object()
-
-
-@dataclass(slots=True)
-class PVMeta:
-    """What one PV's metadata area says (None where a record is absent or unreadable)."""
-
-    header: dict | None
-    vgda: tuple[int, dict] | None
-    vgsa: tuple[int, dict] | None
-    drl: tuple[int, dict] | None
-
-
-async def read_record(dev: BlockDevice, kind: Kind) -> tuple[int, dict] | None:
-    area = layout.AREAS[kind]
-    raw = await dev.read(area.offset, 2 * area.slot_size)
-    return layout.newest(kind, raw[:area.slot_size], raw[area.slot_size:])
-
-
-async def read_pv_meta(dev: BlockDevice) -> PVMeta:
-    header = await read_record(dev, Kind.PVHEADER)
-    if header is None:
-        return PVMeta(None, None, None, None)
-    return PVMeta(header[1], await read_record(dev, Kind.VGDA), await read_record(dev, Kind.VGSA),
-                  await read_record(dev, Kind.DRL))
-
-
-async def write_record(dev: BlockDevice, kind: Kind, seq: int, payload: dict) -> None:
-    await dev.write(layout.AREAS[kind].slot_offset(seq), layout.encode(kind, seq, payload),
-                    fua=True)
 
 
 class VGClosed(OSError):
