@@ -22,6 +22,7 @@ from rpv.server.server import Limits
 from tests.helpers.disks import PageCacheDisk, ReadOnlyMemDisk, RemoteMemDisk
 from tests.helpers.mirror_lv import LOCAL, PP, REMOTE, make_lv, vgsa_on
 from tests.helpers.rpv_server import PVID, port_of, start_server
+from tests.helpers.waits import settle
 
 MiB = 1 << 20
 
@@ -186,8 +187,7 @@ async def test_no_writer_is_acknowledged_before_the_written_mark_is_durable():
     second = asyncio.ensure_future(lv.write(4 * CHUNK, b"2" * 4096))
     inline_done = []
     assert not lv.write_inline(8 * CHUNK, b"3" * 4096, False, inline_done.append)
-    for _ in range(50):  # let the second writer run as far as it can
-        await asyncio.sleep(0)
+    await settle(50)  # let the second writer run as far as it can
     assert not first.done() and not second.done()
     local.gate.set()
     await asyncio.gather(first, second)

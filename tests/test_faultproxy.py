@@ -34,6 +34,7 @@ from rpv.faultproxy.proxy import (
     Settings,
     WaitUntil,
 )
+from tests.helpers.waits import settled, until, wait_until
 
 SILENCE_S = 0.3  # how long "nothing arrives" is observed
 TIMEOUT_S = 5.0  # upper bound for anything that should happen
@@ -229,10 +230,8 @@ def ctl(proxy_proc, echo) -> FaultProxyControl:
     assert proc.poll() is None, "proxy died"
     c.clear()
     # quiesce: connections of earlier tests have been closed through the proxy on both ends
-    deadline = time.monotonic() + TIMEOUT_S
-    while c.stats()["connections_active"] or echo.active:
-        assert time.monotonic() < deadline, "connections of an earlier test did not close"
-        time.sleep(0.01)
+    wait_until(lambda: not (c.stats()["connections_active"] or echo.active), TIMEOUT_S,
+               "connections of an earlier test closed")
     yield c
     c.clear()
 
@@ -473,10 +472,8 @@ def test_stats_counters_move(ctl, connect):
     assert after["bytes_down"] == before["bytes_down"] + 5
     ctl.set(mode="blackhole")
     s.sendall(b"lost")
-    deadline = time.monotonic() + TIMEOUT_S
-    while ctl.stats()["chunks_dropped"] == after["chunks_dropped"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: ctl.stats()["chunks_dropped"] != after["chunks_dropped"], TIMEOUT_S,
+               "the blackholed chunk dropped")
     assert ctl.stats()["bytes_up"] == after["bytes_up"]
 
 
@@ -523,13 +520,6 @@ async def inproc(target, **kw):
         await p.close()
 
 
-async def until(pred, timeout: float = TIMEOUT_S) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.asyncio
 async def test_queue_is_bounded_while_holding_then_delivers_in_order():
     loop = asyncio.get_running_loop()
@@ -544,8 +534,9 @@ async def test_queue_is_bounded_while_holding_then_delivers_in_order():
             w.write(payload)  # far more than the proxy may buffer
             await until(lambda: p.stats_snapshot()["queued_up"] > limit)
             # reading is paused: the queue stops growing (sender blocks in TCP)
-            await asyncio.sleep(0.1)
-            assert p.stats_snapshot()["queued_up"] <= limit + 512 * 1024
+            queued = await settled(lambda: p.stats_snapshot()["queued_up"], quiet=0.1,
+                                   timeout=TIMEOUT_S)
+            assert queued <= limit + 512 * 1024
             assert w.transport.get_write_buffer_size() > 0
             assert len(store) == 0
             p.control({"op": "set", "mode": "pass"})

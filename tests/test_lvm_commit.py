@@ -12,14 +12,9 @@ import random
 import pytest
 
 from lvm.commit import GroupCommit, RangeLock
+from tests.helpers.waits import settle
 
 GUARD = 5  # seconds; a safety net against hangs, never a sequencing device
-
-
-async def settle(n: int = 20) -> None:
-    """Let every runnable task take a few steps."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 class GatedFlush:
@@ -145,8 +140,7 @@ async def test_many_concurrent_callers_share_flushes_and_each_is_covered():
         running += 1
         assert running == 1  # never two flushes at once
         seen = version
-        for _ in range(rnd.randint(1, 5)):
-            await asyncio.sleep(0)
+        await settle(rnd.randint(1, 5))  # a random interleaving
         durable = max(durable, seen)
         running -= 1
 
@@ -154,8 +148,7 @@ async def test_many_concurrent_callers_share_flushes_and_each_is_covered():
 
     async def caller():
         nonlocal version
-        for _ in range(rnd.randint(0, 30)):
-            await asyncio.sleep(0)
+        await settle(rnd.randint(0, 30))  # a random interleaving
         version += 1
         mine = version
         await gc.commit()
@@ -477,8 +470,7 @@ async def test_random_workload_never_overlaps_and_keeps_arrival_order():
                 assert not (s < end and start < e), "overlapping ranges held at once"
             inside.append((start, end, i))
             order.append(i)
-            for _ in range(rnd.randint(0, 4)):
-                await asyncio.sleep(0)
+            await settle(rnd.randint(0, 4))  # a random interleaving
             inside.remove((start, end, i))
 
     specs = []

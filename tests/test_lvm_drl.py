@@ -11,6 +11,7 @@ import pytest
 from lvm.layout import Kind
 from lvm.metadata import VGDA, VGSA, PVEntry
 from lvm.vg import VolumeGroup
+from tests.helpers.waits import settle
 
 
 class GatedDisk:
@@ -20,9 +21,12 @@ class GatedDisk:
     def __init__(self):
         self.gate = asyncio.Event()
         self.gate.set()
+        self.held = asyncio.Event()  # a write is waiting at the closed gate
         self.writes = 0
 
     async def write(self, offset, data, fua=False):
+        if not self.gate.is_set():
+            self.held.set()
         await self.gate.wait()
         self.writes += 1
 
@@ -44,10 +48,9 @@ async def test_second_writer_waits_for_the_commit_in_flight():
     vg = make_vg(disk)
     disk.gate.clear()
     first = asyncio.ensure_future(vg.drl_enter([(1, 0)]))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(disk.held.wait(), 5)  # the first writer's DRL write is in flight
     second = asyncio.ensure_future(vg.drl_enter([(1, 0)]))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await settle(5)
     assert not first.done() and not second.done(), "a writer went ahead of the DRL write"
     disk.gate.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5)
@@ -73,8 +76,7 @@ async def test_retired_region_is_logged_again_before_reuse():
     assert (1, r) not in group.drl_durable
     disk.gate.clear()
     waiter = asyncio.ensure_future(group.drl_enter([(1, r)]))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await settle(5)
     assert not waiter.done()
     disk.gate.set()
     await asyncio.wait_for(waiter, 5)

@@ -19,6 +19,7 @@ from lvm.layout import pp_offset
 from lvm.metadata import PV_MISSING
 from tests.helpers.disks import PageCacheDisk, RemoteMemDisk
 from tests.helpers.mirror_lv import LOCAL, PP, REMOTE, make_lv, vgsa_on
+from tests.helpers.waits import settle
 
 
 def at(disk: PageCacheDisk, pp: int, within: int, n: int) -> bytes:
@@ -151,8 +152,7 @@ async def test_async_write_overlapping_an_inline_write_waits_for_it(disks):
     first = Done()
     assert lv.write_inline(0, b"1" * 8192, False, first)
     second = asyncio.ensure_future(lv.write(4096, b"2" * 4096))
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await settle(10)
     assert not second.done()
     assert at(local, 0, 4096, 4096) == b"1" * 4096  # the later write did not overtake
     remote.answer()

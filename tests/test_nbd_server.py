@@ -28,6 +28,7 @@ from rpv.nbd.protocol import (
 )
 from rpv.nbd.server import PHASE_TRANSITIONS, Phase
 from tests.helpers.disks import AsyncMemDisk
+from tests.helpers.waits import settled, until
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -175,26 +176,6 @@ def run(request):
             return r.run(main())
 
     return runner
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` (for server state there is no event to await)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
-async def settled(value, quiet: float = 0.05) -> int:
-    """Wait until ``value()`` stops changing for ``quiet`` seconds; return it."""
-    last = value()
-    while True:
-        await asyncio.sleep(quiet)
-        now = value()
-        if now == last:
-            return now
-        last = now
 
 
 def only_connection(server: NBDServer):
@@ -400,8 +381,8 @@ def test_close_waits_for_inflight_requests(run, sock, inline):
         c.send(request(Cmd.WRITE, 1, offset, 4, 0, b"data"))
         await until(lambda: dev.held if inline else ("write", 0) in dev.started)
         closing = asyncio.create_task(server.close())
-        await asyncio.sleep(0.05)
-        assert not closing.done()
+        done, _ = await asyncio.wait({closing}, timeout=0.05)  # close() keeps waiting...
+        assert not done
         if inline:
             dev.answer()
         else:

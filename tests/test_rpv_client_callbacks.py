@@ -98,7 +98,7 @@ async def test_deadline_fails_every_waiting_write_once_then_refuses():
         assert len(timeouts) == 1 and client.state is ClientState.FAILED
         assert not client.accepts(512)
         assert not client.submit_write_cb(0, b"s" * 512, False, out.callback(5))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a callback would run at the next turn of the loop
         assert 5 not in out.got
     finally:
         await client.close()
