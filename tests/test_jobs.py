@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from rpv.jobs import JobError, Jobs
+from tests.helpers.waits import until, wait_until
 from tests.sites import GLVMCTL
 
 
@@ -18,29 +19,36 @@ def test_job_table_runs_follows_and_cancels():
     async def main():
         clock = iter(range(100))
         jobs = Jobs(clock=lambda: next(clock))
-        gate = asyncio.Event()
+        gate, reported = asyncio.Event(), asyncio.Event()
         seen = []
 
         async def work(progress):
             progress({"pps_done": 1, "pps_total": 2})
+            reported.set()
             await gate.wait()
             progress({"pps_done": 2, "pps_total": 2})
             return {"ok": True}
 
         job = jobs.start("syncvg", "datavg", work)
-        await asyncio.sleep(0)  # the job reaches its first progress event
+        await asyncio.wait_for(reported.wait(), 5)  # the job reached its first progress event
         assert jobs.list()[0]["state"] == "running"
         assert jobs.list()[0]["progress"] == {"pps_done": 1, "pps_total": 2}
         follower = asyncio.ensure_future(jobs.follow(job.id, seen.append))
-        await asyncio.sleep(0)
+        await until(lambda: seen.append in job.watchers)  # the follower is listening
         gate.set()
         assert (await follower).state == "done" and job.task.result() == {"ok": True}
         assert seen == [{"pps_done": 2, "pps_total": 2}]
         with pytest.raises(JobError, match="already done"):
             jobs.cancel(job.id)
 
-        slow = jobs.start("syncvg_verify", "datalv", lambda progress: asyncio.sleep(3600))
-        await asyncio.sleep(0)
+        running = asyncio.Event()
+
+        async def endless(progress):
+            running.set()
+            await asyncio.Event().wait()  # ends only when cancelled
+
+        slow = jobs.start("syncvg_verify", "datalv", endless)
+        await asyncio.wait_for(running.wait(), 5)
         jobs.cancel(slow.id)
         await asyncio.wait({slow.task})
         assert slow.state == "cancelled" and slow.finished is not None
@@ -72,13 +80,10 @@ def test_glvmctl_jobs_list_cancel_and_finish(site_a):
     sync = subprocess.Popen([GLVMCTL, "syncvg", "-f", "--rate", "2", "-v", "datavg"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        running = []
-        for _ in range(200):  # bounded: the job appears as soon as rpvd takes the request
-            running = [j for j in ctl_json(a, "jobs") if j["state"] == "running"
-                       and j["op"] == "syncvg"]
-            if running:
-                break
-        assert running and running[0]["target"] == "datavg"
+        # the job appears as soon as rpvd takes the request
+        running = wait_until(lambda: [j for j in ctl_json(a, "jobs") if j["state"] == "running"
+                                      and j["op"] == "syncvg"], 30, "syncvg listed as running")
+        assert running[0]["target"] == "datavg"
         out = a.ctl("jobs")
         assert "syncvg" in out and "running" in out
         cancelled = a.ctl("jobs", "cancel", str(running[0]["id"]))
