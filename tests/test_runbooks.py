@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import qemu_io, run
-from tests.helpers.lvmtools import diff_blocks, read_copy
+from tests.helpers.lvmtools import copies_equal, diff_blocks, read_copy
 from tests.helpers.runbooks import configure_airline
 from tests.helpers.waits import wait_for_log
 
@@ -119,8 +119,7 @@ def test_split_brain_is_detected_not_merged(geo, tmp_path):
     a.ctl("syncvg", "-v", "datavg")
     assert a.json("lsvg", "datavg")["stale_pps"] == 0
     qemu_io(a.nbd_uri("datafslv"), "read -P 0xaa 0 64k", "read -P 0x10 64k 960k")
-    m = a.json("lslv", "-m", "datafslv")
-    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
+    assert copies_equal(geo, "datafslv") == []
 
 
 def test_split_brain_at_fresh_varyon(geo):
@@ -145,8 +144,7 @@ def test_split_brain_at_fresh_varyon(geo):
     a.ctl("varyonvg", "datavg")
     a.ctl("syncvg", "-v", "datavg")
     qemu_io(a.nbd_uri("datafslv"), "read -P 0xbb 0 64k")
-    m = a.json("lslv", "-m", "datafslv")
-    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
+    assert copies_equal(geo, "datafslv") == []
 
 
 def test_auto_resume_reactivates_and_resyncs(geo):
@@ -173,8 +171,7 @@ def test_auto_resume_reactivates_and_resyncs(geo):
     assert vg["stale_pps"] == 0 and all(p["state"] == "active" for p in vg["pvs"])
     labels = [e["label"] for e in a.json("errpt")]
     assert "RPVC_IO_TIMEOUT" in labels and "LVM_MISSPVRET" in labels
-    m = a.json("lslv", "-m", "datafslv")
-    assert diff_blocks(read_copy(m, 0, geo.files, 4), read_copy(m, 1, geo.files, 4)) == []
+    assert copies_equal(geo, "datafslv") == []
 
 
 def test_online_verify_finds_and_repairs_exactly_the_corrupt_chunk(geo):
