@@ -2,9 +2,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean bench soak fuzz
+.PHONY: deps install test demo lint clean bench soak fuzz
+
+deps:
+	@bash .ci/deps.sh
 
 $(STAMP): pyproject.toml
+	@bash .ci/deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -12,10 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: deps $(STAMP)
 	$(PY) -m pytest -x -p no:cacheprovider
 
-demo: $(STAMP)
+demo: deps $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash conf/demo.sh
 
 lint: $(STAMP)

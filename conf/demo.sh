@@ -37,7 +37,7 @@ SECONDS=0
 die() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
 
 for tool in rpvd glvmctl nbdcopy nbdinfo qemu-io sha256sum python3 mkfifo mke2fs e2fsck debugfs stdbuf; do
-    command -v "$tool" >/dev/null || die "$tool not found on PATH (run 'make demo', or 'bash .ci/run' to install the Debian tools)"
+    command -v "$tool" >/dev/null || die "$tool not found on PATH (bash .ci/deps.sh installs the Debian tools; make install the rest)"
 done
 
 # -- the port ------------------------------------------------------------------------------
