@@ -6,6 +6,7 @@ import typer
 
 from glvmctl import devices, errlog, gmvg, jobs, lvm, rpv, stats, tls
 from glvmctl.context import set_socket
+from rpv import control_api as api
 
 app = typer.Typer(
     help="Manage geographic LVM mirroring at this site: devices (mkdev, chdev, rmdev, lsdev, "
@@ -15,10 +16,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]})
 
 
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"glvmctl {api.package_version()} (control API {api.API_VERSION}, "
+                   f"RPV protocol {api.RPV_PROTOCOL_VERSION})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(socket: str = typer.Option(None, "--socket", envvar="GLVM_SOCKET",
                                        help="rpvd control socket "
-                                            "(default /var/lib/glvm/control.sock)")) -> None:
+                                            "(default /var/lib/glvm/control.sock)"),
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                         help="print the version and the protocol versions")
+            ) -> None:
     set_socket(socket)
 
 

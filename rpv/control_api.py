@@ -22,6 +22,17 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 API_VERSION = 1
+RPV_PROTOCOL_VERSION = 1  # the RPV wire protocol's VERSION (rpv.protocol.constants), for --version
+
+
+def package_version() -> str:
+    """The installed glvm release (rpvd and glvmctl report the same one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("glvm")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class RequestError(ValueError):

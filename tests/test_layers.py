@@ -107,3 +107,15 @@ def test_control_requests_are_checked_against_the_table():
             api.decode(line)
     with pytest.raises(api.RequestError, match="unexpected"):
         api.encode("lsdev", colour="blue")  # glvmctl cannot send what rpvd would refuse
+
+
+def test_versions_agree():
+    """glvmctl --version reports the RPV protocol version without importing the protocol."""
+    from rpv.protocol.constants import VERSION
+
+    assert api.RPV_PROTOCOL_VERSION == VERSION
+    out = subprocess.run([sys.executable, "-m", "glvmctl.main", "--version"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == (f"glvmctl {api.package_version()} (control API {api.API_VERSION}, "
+                           f"RPV protocol {VERSION})")
+    assert api.package_version() != "unknown"

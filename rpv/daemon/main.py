@@ -16,7 +16,7 @@ import uvloop
 from lvm.gmvg import GMVG
 from lvm.manager import LVMManager
 from rpv import tls
-from rpv.control_api import API_VERSION
+from rpv.control_api import API_VERSION, RPV_PROTOCOL_VERSION, package_version
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs, metrics
 from rpv.daemon.control import ControlServer
@@ -30,7 +30,7 @@ from rpv.server.server import Limits, RPVServer
 
 log = structlog.get_logger("rpvd")
 
-VERSION = "0.1.0"
+VERSION = package_version()
 
 
 
@@ -67,7 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--ready-fd", type=int, help="write READY to this file descriptor once "
                                                 "serving, then close it")
-    p.add_argument("--version", action="version", version=f"rpvd {VERSION}")
+    p.add_argument("--version", action="version",
+                   version=f"rpvd {VERSION} (control API {API_VERSION}, RPV protocol "
+                           f"{RPV_PROTOCOL_VERSION})")
     return p.parse_args(argv)
 
 
