@@ -12,23 +12,25 @@ host lost power) may have forgotten writes it acknowledged since the last comple
 ``on_new_instance`` lets the owner (the LVM) mark those regions stale; without an owner that
 takes it, the requests waiting then fail with ``EIO``, so the next FLUSH reports the loss
 instead of succeeding on the new instance.
+
+The bookkeeping (requests, deadlines, link assignment, durability counters, the state) is the
+sans-IO :class:`rpv.client.requests.RequestTable`; this module is its asyncio adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import errno
 import itertools
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
 from rpv import protocol as pc
 from rpv.blockdev import check_range
+from rpv.client.requests import ClientState, Event, Request, RequestTable
 from rpv.client.stats import IOStats
 from rpv.instance import same_boot
 from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
@@ -39,31 +41,18 @@ CONNECT_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
 SEND_BUFFER = 4 << 20  # SO_SNDBUF of the link (the kernel caps it at net.core.wmem_max)
 
 
-class ClientState(enum.Enum):
-    ONLINE = "online"  # usable; connected or will connect on demand
-    FAILED = "failed"  # a deadline expired: I/O fails at once until resume
-    DISABLED = "disabled"  # server_addr=none: I/O fails at once, nothing logged
-    CLOSED = "closed"  # unconfigured
-
-
-@dataclass(slots=True)
-class _Req:
-    opcode: Opcode
-    offset: int
-    length: int
-    data: bytes | None
-    fua: bool
-    deadline: float
-    future: asyncio.Future | None  # None when ``callback`` takes the outcome instead
-    sent_on: object = None
-    callback: Callable[[OSError | None], None] | None = None
-    rid: int = 0
-    started: float = 0.0
-    covers: int = 0  # FLUSH: writes acknowledged before it was queued
+def _kept_by_table(name: str) -> property:
+    """An attribute of :class:`RPVClient` that its request table keeps."""
+    return property(lambda self: getattr(self._table, name),
+                    lambda self, value: setattr(self._table, name, value))
 
 
 class RPVClient:
-    """A :class:`rpv.blockdev.BlockDevice` served by a remote RPV server."""
+    """A :class:`rpv.blockdev.BlockDevice` served by a remote RPV server.
+
+    The asyncio side of :class:`rpv.client.requests.RequestTable`, which keeps the requests,
+    their deadlines and the state: this owns the futures and callbacks, the links, the
+    reconnect and probe tasks, the deadline timer, the log and the owner's callbacks."""
 
     local = False
 
@@ -78,10 +67,9 @@ class RPVClient:
                  ssl: ssl_module.SSLContext | None = None):
         self.name = name
         self.pvid = pvid_to_bytes(pvid)
-        self.server_addr = server_addr
+        self._table = RequestTable(name, server_addr, io_timeout)
         self.server_port = server_port
         self.local_addr = local_addr
-        self.io_timeout = float(io_timeout)
         self.site = site
         self.node = node
         self._size = size
@@ -92,22 +80,26 @@ class RPVClient:
         self._on_resumed = on_resumed
         self.on_new_instance = on_new_instance
         self._probe: asyncio.Task | None = None
-        self.state = ClientState.DISABLED if server_addr == "none" else ClientState.ONLINE
         self.server_info: HelloInfo | None = None
         self._loop = asyncio.get_running_loop()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Req] = {}
-        self._link: _Link | None = None
         self._connecting: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._max_payload = 1024 * 1024
-        self._max_outstanding = 64
-        self._inflight = 0
-        self.last_error = ""
         self.stats = IOStats()
         self.instance: bytes | None = None  # the server instance that answered last HELLO
-        self._acked_writes = 0  # non-FUA writes acknowledged, ever
-        self._flushed_writes = 0  # of those, how many a completed FLUSH covered
+
+    # -- what the request table keeps ----------------------------------------------------------
+    @property
+    def state(self) -> ClientState:
+        return self._table.state
+
+    server_addr = _kept_by_table("server_addr")
+    io_timeout = _kept_by_table("io_timeout")
+    last_error = _kept_by_table("last_error")
+
+    @property
+    def _link(self) -> _Link | None:
+        return self._table.link
 
     # -- BlockDevice ---------------------------------------------------------------------------
     @property
@@ -197,12 +189,11 @@ class RPVClient:
         """``chdev -a resume=yes``: leave the failed state if the server answers."""
         if self.state is ClientState.DISABLED:
             raise OSError(errno.ENETUNREACH, f"{self.name}: server_addr is none; set it first")
-        previous = self.state
-        self.state = ClientState.ONLINE
+        previous = self._table.begin_resume()
         try:
             info = await self.open(timeout)
         except (OSError, TimeoutError) as e:
-            self.state = previous
+            self._table.resume_failed(previous)
             raise OSError(errno.EIO, f"RPV server {self.server_addr} still not usable: "
                                      f"{_reason(e)}") from None
         log.info("rpvc_resumed", device=self.name, server=self.server_addr)
@@ -230,31 +221,28 @@ class RPVClient:
     def set_server_addr(self, addr: str) -> None:
         self.server_addr = addr
         if addr == "none":
-            self._fail(f"{self.name}: server_addr set to none", ClientState.DISABLED)
+            self._fail(f"{self.name}: server_addr set to none", Event.DISABLE)
         else:
             if self._connecting is not None:  # it may be reaching the old address
                 self._connecting.cancel()
                 self._connecting = None
-            self.state = ClientState.ONLINE
+            self._table.enable()
             self._drop_link("server address changed")
 
     def set_io_timeout(self, seconds: float) -> None:
         """Deadlines become ``seconds`` from each request's submission: a lower value brings
         outstanding deadlines forward at once; a higher one applies to new requests only."""
-        self.io_timeout = float(seconds)
-        if not self._pending:
+        self._table.set_io_timeout(seconds)
+        if not self._table.outstanding():
             return
-        for req in self._pending.values():
-            req.deadline = min(req.deadline, req.started + self.io_timeout)
         if self._timer is not None:
             self._timer.cancel()
-        earliest = min(r.deadline for r in self._pending.values())
-        self._timer = self._loop.call_at(earliest, self._check_deadlines)
+        self._arm_timer()
 
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        self._fail(f"{self.name}: device unconfigured", ClientState.CLOSED)
+        self._fail(f"{self.name}: device unconfigured", Event.CLOSE)
 
     @property
     def connected(self) -> bool:
@@ -264,50 +252,37 @@ class RPVClient:
         self.stats = IOStats()
 
     def outstanding(self) -> int:
-        return len(self._pending)
+        return self._table.outstanding()
 
     def pending(self) -> dict:
         """Requests waiting for the server, as rpvstat shows them."""
-        out = {"pend_reads": 0, "pend_writes": 0, "pend_kb_read": 0, "pend_kb_written": 0}
-        for r in self._pending.values():
-            if r.opcode is Opcode.READ:
-                out["pend_reads"] += 1
-                out["pend_kb_read"] += r.length // 1024
-            elif r.opcode is Opcode.WRITE:
-                out["pend_writes"] += 1
-                out["pend_kb_written"] += r.length // 1024
-        return out
+        return self._table.pending_counts()
 
     # -- request path --------------------------------------------------------------------------
     def _submit(self, opcode: Opcode, offset: int, length: int, data, fua: bool):
-        if self.state is not ClientState.ONLINE:
-            fut = self._loop.create_future()
-            fut.set_exception(OSError(errno.EIO, f"{self.name}: RPV client is {self.state.value}"
-                                      + (f" ({self.last_error})" if self.last_error else "")))
-            return fut
         fut = self._loop.create_future()
+        refusal = self._table.refusal()
+        if refusal is not None:
+            fut.set_exception(refusal)
+            return fut
         self._queue(opcode, offset, length, data, fua, fut, None)
         return fut
 
     def _queue(self, opcode: Opcode, offset: int, length: int, data, fua: bool,
                fut: asyncio.Future | None, callback) -> None:
-        rid = next(self._ids)
-        now = self._loop.time()
-        req = _Req(opcode, offset, length, data, fua, now + self.io_timeout, fut, rid=rid,
-                   started=now, callback=callback)
-        if opcode is Opcode.FLUSH:
-            req.covers = self._acked_writes
-        self._pending[rid] = req
+        req = self._table.submit(self._loop.time(), opcode, offset, length, data, fua,
+                                 future=fut, callback=callback)
         if self._timer is None:
-            self._timer = self._loop.call_at(req.deadline, self._check_deadlines)
-        link = self._link
-        if link is not None and self._inflight < self._max_outstanding:
-            self._send(link, req)
-        elif link is None:
+            self._arm_timer()
+        if req.sent_on is not None:
+            self._send(req)
+        elif self._table.link is None:
             self._ensure_connecting()
 
-    def _send(self, link: _Link, req: _Req) -> None:
-        remaining = max(0, int((req.deadline - self._loop.time()) * 1000))
+    def _send(self, req: Request) -> None:
+        """Put ``req`` on the link the table assigned it to (``sent_on``)."""
+        link = req.sent_on
+        remaining = req.remaining_ms(self._loop.time())
         conn = link.conn
         if req.opcode is Opcode.WRITE:
             bufs = conn.send_write(req.rid, req.offset, req.data, remaining, fua=req.fua)
@@ -317,89 +292,67 @@ class RPVClient:
             bufs = conn.send_checksum(req.rid, req.offset, req.length, remaining)
         else:
             bufs = conn.send_flush(req.rid, remaining)
-        req.sent_on = link
-        self._inflight += 1
         link.queue(bufs)
 
-    def _send_unsent(self) -> None:
-        link = self._link
-        if link is None:
-            return
-        for req in self._pending.values():
-            if self._inflight >= self._max_outstanding:
-                break
-            if req.sent_on is not link:
-                self._send(link, req)
-
     def _on_reply(self, link: _Link, ev) -> None:
-        req = self._pending.pop(ev.request_id, None)
+        req = self._table.reply(ev)
         if req is None:
             return
-        self._inflight -= 1
-        if ev.status:
+        error = req.error
+        if error is not None:
             self.stats.errors += 1
         elif req.opcode is Opcode.READ or req.opcode is Opcode.WRITE:  # not FLUSH, CHECKSUM
-            if req.opcode is Opcode.WRITE and not req.fua:
-                self._acked_writes += 1
             self.stats.completed(req.opcode is Opcode.WRITE, req.length,
                                  self._loop.time() - req.started)
-        elif req.opcode is Opcode.FLUSH and req.covers > self._flushed_writes:
-            self._flushed_writes = req.covers
         if req.callback is not None:
-            req.callback(OSError(ev.status, f"{self.name}: remote {req.opcode.name}: "
-                                            f"{ev.message}") if ev.status else None)
+            req.callback(error)
         elif not req.future.done():
-            if ev.status:
-                req.future.set_exception(OSError(ev.status, f"{self.name}: remote "
-                                                 f"{req.opcode.name}: {ev.message}"))
-            elif req.opcode is Opcode.READ:
-                req.future.set_result(ev.data)
-            elif req.opcode is Opcode.CHECKSUM:
-                req.future.set_result(ev.digests)
+            if error is not None:
+                req.future.set_exception(error)
             else:
-                req.future.set_result(None)
-        if len(self._pending) > self._inflight < self._max_outstanding:  # some wait unsent
-            self._send_unsent()
+                req.future.set_result(req.result)
+        for waiting in self._table.take_unsent():  # a slot is free: those waiting go now
+            self._send(waiting)
+
+    def _arm_timer(self) -> None:
+        when = self._table.next_timer()
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._check_deadlines)
 
     def _check_deadlines(self) -> None:
         self._timer = None
-        if not self._pending:
+        expired = self._table.expire(self._loop.time())
+        if expired is None:
+            self._arm_timer()
             return
-        now = self._loop.time()
-        earliest = min(r.deadline for r in self._pending.values())
-        if earliest <= now:
-            reason = (f"no response from RPV server {self.server_addr} within "
-                      f"{self.io_timeout:g} s")
-            self.stats.timeouts += 1
-            self._fail(reason, ClientState.FAILED)
-            log.error("rpvc_io_timeout", device=self.name, server=self.server_addr,
-                      io_timeout=self.io_timeout)
-            if self._on_timeout:
-                self._on_timeout(self, reason)
-            if self.auto_resume:
-                self.start_probe()
-        else:
-            self._timer = self._loop.call_at(earliest, self._check_deadlines)
+        self.stats.timeouts += 1
+        self._failed(expired.failed)
+        self._leave_online(expired.reason)
+        log.error("rpvc_io_timeout", device=self.name, server=self.server_addr,
+                  io_timeout=self.io_timeout)
+        if self._on_timeout:
+            self._on_timeout(self, expired.reason)
+        if self.auto_resume:
+            self.start_probe()
 
-    def _fail(self, reason: str, state: ClientState) -> None:
-        """Enter a non-online state: fail every outstanding request with EIO."""
-        self.state = state
-        self.last_error = reason
-        self._fail_requests(reason)
+    def _fail(self, reason: str, event: Event) -> None:
+        """Leave the online state by ``event``: fail every outstanding request with EIO."""
+        self._failed(self._table.fail(event, reason))
+        self._leave_online(reason)
+
+    def _leave_online(self, reason: str) -> None:
         if self._connecting:
             self._connecting.cancel()
             self._connecting = None
         self._drop_link(reason)
 
-    def _fail_requests(self, reason: str) -> None:
-        """Fail every outstanding request with EIO (the state does not change)."""
-        pending, self._pending = self._pending, {}
-        self._inflight = 0
-        for req in pending.values():
+    def _failed(self, failed: list[Request]) -> None:
+        """Deliver the EIO of requests the table failed (all that were outstanding)."""
+        for req in failed:
             if req.callback is not None:  # later: this runs inside other bookkeeping
-                self._loop.call_soon(req.callback, OSError(errno.EIO, reason))
+                self._loop.call_soon(req.callback, req.error)
             elif not req.future.done():
-                req.future.set_exception(OSError(errno.EIO, reason))
+                req.future.set_exception(req.error)
         if self._timer:
             self._timer.cancel()
             self._timer = None
@@ -409,32 +362,30 @@ class RPVClient:
         flushed may be gone. Runs before anything is sent to (or answered by) the new
         instance."""
         rebooted = not same_boot(previous, info.instance)
-        unflushed = self._acked_writes - self._flushed_writes
+        unflushed = self._table.new_instance()  # reported below, once
         log.warning("rpvc_server_restarted", device=self.name, server=self.server_addr,
                     host_rebooted=rebooted, unflushed_writes=unflushed,
-                    outstanding=len(self._pending))
-        self._flushed_writes = self._acked_writes  # reported below, once
+                    outstanding=self._table.outstanding())
         if self.on_new_instance is not None and self.on_new_instance(self, rebooted):
             return  # the owner marks what may be lost stale before acknowledging more
         if unflushed:
-            self._fail_requests(f"RPV server {self.server_addr} restarted: {unflushed} "
-                                f"acknowledged writes since the last flush may be lost")
+            self._failed(self._table.fail_requests(
+                f"RPV server {self.server_addr} restarted: {unflushed} "
+                f"acknowledged writes since the last flush may be lost"))
 
     # -- connection management ----------------------------------------------------------------
     def _drop_link(self, reason: str) -> None:
-        link, self._link = self._link, None
+        link = self._table.link
+        wanted = self._table.link_down()
         if link is not None:
             link.close()
-        for req in self._pending.values():
-            req.sent_on = None
-        self._inflight = 0
-        if self._pending and self.state is ClientState.ONLINE:
+        if wanted:
             self._ensure_connecting()
 
     def _link_lost(self, link: _Link, reason: str) -> None:
         if link is self._link:
             log.warning("rpvc_link_lost", device=self.name, server=self.server_addr,
-                        reason=reason, outstanding=len(self._pending))
+                        reason=reason, outstanding=self._table.outstanding())
             self.last_error = reason
             self._drop_link(reason)
 
@@ -445,9 +396,10 @@ class RPVClient:
     async def _reconnect(self) -> None:
         """Retry connect + HELLO while requests wait; their deadlines bound the effort."""
         for attempt in itertools.count():
-            if not self._pending or self.state is not ClientState.ONLINE or self._link:
+            if (not self._table.outstanding() or self.state is not ClientState.ONLINE
+                    or self._link):
                 return
-            budget = min(r.deadline for r in self._pending.values()) - self._loop.time()
+            budget = self._table.next_timer() - self._loop.time()
             try:
                 link = await asyncio.wait_for(self._connect_once(), max(0.05, min(budget, 5.0)))
             except (OSError, TimeoutError) as e:
@@ -469,12 +421,8 @@ class RPVClient:
         old = self._link
         if old is not None and old is not link:
             old.close()
-            for req in self._pending.values():
-                req.sent_on = None
-            self._inflight = 0
-        self._link = link
-        self.last_error = ""
-        self._send_unsent()
+        for req in self._table.link_up(link):
+            self._send(req)
 
     async def _connect_once(self) -> _Link:
         loop = self._loop
@@ -497,7 +445,7 @@ class RPVClient:
             self._new_instance(info, previous)  # if it raises, the next HELLO tries again
         self.instance = info.instance
         self._max_payload = min(info.max_payload, 4 * 1024 * 1024)
-        self._max_outstanding = max(1, min(info.max_outstanding, 256))
+        self._table.max_outstanding = max(1, min(info.max_outstanding, 256))
         if self._on_hello:
             self._on_hello(self, info)
         return link
