@@ -7,6 +7,7 @@ import asyncio
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 
@@ -202,7 +203,9 @@ class Daemon:
         if ready_fd is not None:
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
+        sd_notify(b"READY=1")
         await stop.wait()
+        sd_notify(b"STOPPING=1")
         log.info("rpvd_stopping")
         await self.control.close()
         await self.nbd.close(grace=5.0)
@@ -212,6 +215,21 @@ class Daemon:
         await self.errlog.drain()
         self.db.close()
         log.info("rpvd_stopped")
+
+
+def sd_notify(message: bytes) -> None:
+    """Tell systemd (Type=notify units) about our state, if it asked (NOTIFY_SOCKET)."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message)
+    except OSError as e:
+        log.warning("sd_notify_failed", socket=os.environ.get("NOTIFY_SOCKET"), error=str(e))
 
 
 def _raise_fd_limit() -> None:
