@@ -229,9 +229,12 @@ def register(app: typer.Typer) -> None:
         messages(r)
 
     @app.command()
-    def varyoffvg(vg: str = typer.Argument(..., help="volume group")) -> None:
-        """Deactivate a volume group."""
-        rpc("varyoffvg", vg=vg)
+    def varyoffvg(force: bool = typer.Option(False, "-f", help="even with open logical volumes: "
+                                                              "their NBD clients are "
+                                                              "disconnected"),
+                  vg: str = typer.Argument(..., help="volume group")) -> None:
+        """Deactivate a volume group (refused while a logical volume is open)."""
+        rpc("varyoffvg", vg=vg, force=force)
 
     @app.command()
     def importvg(
@@ -347,11 +350,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def rmlv(
-        force: bool = typer.Option(False, "-f", help="do not ask (glvmctl never asks)"),
+        force: bool = typer.Option(False, "-f", help="even while open: its NBD clients are "
+                                                     "disconnected (glvmctl never asks)"),
         lv: str = typer.Argument(..., help="logical volume"),
     ) -> None:
-        """Remove a logical volume."""
-        rpc("rmlv", lv=lv)
+        """Remove a logical volume (refused while it is open)."""
+        rpc("rmlv", lv=lv, force=force)
         typer.echo(f"rmlv: Logical volume {lv} is removed.")
 
     @app.command()

@@ -132,9 +132,13 @@ class LVCommands:
             await group.write_vgda()
             return {"lv": lv}
 
-    async def rmlv(self, lv: str) -> dict:
+    async def rmlv(self, lv: str, force: bool = False) -> dict:
         async with self.core.lock:
             group, vol = self.core.find_lv(lv)
+            if self.core.exports.in_use([lv]) and not force:
+                raise CommandError(f"0516-1008 rmlv: Logical volume {lv} must be closed: it is "
+                                   f"open (an NBD client or an attached device); unmount and "
+                                   f"detach it first, or rmlv -f to disconnect it")
             entry = group.vgda.lvs.pop(lv)
             for m in entry.maps:
                 for loc in m:

@@ -342,11 +342,17 @@ class LVMManager:
             except (OSError, CommandError) as e:
                 log.warning("lvm_auto_reactivate_failed", vg=vg, device=disk, error=str(e))
 
-    async def varyoffvg(self, vg: str) -> dict:
+    async def varyoffvg(self, vg: str, force: bool = False) -> dict:
         async with self.lock:
             group = self.online(vg)
+            opened = self.exports.in_use(sorted(group.lvs))
+            if opened and not force:
+                raise CommandError(f"0516-012 varyoffvg: Logical volume must be closed: "
+                                   f"open in {vg}: {', '.join(opened)} (NBD clients or "
+                                   f"attached devices); unmount and detach first, or "
+                                   f"varyoffvg -f to disconnect them")
             await self._close(group)
-            return {"vg": vg}
+            return {"vg": vg, "disconnected": opened}
 
     async def _close(self, group: VolumeGroup) -> None:
         """Stop exporting the LVs (in-flight requests finish), stop resync, flush, and mark

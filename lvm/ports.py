@@ -70,6 +70,9 @@ class ExportControl(Protocol):
     async def withdraw(self, export: str) -> None:
         """Close every connection to ``export`` (in-flight requests finish first)."""
 
+    def in_use(self, exports: list[str]) -> list[str]:
+        """Those of ``exports`` that a client has open now (NBD, or an attached device)."""
+
 
 class ErrorSink(Protocol):
     """The error log (``errpt``)."""

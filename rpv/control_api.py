@@ -165,6 +165,7 @@ class ChlvArgs:
 @dataclass(frozen=True, slots=True)
 class RmlvArgs:
     lv: str
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,7 @@ class VaryonvgArgs:
 @dataclass(frozen=True, slots=True)
 class VaryoffvgArgs:
     vg: str
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,12 @@ class DeviceManager:
         if self.nbd is not None:
             await self.nbd.disconnect_export(export)
 
+    def in_use(self, exports: list[str]) -> list[str]:
+        conns = self.nbd.connections() if self.nbd is not None else []
+        # a client that said goodbye (or vanished) is finishing, not holding the LV open
+        opened = {c["export"] for c in conns if c["phase"] == "serving"}
+        return [e for e in exports if e in opened]
+
     # -- NBD export registry -------------------------------------------------------------------
     # A disk the LVM or an RPV server is using is exported read-only: a write there would
     # bypass mirroring, stale tracking and the DRL. Other disks stay writable (that is how a

@@ -368,8 +368,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def info(self) -> dict[str, Any]:
         return {"id": self.cid, "peer": self.peer, "export": self.export,
-                "readonly": self.readonly, "tls": self.client_cert is not None,
-                "client_cert": self.client_cert,
+                "phase": self._phase.value, "readonly": self.readonly,
+                "tls": self.client_cert is not None, "client_cert": self.client_cert,
                 "inflight": self.inflight, "requests": self.requests}
 
     # ------------------------------------------------------------------ asyncio callbacks

@@ -22,6 +22,7 @@ class MemSite:
         self.errors: list[tuple[str, str]] = []
         self.claims: dict[str, str] = {}
         self.withdrawn: list[str] = []
+        self.opened: set[str] = set()  # exports a client holds open
 
     def add_disk(self, name: str, size: int = 64 * MiB, local: bool = True) -> MemDisk:
         disk = MemDisk(name, size, local)
@@ -76,6 +77,9 @@ class MemSite:
 
     async def withdraw(self, export):
         self.withdrawn.append(export)
+
+    def in_use(self, exports):
+        return [e for e in exports if e in self.opened]
 
     # -- ErrorSink
     def log(self, label, resource, resource_class="", resource_type="", detail=""):
