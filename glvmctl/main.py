@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from glvmctl import devices, errlog, gmvg, jobs, lvm, rpv, stats, tls
+from glvmctl import attach, devices, errlog, gmvg, jobs, lvm, rpv, stats, tls
 from glvmctl.context import set_socket
 from rpv import control_api as api
 
@@ -36,6 +36,7 @@ def _global(socket: str = typer.Option(None, "--socket", envvar="GLVM_SOCKET",
 devices.register(app)
 errlog.register(app)
 lvm.register(app)
+attach.register(app)
 stats.register(app)
 app.add_typer(rpv.server_app, name="rpvserver")
 app.add_typer(rpv.client_app, name="rpvclient")

@@ -305,6 +305,21 @@ class JobsWaitArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachArgs:
+    lv: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentsArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DetachArgs:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     name: str
     args: type  # the argument dataclass
@@ -354,6 +369,9 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("rpvstat", RpvstatArgs, list, query=True),
     Operation("syncvg_verify", SyncvgVerifyArgs, dict, progress=True, job=True),
     Operation("jobs", JobsArgs, list, query=True),
+    Operation("attach", AttachArgs, dict),
+    Operation("attachments", AttachmentsArgs, list, query=True),
+    Operation("detach", DetachArgs, dict),
     Operation("jobs_cancel", JobsCancelArgs, dict),
     Operation("jobs_wait", JobsWaitArgs, dict, query=True, progress=True),
 

@@ -485,3 +485,112 @@ def test_runbook6_six_disks_quorum_and_stale_data(geo, quorum):
     assert stale_pps(a) == 0
     qemu_io(a.nbd_uri("datafslv"), "read -P 0x0b 0 1M", "read -P 0x0a 12M 1M")
     all_copies_equal(geo, "datafslv")
+
+
+# -- a mounted filesystem through failover and failback -------------------------------------
+
+
+class Mounts:
+    """Attached LVs mounted under tmp_path; teardown undoes whatever a killed site left
+    (a lazy umount, the loop device, the FUSE mount, its nbdfuse)."""
+
+    def __init__(self, tmp_path):
+        self.root = tmp_path
+        self.points: list[Path] = []
+        self.devices: list[str] = []
+
+    def mount(self, site, lv: str, name: str) -> tuple[str, Path]:
+        dev = site.ctl("attach", lv).strip()
+        assert dev.startswith("/dev/"), dev
+        self.devices.append(dev)
+        point = self.root / name
+        point.mkdir()
+        self.points.append(point)
+        return dev, point
+
+    def cleanup(self) -> None:
+        for point in self.points:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        for dev in self.devices:  # a killed site's loop device outlives its FUSE file
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            target = line.split()[4]
+            if target.startswith(str(self.root)) and "fuse" in line:
+                subprocess.run(["fusermount3", "-uz", target], capture_output=True)
+        subprocess.run(["pkill", "-f", f"nbdfuse .*{self.root}"], capture_output=True)
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    m = Mounts(tmp_path)
+    yield m
+    m.cleanup()
+
+
+def write_files(point: Path, n: int, seed: int) -> dict[str, bytes]:
+    files = {f"f{seed}_{i}.bin": os.urandom(100_000 + 997 * i) for i in range(n)}
+    for name, data in files.items():
+        (point / name).write_bytes(data)
+    return files
+
+
+def test_mounted_filesystem_failover_and_failback(geo, mounts, tmp_path):
+    """The white paper's filesystem steps for real: mkfs and mount the attached LV at A, files
+    written and synced; A killed (kill -9) while a writer is busy; at B importvg -f, attach,
+    fsck -f clean, mount, every synced file intact; then production at B and failback."""
+    a, b = geo.a, geo.b
+    configure_airline(geo)
+    dev_a, mnt_a = mounts.mount(a, "datafslv", "mnt_a")
+    run("mkfs.ext4", "-q", dev_a)
+    run("mount", dev_a, str(mnt_a))
+    synced = write_files(mnt_a, 12, seed=1)
+    run("sync", "-f", str(mnt_a / "f1_0.bin"))
+    assert "0516-012" in a.fails("varyoffvg", "datavg")  # the LV is open (attached)
+    # the disaster, mid-write: a writer fills a file that is never synced
+    busy = subprocess.Popen(["dd", "if=/dev/urandom", f"of={mnt_a / 'unsynced.bin'}", "bs=64k",
+                             "count=200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        a.kill()
+    finally:
+        busy.kill()
+        busy.wait()
+    subprocess.run(["umount", "-l", str(mnt_a)], capture_output=True)
+
+    # -- at B: failover
+    out = failover_to_b(b, "all 4 physical volumes")
+    assert "varyonvg: Volume group datavg is varied on." in out
+    dev_b, mnt_b = mounts.mount(b, "datafslv", "mnt_b")
+    r = subprocess.run(["e2fsck", "-f", "-y", dev_b], capture_output=True, text=True)
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # 1: the journal was replayed
+    r = subprocess.run(["e2fsck", "-f", "-n", dev_b], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr  # clean
+    run("mount", dev_b, str(mnt_b))
+    for name, data in synced.items():
+        assert (mnt_b / name).read_bytes() == data, name
+    at_b = write_files(mnt_b, 3, seed=2)  # production at B
+    run("umount", str(mnt_b))
+    assert b.ctl("attach").count("datafslv") == 1
+    assert "detached" in b.ctl("detach", dev_b)
+    assert b.ctl("attach", "--json").strip() == "[]"
+
+    # -- failback: A restarts, takes its copy back and resyncs
+    b_lets_go(b)
+    a.start()
+    for d in RPV_CLIENTS:
+        a.ctl("mkdev", "-l", d)
+    a.ctl("varyonvg", "-n", "-s", "datavg")
+    a.ctl("chpv", "-v", "a", "hdisk1")
+    a.ctl("chpv", "-v", "a", "hdisk2")
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")
+    syncvg(a)
+    assert stale_pps(a) == 0
+    dev_a2, mnt_a2 = mounts.mount(a, "datafslv", "mnt_a2")
+    r = subprocess.run(["e2fsck", "-f", "-n", dev_a2], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run("mount", dev_a2, str(mnt_a2))
+    for name, data in {**synced, **at_b}.items():
+        assert (mnt_a2 / name).read_bytes() == data, name
+    run("umount", str(mnt_a2))
+    a.ctl("detach", "datafslv")
+    all_copies_equal(geo, "datafslv")

@@ -20,6 +20,7 @@ from rpv import tls
 from rpv.control_api import API_VERSION, RPV_PROTOCOL_VERSION, package_version
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs, metrics
+from rpv.daemon.attach import Attachments
 from rpv.daemon.control import ControlServer
 from rpv.daemon.devdb import DeviceDB
 from rpv.daemon.devices import DeviceManager
@@ -102,6 +103,7 @@ class Daemon:
         self.gmvg = GMVG(self.lvm)
         self.nbd = NBDServer(self.devices)
         self.devices.attach(rpv_server=self.rpv, lvm=self.lvm, nbd=self.nbd)
+        self.attachments = Attachments(cfg.state_dir, cfg.nbd_socket)
         self.control = ControlServer(self.ops(), jobs=self.jobs)
 
     def ops(self) -> dict:
@@ -125,6 +127,8 @@ class Daemon:
             "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
             "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
             "syncvg_verify": self.lvm.lv.verify,
+            "attach": self.op_attach, "attachments": self.attachments.list,
+            "detach": self.attachments.detach,
             "jobs": self.jobs.list, "jobs_cancel": self.op_jobs_cancel,
             "jobs_wait": self.op_jobs_wait,
         }
@@ -133,6 +137,12 @@ class Daemon:
         if name is not None:
             self.devices.set_site(name)
         return {"site": self.devices.site() or None}
+
+    async def op_attach(self, lv: str) -> dict:
+        if self.lvm.get_lv(lv) is None:
+            raise CommandError(f"logical volume {lv} is not available here: its volume group "
+                               f"is not varied on at this site (or is in maintenance mode)")
+        return await self.attachments.attach(lv)
 
     async def op_jobs_cancel(self, id: int) -> dict:  # noqa: A002 — the wire name
         try:
@@ -208,6 +218,7 @@ class Daemon:
         sd_notify(b"STOPPING=1")
         log.info("rpvd_stopping")
         await self.control.close()
+        await self.attachments.close()
         await self.nbd.close(grace=5.0)
         await self.rpv.close()
         await self.lvm.shutdown()
