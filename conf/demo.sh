@@ -79,6 +79,9 @@ stop_daemon() {  # PID: SIGCONT (it may be stopped), SIGTERM, then SIGKILL after
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    for m in "$WORK"/mnt-*; do  # a mount left by a failed step (demo run as root)
+        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+    done
     if [[ -n $WRITER_PID ]]; then
         kill -KILL "$WRITER_PID" 2>/dev/null || true
         wait "$WRITER_PID" 2>/dev/null || true
@@ -117,6 +120,28 @@ start_site() {  # s (a|b) IP NODE: start rpvd with conf/site-s.toml and wait for
     read -r -t 20 line <"$WORK/ready-$s" || true
     [[ $line == READY ]] || die "rpvd for site ${s^^} did not become ready on $ip:$PORT"
     echo "    rpvd $pid ready: RPV on $ip:$PORT, control socket $WORK/$s/control.sock"
+}
+
+# mount_check SITE: the administrator's view of the filesystem on datafslv at SITE: attach
+# the LV as a block device, fsck it, mount it (read-only, so the bytes the demo checksums do
+# not change), read a file, unmount, detach. Needs root (mount); skipped otherwise.
+mount_check() {
+    local site=$1 dev mnt="$WORK/mnt-${1,,}"
+    if ((EUID != 0)); then
+        note "(not root: skipping the mount of datafslv at $site)"
+        return
+    fi
+    at "$site" glvmctl attach datafslv
+    dev=$OUT
+    at "$site" e2fsck -fn "$dev"
+    mkdir -p "$mnt"
+    at "$site" mount -o ro "$dev" "$mnt"
+    at "$site" cat "$mnt/flights/schedule.csv"
+    [[ $OUT == *"GL101,POU,PHL"* ]] || die "the file read from the mounted filesystem at $site is wrong"
+    at_fails "$site" glvmctl varyoffvg datavg
+    at "$site" umount "$mnt"
+    at "$site" glvmctl detach datafslv
+    ok "datafslv at $site: attached as $dev, fsck clean, mounted, the schedule reads back"
 }
 
 # -- narration helpers ---------------------------------------------------------------------
@@ -441,6 +466,8 @@ at siteB e2fsck -fn "$WORK/fs-at-b.img"
 at siteB debugfs -R "cat /flights/schedule.csv" "$WORK/fs-at-b.img"
 [[ $OUT == *"GL101,POU,PHL"* ]] || die "the file read from the filesystem at B is wrong"
 ok "the ext4 filesystem passes e2fsck -fn at site B"
+note "the administrator mounts it at B (varyoffvg is refused while the LV is open)"
+mount_check siteB
 note "the log writes: every write site A acknowledged before the kill must be in dataloglv at B"
 lv_sum siteB dataloglv
 check_log "$WORK/siteb-dataloglv.bin" "$ACKED"
@@ -506,6 +533,7 @@ copy_sums dataloglv
 head -c $((FS_MIB << 20)) "$WORK/sitea-datafslv.bin" >"$WORK/fs-at-a.img"
 echo "siteA# head -c ${FS_MIB}M $WORK/sitea-datafslv.bin > $WORK/fs-at-a.img"
 at siteA e2fsck -fn "$WORK/fs-at-a.img"
+mount_check siteA
 ok "back in the original direction: production at Philadelphia, mirror at Poughkeepsie"
 
 echo
