@@ -47,10 +47,14 @@ def test_runbook1_configure_and_verify(geo):
     listing = a.json("gmvg", "list")
     assert listing == [{"vg": "datavg", "state": "active", "sites": ["Poughkeepsie", "local"],
                         "copies": 2, "stale_pps": 0}]
-    # a copy spanning both sites is caught and named
+    # the white paper's layout: two copies at the production site and one at the remote one
+    a.ctl("mklv", "-y", "threelv", "-c", "3", "datavg", "1", "hdisk1", "hdisk2", "hdisk3")
+    v = a.json("gmvg", "verify", "datavg")
+    assert v["ok"] is True and {x["name"]: x["problems"] for x in v["lvs"]}["threelv"] == []
+    # an LV with no copy at the remote site is caught and named
     a.ctl("mklv", "-y", "badlv", "-c", "2", "datavg", "1", "hdisk1", "hdisk2")
     r = a.run("gmvg", "verify", "datavg")
-    assert r.returncode == 1 and "copies 1 and 2 of badlv are both at site local" in r.stdout
+    assert r.returncode == 1 and "no copy of badlv is at a remote site" in r.stdout
 
 
 def test_fencing_between_rpv_servers_and_varyon(geo):
