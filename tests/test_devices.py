@@ -265,3 +265,14 @@ def test_a_disk_file_has_one_owner(site_a, site_b):
                        f"path={site_b.disk_path('hdisk2')}.img", "-a", "size=64M")
     assert "in use by another process" in err
     assert site_a.json("lsdev") == []
+
+
+def test_rpv_port_comes_from_etc_services(tmp_path):
+    from rpv.daemon.attrs import rpv_port
+
+    services = tmp_path / "services"
+    services.write_text("ssh 22/tcp\n# rpv 7000/tcp\nrpv\t6200/tcp\t# GLVM\nrpv 6201/udp\n")
+    assert rpv_port(str(services)) == 6200
+    services.write_text("ssh 22/tcp\nrpv banana/tcp\n")
+    assert rpv_port(str(services)) == 6192
+    assert rpv_port(str(tmp_path / "missing")) == 6192

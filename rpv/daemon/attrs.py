@@ -17,7 +17,24 @@ from rpv.protocol import pvid_to_bytes, pvid_to_str
 
 IO_TIMEOUT_MIN, IO_TIMEOUT_MAX = 1, 3600
 DEFAULT_IO_TIMEOUT = 180
-DEFAULT_RPV_PORT = 6192
+
+
+def rpv_port(services: str = "/etc/services") -> int:
+    """The ``rpv`` TCP port /etc/services names (AIX's ``rpv 6192/tcp``), else 6192."""
+    try:
+        with open(services) as f:
+            for line in f:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) >= 2 and fields[0] == "rpv" and fields[1].endswith("/tcp"):
+                    port = int(fields[1].split("/")[0])
+                    if 0 < port < 65536:
+                        return port
+    except (OSError, ValueError):
+        pass
+    return 6192
+
+
+DEFAULT_RPV_PORT = rpv_port()
 MIN_DISK_SIZE = 1024 * 1024
 MAX_DISK_SIZE = 1 << 50
 
