@@ -341,11 +341,17 @@ def register(app: typer.Typer) -> None:
         strictness: Strictness = typer.Option(None, "-s", help="y: strict, s: super strict, "
                                                                "n: copies may share a PV"),
         upperbound: int = typer.Option(None, "-u", min=0, help="most PVs one copy may span"),
+        name: str = typer.Option(None, "-n", help="new name (the LV must be closed)"),
         lv: str = typer.Argument(..., help="logical volume"),
     ) -> None:
-        """Change a logical volume's allocation policy (strictness, upper bound)."""
+        """Change a logical volume's allocation policy (strictness, upper bound) or name."""
+        if name is not None:
+            if strictness is not None or upperbound is not None:
+                fail("chlv -n renames only; change -s/-u in another chlv")
+            rpc("chlv", lv=lv, name=name)
+            return
         if strictness is None and upperbound is None:
-            fail("give -s y|s|n and/or -u N")
+            fail("give -s y|s|n and/or -u N, or -n NEWNAME")
         rpc("chlv", lv=lv, strictness=strictness, upperbound=upperbound)
 
     @app.command()

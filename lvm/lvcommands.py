@@ -113,11 +113,13 @@ class LVCommands:
         return added
 
     async def chlv(self, lv: str, strictness: str | None = None,
-                   upperbound: int | None = None) -> dict:
+                   upperbound: int | None = None, name: str | None = None) -> dict:
         async with self.core.lock:
             group, vol = self.core.find_lv(lv)
+            if name is not None:
+                return await self._rename(group, vol, name)
             if strictness is None and upperbound is None:
-                raise CommandError("chlv needs -s or -u")
+                raise CommandError("chlv needs -s, -u or -n")
             if strictness is not None and strictness not in ("y", "s", "n"):
                 raise CommandError("strictness (-s) must be y, s or n")
             if upperbound is not None and upperbound < 0:
@@ -131,6 +133,26 @@ class LVCommands:
                 vol.entry.upperbound = upperbound
             await group.write_vgda()
             return {"lv": lv}
+
+    async def _rename(self, group: VolumeGroup, vol: LogicalVolume, name: str) -> dict:
+        """chlv -n: the LV must be closed, as on AIX; its NBD export takes the new name."""
+        old = vol.name
+        if not NAME_RE.match(name or ""):
+            raise CommandError(f"logical volume name '{name}' must be 1-15 letters, digits "
+                               f"or _, starting with a letter")
+        if self.core.name_taken(name):
+            raise CommandError(f"the name {name} is already used")
+        if self.core.exports.in_use([old]):
+            raise CommandError(f"0516-1008 chlv: Logical volume {old} must be closed to be "
+                               f"renamed: unmount and detach it first")
+        await self.core.exports.withdraw(old)
+        group.vgda.lvs[name] = group.vgda.lvs.pop(old)
+        group.vgda.lvs[name].name = name
+        group.lvs[name] = group.lvs.pop(old)
+        vol.name = name
+        await group.write_vgda()
+        log.info("lvm_chlv_rename", vg=group.name, lv=old, new=name)
+        return {"lv": name, "old": old}
 
     async def rmlv(self, lv: str, force: bool = False) -> dict:
         async with self.core.lock:

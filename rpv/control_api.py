@@ -160,6 +160,7 @@ class ChlvArgs:
     lv: str
     strictness: str | None = None
     upperbound: int | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

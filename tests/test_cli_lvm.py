@@ -95,6 +95,7 @@ PV_STATUS = {"pv_status": [
      {"lv": "datafslv", "strictness": "s", "upperbound": 2}),
     (["chlv", "-u", "1", "datafslv"], "chlv",
      {"lv": "datafslv", "strictness": None, "upperbound": 1}),
+    (["chlv", "-n", "prodfslv", "datafslv"], "chlv", {"lv": "datafslv", "name": "prodfslv"}),
     (["unmirrorvg", "datavg", "hdisk3", "hdisk4"], "unmirrorvg",
      {"vg": "datavg", "pvs": ["hdisk3", "hdisk4"]}),
     (["varyoffvg", "datavg"], "varyoffvg", {"vg": "datavg", "force": False}),

@@ -68,3 +68,34 @@ def test_varyoffvg_and_rmlv_refuse_an_lv_an_nbd_client_holds(site_a):
         holder.kill()
     assert out.strip() == "disconnected"
     assert a.json("lsvg", "datavg")["state"] == "inactive"
+
+
+def test_chlv_renames_a_closed_lv_and_its_export_follows():
+    async def main():
+        site = MemSite()
+        site.add_disk("hdisk1")
+        mgr = site.manager()
+        await mgr.mkvg("datavg", ["hdisk1"])
+        await mgr.lv.mklv("datafslv", "datavg", 2)
+        await mgr.lv.mklv("dataloglv", "datavg", 1)
+        _, vol = mgr.find_lv("datafslv")
+        await vol.write(0, b"\x5a" * 4096)
+        with pytest.raises(CommandError, match="already used"):
+            await mgr.lv.chlv("datafslv", name="dataloglv")
+        with pytest.raises(CommandError, match="must be 1-15"):
+            await mgr.lv.chlv("datafslv", name="9bad")
+        site.opened = {"datafslv"}
+        with pytest.raises(CommandError, match="must be closed"):
+            await mgr.lv.chlv("datafslv", name="prodfslv")
+        site.opened = set()
+        assert await mgr.lv.chlv("datafslv", name="prodfslv") == {"lv": "prodfslv",
+                                                                  "old": "datafslv"}
+        assert mgr.get_lv("datafslv") is None
+        assert await mgr.get_lv("prodfslv").read(0, 4096) == b"\x5a" * 4096
+        names = sorted(lv["name"] for lv in (await mgr.lsvg("datavg"))["lvs"])
+        assert names == ["dataloglv", "prodfslv"]
+        await mgr.varyoffvg("datavg")  # the new name is in the VGDA on disk
+        mgr = site.manager()
+        await mgr.varyonvg("datavg")
+        assert mgr.lv.lslv("prodfslv")["lps"] == 2
+    asyncio.run(main())
