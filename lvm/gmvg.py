@@ -38,6 +38,10 @@ class GMVG:
         name = self.lvm.name_for_pvid(group.vgda.pv(index).pvid)
         return self._disk_site(name) if name else "unknown"
 
+    def _shown(self, site: str) -> str:
+        """A site as listings show it: this site by its name (``local`` only if unnamed)."""
+        return (self.pvs.site() or LOCAL) if site == LOCAL else site
+
     def _site_matches(self, site: str, wanted: str) -> bool:
         own = self.pvs.site()
         return site == wanted or (site == LOCAL and wanted in (LOCAL, own))
@@ -97,7 +101,7 @@ class GMVG:
         table = []
         for c in range(ncopies):
             idx = sorted({pv for e in lvs if c < e.copies for pv in e.pvs_of_copy(c)})
-            sites = sorted({self._pv_site(group, i) for i in idx})
+            sites = sorted({self._shown(self._pv_site(group, i)) for i in idx})
             table.append({"copy": c + 1, "site": ",".join(sites),
                           "pvs": [group.pv_name(i) for i in idx]})
         checks = [{"name": e.name, "problems": self._problems(group, e)} for e in lvs]
@@ -110,7 +114,8 @@ class GMVG:
         for c in range(e.copies):
             s = sorted({self._pv_site(group, pv) for pv in e.pvs_of_copy(c)})
             if len(s) > 1:
-                out.append(f"copy {c + 1} of {e.name} spans sites {', '.join(s)}")
+                out.append(f"copy {c + 1} of {e.name} spans sites "
+                           f"{', '.join(sorted(map(self._shown, s)))}")
             sites.append(s[0] if len(s) == 1 else None)
         if sites and all(s == LOCAL for s in sites):
             out.append(f"no copy of {e.name} is at a remote site (all {e.copies} at "
@@ -132,7 +137,7 @@ class GMVG:
             if sites == [LOCAL]:
                 continue
             out.append({"vg": name, "state": "active" if group.online else "closed",
-                        "sites": sites,
+                        "sites": sorted(map(self._shown, sites)),
                         "copies": max((e.copies for e in group.vgda.lvs.values()), default=0),
                         "stale_pps": group.vgsa.stale_count()})
         return out

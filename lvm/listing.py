@@ -48,13 +48,14 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
 
 
 def site_of(dev: BlockDevice | None, pvs: PVDirectory) -> str:
-    """The site a PV's data is at, for listings."""
+    """The site a PV's data is at, for listings: this site's name for a local disk, the
+    serving site (as its RPV server said in HELLO) for an RPV client."""
     if dev is None:
         return ""
     if is_local(dev):
         return pvs.site() or "local"
     info = pvs.disk(dev.name)
-    return getattr(dev, "site", "") or (info.site if info else "")
+    return (info.site if info else "") or "unknown"
 
 
 def describe_lv(group: VolumeGroup, vol: LogicalVolume, map: bool) -> dict:  # noqa: A002

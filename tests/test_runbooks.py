@@ -37,16 +37,22 @@ def test_runbook1_configure_and_verify(geo):
     lines = out.splitlines()
     assert lines[0] == "Checking Volume Group datavg."
     assert lines[1].split() == ["#", "Site", "Copy", "Physical", "Volumes"]
-    assert lines[2].split() == ["local", "PV1", "hdisk1", "hdisk2"] or \
-        lines[2].split() == ["local", "PV1", "hdisk1"]
+    assert lines[2].split() == ["Philadelphia", "PV1", "hdisk1", "hdisk2"] or \
+        lines[2].split() == ["Philadelphia", "PV1", "hdisk1"]
     assert lines[3].split()[:2] == ["Poughkeepsie", "PV2"]
     assert "Checking Logical Volume datafslv." in lines and \
         "Checking Logical Volume dataloglv." in lines
     v = a.json("gmvg", "verify", "datavg")
-    assert v["ok"] is True and [c["site"] for c in v["copies"]] == ["local", "Poughkeepsie"]
+    assert v["ok"] is True and [c["site"] for c in v["copies"]] == ["Philadelphia",
+                                                                       "Poughkeepsie"]
     listing = a.json("gmvg", "list")
-    assert listing == [{"vg": "datavg", "state": "active", "sites": ["Poughkeepsie", "local"],
-                        "copies": 2, "stale_pps": 0}]
+    assert listing == [{"vg": "datavg", "state": "active",
+                        "sites": ["Philadelphia", "Poughkeepsie"], "copies": 2, "stale_pps": 0}]
+    # every listing gives each PV its real site: B's disks are at Poughkeepsie
+    sites = {p["name"]: p["site"] for p in a.json("lsvg", "datavg")["pvs"]}
+    assert sites == {"hdisk1": "Philadelphia", "hdisk2": "Philadelphia",
+                     "hdisk3": "Poughkeepsie", "hdisk4": "Poughkeepsie"}
+    assert {p["name"]: p["site"] for p in a.json("lspv")} == {**sites, "hdisk5": "Philadelphia"}
     # the white paper's layout: two copies at the production site and one at the remote one
     a.ctl("mklv", "-y", "threelv", "-c", "3", "datavg", "1", "hdisk1", "hdisk2", "hdisk3")
     v = a.json("gmvg", "verify", "datavg")

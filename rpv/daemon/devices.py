@@ -109,7 +109,8 @@ class DeviceManager:
         return [{"name": d.name, "pvid": d.attrs.get("pvid") or None,
                  "vg": self.lvm.vg_of_pvid(d.attrs.get("pvid")) if self.lvm else None,
                  "state": self._pv_state(d), "type": d.dev_type,
-                 "site": d.attrs.get("site") or self.site() or "local",
+                 "site": d.attrs.get("site") or ("unknown" if d.dev_type == "rpvclient"
+                                                 else self.site() or "local"),
                  "size": int(d.attrs.get("size") or 0)} for d in disks]
 
     def _pv_state(self, d: Device) -> str:
