@@ -25,14 +25,20 @@ except nbd.Error as e:
 """
 
 
+async def two_lvs():
+    """A one-disk datavg with datafslv (2 LPs) and dataloglv (1 LP), in memory."""
+    site = MemSite()
+    site.add_disk("hdisk1")
+    mgr = site.manager()
+    await mgr.mkvg("datavg", ["hdisk1"])
+    await mgr.lv.mklv("datafslv", "datavg", 2)
+    await mgr.lv.mklv("dataloglv", "datavg", 1)
+    return site, mgr
+
+
 def test_core_refuses_open_lvs_unless_forced():
     async def main():
-        site = MemSite()
-        site.add_disk("hdisk1")
-        mgr = site.manager()
-        await mgr.mkvg("datavg", ["hdisk1"])
-        await mgr.lv.mklv("datafslv", "datavg", 2)
-        await mgr.lv.mklv("dataloglv", "datavg", 1)
+        site, mgr = await two_lvs()
         site.opened = {"datafslv"}
         with pytest.raises(CommandError, match=r"0516-012 .*open in datavg: datafslv \("):
             await mgr.varyoffvg("datavg")
@@ -72,12 +78,7 @@ def test_varyoffvg_and_rmlv_refuse_an_lv_an_nbd_client_holds(site_a):
 
 def test_chlv_renames_a_closed_lv_and_its_export_follows():
     async def main():
-        site = MemSite()
-        site.add_disk("hdisk1")
-        mgr = site.manager()
-        await mgr.mkvg("datavg", ["hdisk1"])
-        await mgr.lv.mklv("datafslv", "datavg", 2)
-        await mgr.lv.mklv("dataloglv", "datavg", 1)
+        site, mgr = await two_lvs()
         _, vol = mgr.find_lv("datafslv")
         await vol.write(0, b"\x5a" * 4096)
         with pytest.raises(CommandError, match="already used"):
