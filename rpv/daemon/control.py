@@ -117,7 +117,7 @@ class ControlServer:
             op = _op_name(line)
             return {"ok": False, "error": str(e)}, op, None, "refused"
         op = operation.name
-        kwargs = api.arguments(args)
+        kwargs = api.arguments(args)  # handlers never change it: the audit logs it as given
         handler = self._handlers[op]
         try:
             if operation.job:
@@ -129,15 +129,15 @@ class ControlServer:
                 if inspect.isawaitable(result):
                     result = await result
         except JobError as e:
-            return {"ok": False, "error": str(e)}, op, api.arguments(args), "refused"
+            return {"ok": False, "error": str(e)}, op, kwargs, "refused"
         except Exception as e:  # noqa: BLE001 — every failure becomes one error line
             if not isinstance(e, CommandError):
                 log.exception("control_op_failed", op=op)
                 return ({"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}"},
                         op, kwargs, "failed")
             log.info("control_op_refused", op=op, reason=str(e))
-            return {"ok": False, "error": str(e)}, op, api.arguments(args), "refused"
-        return {"ok": True, "result": result}, op, api.arguments(args), "ok"
+            return {"ok": False, "error": str(e)}, op, kwargs, "refused"
+        return {"ok": True, "result": result}, op, kwargs, "ok"
 
 
     async def _as_job(self, op: str, handler, kwargs: dict, writer) -> object:
