@@ -276,3 +276,39 @@ def test_rpv_port_comes_from_etc_services(tmp_path):
     services.write_text("ssh 22/tcp\nrpv banana/tcp\n")
     assert rpv_port(str(services)) == 6192
     assert rpv_port(str(tmp_path / "missing")) == 6192
+
+
+def test_errpt_location_and_vpd_say_where_a_disk_lives(tmp_path):
+    """errpt -a's Location and VPD lines (the seed's fields) for a file disk, an RPV client
+    and a resource that is not a disk."""
+    from glvmctl.errlog import format_detail
+    from rpv.daemon.devdb import Device, DeviceDB
+    from rpv.daemon.devices import DeviceManager
+    from rpv.daemon.errlog import ErrorLog
+
+    db = DeviceDB(str(tmp_path / "devices.db"))
+    db.set_setting("site", "Philadelphia")
+    errlog = ErrorLog(db, "nodeA", "00C0FFEE0000", now=lambda: 1e9)
+    devices = DeviceManager(db, errlog, "nodeA")
+    errlog.locate = devices.locate
+    db.add(Device("hdisk1", "disk", "file", "Available",
+                  {"path": "/var/lib/glvm/a1.img", "pvid": "ab" * 16, "size": str(2 << 30)}))
+    db.add(Device("hdisk3", "disk", "rpvclient", "Available",
+                  {"server_addr": "127.0.0.2", "local_addr": "127.0.0.1", "pvid": "cd" * 16,
+                   "server_port": "6192", "site": "Poughkeepsie", "io_timeout": "30"}))
+    text = format_detail([errlog.log("LVM_SA_PVMISS", "hdisk1", "disk", "lvm"),
+                          errlog.log("RPVC_IO_TIMEOUT", "hdisk3", "disk", "rpvclient"),
+                          errlog.log("LVM_SA_QUORCLOSE", "datavg", "vg", "lvm")])
+    for line in ("Location:        /var/lib/glvm/a1.img",
+                 "        Machine Type and Model......File-backed Disk",
+                 f"        Serial Number...............{'ab' * 16}",
+                 "        Size........................2048 MB",
+                 "        Site........................Philadelphia",
+                 "Location:        127.0.0.2:6192 from 127.0.0.1",
+                 "        Machine Type and Model......Remote Physical Volume Client",
+                 "        Server Site.................Poughkeepsie",
+                 "        I/O Timeout.................30 s"):
+        assert line in text.splitlines(), line
+    quorclose = text.split("LABEL:          LVM_SA_QUORCLOSE")[1]
+    assert "Location:        \nVPD:\n\nDescription" in quorclose
+    db.close()

@@ -171,7 +171,7 @@ def test_reader_that_never_reads_replies_is_bounded(linked):
 
 
 def test_stalled_server_times_out_logs_once_and_resumes(linked):
-    site_a, site_b, _ = linked
+    site_a, site_b, pvid = linked
     site_a.ctl("chdev", "-l", "hdisk3", "-a", "io_timeout=2")
     qemu_io(site_a.nbd_uri("hdisk3"), "write -P 0x01 0 64k")
     site_b.pause()
@@ -190,7 +190,12 @@ def test_stalled_server_times_out_logs_once_and_resumes(linked):
         for text in ("LABEL:          RPVC_IO_TIMEOUT", "IDENTIFIER:     D034B795",
                      "Node Id:         nodeA", "Resource Type:   rpvclient",
                      "Resource Class:  disk", "Probable Causes", "Failure Causes",
-                     "chdev -l <device> -a resume=yes"):
+                     "chdev -l <device> -a resume=yes",
+                     # where the disk is and what it is (the seed's Location and VPD)
+                     "Location:        127.0.0.2:", " from 127.0.0.1\n",
+                     "Machine Type and Model......Remote Physical Volume Client",
+                     f"Serial Number...............{pvid}",
+                     "Server Site................."):
             assert text in detail
         assert "RPV server 127.0.0.2 still not usable" in site_a.fails(
             "chdev", "-l", "hdisk3", "-a", "resume=yes")

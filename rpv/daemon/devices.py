@@ -113,6 +113,28 @@ class DeviceManager:
                                                  else self.site() or "local"),
                  "size": int(d.attrs.get("size") or 0)} for d in disks]
 
+    def locate(self, name: str) -> tuple[str, list[str]]:
+        """errpt's Location and VPD lines for a device (empty for a VG or an LV): where
+        its data lives and what identifies it."""
+        d = self.db.get(name)
+        if d is None or d.dev_class != "disk":
+            return "", []
+        a = d.attrs
+        size = f"{int(a.get('size') or 0) // 2**20} MB"
+        if d.dev_type == "rpvclient":
+            site = a.get("site") or "unknown"
+            location = (f"{a.get('server_addr')}:{a.get('server_port') or A.DEFAULT_RPV_PORT}"
+                        f" from {a.get('local_addr')}")
+            model = "Remote Physical Volume Client"
+            extra = [("Server Site", site), ("I/O Timeout", f"{a.get('io_timeout') or A.DEFAULT_IO_TIMEOUT} s")]
+        else:
+            location = a.get("path", "")
+            model = "File-backed Disk" if d.dev_type == "file" else "Block Device"
+            extra = [("Site", self.site() or "local")]
+        fields = [("Manufacturer", "glvm"), ("Machine Type and Model", model),
+                  ("Serial Number", a.get("pvid") or "none"), ("Size", size), *extra]
+        return location, [f"{k:.<28}{v}" for k, v in fields]
+
     def _pv_state(self, d: Device) -> str:
         if d.state != AVAILABLE:
             return "defined"

@@ -110,16 +110,20 @@ class ErrorLog:
         self._machine_id = machine_id
         self._now = now
         self._notify_tasks: set[asyncio.Task] = set()
+        # resource name -> (Location, VPD lines); the device manager sets it once it exists
+        self.locate: Callable[[str], tuple[str, list[str]]] = lambda _name: ("", [])
 
     def log(self, label: str, resource: str, resource_class: str = "", resource_type: str = "",
             detail: str = "") -> dict:
         t = TEMPLATES[label]
+        location, vpd = self.locate(resource)
         entry = {
             "label": t.label, "identifier": t.ident(), "timestamp": self._now(),
             "machine_id": self._machine_id, "node": self._node,
             "class": t.err_class, "type": t.err_type,
             "resource": resource, "resource_class": resource_class,
-            "resource_type": resource_type, "description": t.description,
+            "resource_type": resource_type, "location": location, "vpd": vpd,
+            "description": t.description,
             "probable_causes": list(t.probable_causes),
             "failure_causes": list(t.failure_causes),
             "recommended_actions": list(t.recommended_actions),

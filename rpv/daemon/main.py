@@ -94,6 +94,7 @@ class Daemon:
             client_ssl = tls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         self.devices = DeviceManager(self.db, self.errlog, cfg.node, client_ssl=client_ssl,
                                      unsafe_raw_writes=cfg.nbd_unsafe_raw_writes)
+        self.errlog.locate = self.devices.locate
         self.rpv = RPVServer(self.devices.rpv_exports, self.devices.site, cfg.node, Limits(
             max_connections=cfg.max_connections, max_payload=cfg.max_payload,
             max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
