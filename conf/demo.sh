@@ -7,13 +7,16 @@
 # Walks through, with every glvmctl command printed before it runs:
 #   1. configuration of the seed's airline example: RPV servers at B, datavg with datafslv and
 #      dataloglv at A, RPV clients, super strict LVs, gmvg add-rpvs / add-mirror / verify, and
-#      an ext4 filesystem (mke2fs -d) copied onto datafslv with nbdcopy;
+#      the application's ext4 filesystem: as root, datafslv is attached as a block device at A
+#      (glvmctl attach), made with mkfs, mounted and filled; otherwise an image made with
+#      mke2fs -d is copied onto datafslv with nbdcopy;
 #   4. a remote physical volume failure: site B frozen (SIGSTOP), writes at A continue on the
 #      local copy after io_timeout with stale partitions, RPVC_IO_TIMEOUT and LVM_SA_STALEPP in
 #      errpt, then resume=yes, varyonvg and syncvg back to zero stale partitions;
-#   2. a production site outage: site A's rpvd killed with SIGKILL, B takes the volume group
-#      (rmdev of its RPV servers, importvg -f), the data and the filesystem check out at B,
-#      and production writes at B;
+#   2. a production site outage: site A's rpvd killed with SIGKILL while the filesystem is
+#      mounted and being written, B takes the volume group (rmdev of its RPV servers,
+#      importvg -f), attaches datafslv, fsck -f, mounts it, and every synced file checks out;
+#      production writes at B;
 #   3. failback: A restarts, B gives the volume group back, A's varyonvg -n -s / chpv -v a /
 #      varyonvg resyncs A's stale copy from B, and A reads every byte B wrote.
 #
@@ -82,6 +85,7 @@ cleanup() {
     for m in "$WORK"/mnt-*; do  # a mount left by a failed step (demo run as root)
         mountpoint -q "$m" 2>/dev/null && umount -l "$m"
     done
+    gone_host_mounts
     if [[ -n $WRITER_PID ]]; then
         kill -KILL "$WRITER_PID" 2>/dev/null || true
         wait "$WRITER_PID" 2>/dev/null || true
@@ -122,11 +126,25 @@ start_site() {  # s (a|b) IP NODE: start rpvd with conf/site-s.toml and wait for
     echo "    rpvd $pid ready: RPV on $ip:$PORT, control socket $WORK/$s/control.sock"
 }
 
-# mount_check SITE: the administrator's view of the filesystem on datafslv at SITE: attach
-# the LV as a block device, fsck it, mount it (read-only, so the bytes the demo checksums do
-# not change), read a file, unmount, detach. Needs root (mount); skipped otherwise.
+# gone_host_mounts: what a dead host leaves behind in this one-machine demo (on a real power
+# loss it vanishes with the host): loop devices on attach files under $WORK, their FUSE
+# mounts and nbdfuse processes.
+gone_host_mounts() {
+    local dev
+    for dev in $(losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v w="$WORK/" 'index($2, w) == 1 {print $1}'); do
+        losetup -d "$dev" 2>/dev/null || true
+    done
+    awk -v w="$WORK/" 'index($5, w) == 1 && $0 ~ /fuse/ {print $5}' /proc/self/mountinfo 2>/dev/null |
+        while read -r m; do fusermount3 -uz "$m" 2>/dev/null || true; done
+    pkill -f "nbdfuse .*$WORK/" 2>/dev/null || true
+}
+
+# mount_check SITE [rw]: the administrator's view of the filesystem on datafslv at SITE:
+# attach the LV as a block device, fsck it, mount it (read-only unless rw), read a file and
+# check every file in files.sha256; with rw, production writes a file (synced, added to
+# files.sha256); unmount, detach. Needs root (mount); skipped otherwise.
 mount_check() {
-    local site=$1 dev mnt="$WORK/mnt-${1,,}"
+    local site=$1 mode=${2:-ro} dev mnt="$WORK/mnt-${1,,}"
     if ((EUID != 0)); then
         note "(not root: skipping the mount of datafslv at $site)"
         return
@@ -135,9 +153,21 @@ mount_check() {
     dev=$OUT
     at "$site" e2fsck -fn "$dev"
     mkdir -p "$mnt"
-    at "$site" mount -o ro "$dev" "$mnt"
+    at "$site" mount -o "$mode,noatime" "$dev" "$mnt"
     at "$site" cat "$mnt/flights/schedule.csv"
     [[ $OUT == *"GL101,POU,PHL"* ]] || die "the file read from the mounted filesystem at $site is wrong"
+    if [[ -s $WORK/files.sha256 ]]; then
+        show_cmd "$site" sh -c "cd $mnt && sha256sum --quiet -c $WORK/files.sha256"
+        (cd "$mnt" && sha256sum --quiet -c "$WORK/files.sha256") || die "a synced file differs at $site"
+        echo "    $(wc -l <"$WORK/files.sha256") files synced before: every sha256 matches"
+    fi
+    if [[ $mode == rw ]]; then
+        note "production at $site: the reservation system rebooks a flight"
+        show_cmd "$site" sh -c "echo GL102,POU,PHL >> $mnt/flights/rebooked.csv && sync -f $mnt/flights/rebooked.csv"
+        echo "GL102,POU,PHL" >>"$mnt/flights/rebooked.csv"
+        sync -f "$mnt/flights/rebooked.csv"
+        (cd "$mnt" && sha256sum ./flights/rebooked.csv) >>"$WORK/files.sha256"
+    fi
     at_fails "$site" glvmctl varyoffvg datavg
     at "$site" umount "$mnt"
     at "$site" glvmctl detach datafslv
@@ -319,7 +349,9 @@ at siteB glvmctl rpvserver add --client-addr "$A_IP" --auto-online y "$PV3" "$PV
 at siteB glvmctl lsdev -C -c rpvserver
 
 note "RPV client configuration at Philadelphia (site A)"
-at siteA glvmctl rpvclient discover --server-addr "$B_IP" --local-addr "$A_IP" --port "$PORT"
+note "discover without --local-addr lists this host's addresses that reach B (the seed's SMIT pick list)"
+at siteA glvmctl rpvclient discover --server-addr "$B_IP" --port "$PORT"
+[[ $OUT == *"$A_IP"*"reaches it (2 disks offered)"* ]] || die "discover did not list $A_IP as reaching B"
 [[ $OUT == *"available at site Poughkeepsie"* && $OUT == *"$PV3"* && $OUT == *"$PV4"* ]] \
     || die "discover did not list PV3 and PV4 at site Poughkeepsie"
 at siteA glvmctl mkdev -c disk -t rpvclient -a "pvid=$PV3" -a "server_addr=$B_IP" -a "local_addr=$A_IP" \
@@ -343,8 +375,8 @@ at siteA glvmctl varyonvg datavg
 at siteA glvmctl gmvg verify datavg
 [[ $OUT == "Checking Volume Group datavg."* && $OUT == *"Checking Logical Volume datafslv."* \
     && $OUT == *"Checking Logical Volume dataloglv."* && $OUT != *ERROR* ]] || die "gmvg verify"
-[[ $(printf '%s\n' "$OUT" | awk '$2 == "PV1" {print $1} $2 == "PV2" {print $1}' | tr '\n' ' ') == "local Poughkeepsie " ]] \
-    || die "gmvg verify should show copy PV1 at local and PV2 at Poughkeepsie"
+[[ $(printf '%s\n' "$OUT" | awk '$2 == "PV1" {print $1} $2 == "PV2" {print $1}' | tr '\n' ' ') == "Philadelphia Poughkeepsie " ]] \
+    || die "gmvg verify should show copy PV1 at Philadelphia and PV2 at Poughkeepsie"
 at siteA glvmctl lsvg datavg
 quiet siteA glvmctl lsvg datavg --json
 check 'd["state"] == "active" and d["quorum"] is False and d["stale_pps"] == 0 and len(d["pvs"]) == 4' \
@@ -357,22 +389,42 @@ check 'all(len(r["copies"]) == 2 and not any(c["stale"] for c in r["copies"]) fo
 at siteA glvmctl gmvg list
 ok "datavg is geographically mirrored: copy 1 at Philadelphia, copy 2 at Poughkeepsie, quorum off"
 
-note "the application's data: an ext4 filesystem made with mke2fs -d, copied onto datafslv over NBD"
 mkdir -p "$WORK/data/flights"
 printf 'flight,from,to\nGL100,PHL,POU\nGL101,POU,PHL\n' >"$WORK/data/flights/schedule.csv"
 printf 'seat map for GL100\n' >"$WORK/data/flights/GL100.seats"
 head -c $((3 << 20)) /dev/urandom >"$WORK/data/reservations.db"
 echo "glvm demo data" >"$WORK/data/README"
-at siteA mke2fs -q -t ext4 -d "$WORK/data" -F "$WORK/fs.img" ${FS_MIB}M
-at siteA sha256sum "$WORK/fs.img"
-SUM_IMG=${OUT%% *}
-at siteA nbdinfo "$(nbd A datafslv)"
-at siteA nbdcopy --flush "$WORK/fs.img" "$(nbd A datafslv)"
-lv_sum siteA datafslv
-fs_sum siteA
-[[ $FSUM == "$SUM_IMG" ]] || die "the filesystem read back from datafslv at site A differs from fs.img"
-ok "the filesystem region of datafslv at site A matches fs.img (sha256 $SUM_IMG)"
-copy_sums datafslv
+if ((EUID == 0)); then
+    MOUNTED=1
+    note "the application's filesystem: datafslv attached as a block device at A, mkfs, mount, files"
+    at siteA glvmctl attach datafslv
+    DEV_A=$OUT
+    at siteA mkfs.ext4 -q -F -L datafs -E lazy_itable_init=0,lazy_journal_init=0 "$DEV_A" ${FS_MIB}M
+    mkdir -p "$WORK/mnt-a"
+    at siteA mount -o noatime "$DEV_A" "$WORK/mnt-a"
+    at siteA cp -a "$WORK/data/." "$WORK/mnt-a/"
+    at siteA sync -f "$WORK/mnt-a"
+    (cd "$WORK/mnt-a" && find . -type f ! -path './lost+found/*' | sort | xargs sha256sum) >"$WORK/files.sha256"
+    echo "siteA# (cd $WORK/mnt-a && sha256sum \$(find . -type f)) > $WORK/files.sha256"
+    sed 's/^/    /' "$WORK/files.sha256"
+    at siteA df -h "$WORK/mnt-a"
+    at_fails siteA glvmctl varyoffvg datavg
+    ok "ext4 on datafslv mounted at site A; varyoffvg refuses while it is open"
+else
+    MOUNTED=0
+    note "the application's data: an ext4 filesystem made with mke2fs -d, copied onto datafslv over NBD"
+    note "(not root: no block device or mount; run as root to mkfs and mount the attached LV)"
+    at siteA mke2fs -q -t ext4 -d "$WORK/data" -F "$WORK/fs.img" ${FS_MIB}M
+    at siteA sha256sum "$WORK/fs.img"
+    SUM_IMG=${OUT%% *}
+    at siteA nbdinfo "$(nbd A datafslv)"
+    at siteA nbdcopy --flush "$WORK/fs.img" "$(nbd A datafslv)"
+    lv_sum siteA datafslv
+    fs_sum siteA
+    [[ $FSUM == "$SUM_IMG" ]] || die "the filesystem region of datafslv at site A differs from fs.img"
+    ok "the filesystem region of datafslv at site A matches fs.img (sha256 $SUM_IMG)"
+    copy_sums datafslv
+fi
 
 # ==========================================================================================
 step "Runbook 4: a remote physical volume failure (site B stops answering)"
@@ -414,9 +466,24 @@ copy_sums datafslv
 
 # ==========================================================================================
 step "Runbook 2: production site outage and failover to Poughkeepsie"
-note "the data at Philadelphia just before the outage"
-lv_sum siteA datafslv
-SUM_A=$SUM
+if ((MOUNTED)); then
+    note "the reservation system keeps writing files into the mounted filesystem at A, each synced"
+    note "(sync -f) before its sha256 goes to $WORK/synced.sha256"
+    mkdir -p "$WORK/mnt-a/incoming"
+    echo "siteA# for N in 1..1500; do head -c 8k /dev/urandom > incoming/rN; sync -f incoming/rN; sha256sum incoming/rN >> $WORK/synced.sha256; done &"
+    (
+        cd "$WORK/mnt-a" || exit 1
+        for ((n = 1; n <= 1500; n++)); do
+            head -c 8192 /dev/urandom >"incoming/r$n" && sync -f "incoming/r$n" \
+                && sha256sum "incoming/r$n" >>"$WORK/synced.sha256" || exit 0
+        done
+    ) &
+    FS_WRITER_PID=$!
+else
+    note "the data at Philadelphia just before the outage"
+    lv_sum siteA datafslv
+    SUM_A=$SUM
+fi
 note "the application keeps writing its log (dataloglv) while site A dies: $LOG_WRITES sequential"
 note "64 KiB writes cycling over its 64 blocks, write i (from 0) with pattern i % 255 + 1; qemu-io prints"
 note "one 'wrote' line per acknowledged write"
@@ -428,18 +495,30 @@ echo "siteA# qemu-io -f raw -c 'write -P 1 0 64k' -c 'write -P 2 64k 64k' ... ($
 : >"$WORK/writer.out"
 stdbuf -oL qemu-io -f raw "${WCMDS[@]}" "$(nbd A dataloglv)" >"$WORK/writer.out" 2>&1 &
 WRITER_PID=$!
+synced_files() { if [[ -s $WORK/synced.sha256 ]]; then grep -c 'incoming/r' "$WORK/synced.sha256"; else echo 0; fi; }
 for ((i = 0; i < 400; i++)); do
-    (($(grep -c '^wrote' "$WORK/writer.out" || true) >= 300)) && break
+    (($(grep -c '^wrote' "$WORK/writer.out" || true) >= 300 && (!MOUNTED || $(synced_files) >= 10))) && break
     kill -0 "$WRITER_PID" 2>/dev/null || break
     sleep 0.05
 done
 kill -0 "$WRITER_PID" 2>/dev/null || die "the log writer ended before site A was killed: $(tail -n 3 "$WORK/writer.out")"
+((!MOUNTED)) || kill -0 "$FS_WRITER_PID" 2>/dev/null || die "the file writer at A ended before site A was killed"
 show_cmd siteA kill -9 "$A_PID"
 kill -KILL "$A_PID"
 wait "$A_PID" 2>/dev/null || true
 A_PID=""
 wait "$WRITER_PID" 2>/dev/null || true
 WRITER_PID=""
+if ((MOUNTED)); then
+    kill -KILL "$FS_WRITER_PID" 2>/dev/null || true
+    wait "$FS_WRITER_PID" 2>/dev/null || true
+    head -n "$(synced_files)" "$WORK/synced.sha256" >"$WORK/synced.ok"  # whole lines only
+    echo "    (the file writer had synced $(wc -l <"$WORK/synced.ok") files at the kill)"
+    note "the host at Philadelphia is gone, and its mount with it (here, on one machine:"
+    note "umount -l, losetup -d and fusermount3 -uz stand in for the power going out)"
+    umount -l "$WORK/mnt-a" 2>/dev/null || true
+    gone_host_mounts
+fi
 ACKED=$(grep -c '^wrote' "$WORK/writer.out" || true)
 echo "    (qemu-io: $ACKED writes acknowledged, then: $(grep -v '^wrote\|^64 KiB' "$WORK/writer.out" | head -n 1))"
 ((ACKED < LOG_WRITES)) || die "the log writer finished before the kill"
@@ -457,17 +536,32 @@ at siteB glvmctl lsvg -p datavg
 quiet siteB glvmctl lsvg datavg --json
 check 'd["state"] == "active" and d["quorum"] is False and not d["auto_on"]' \
     "datavg at B should be active, quorum off, auto-on off"
-lv_sum siteB datafslv
-[[ $SUM == "$SUM_A" ]] || die "datafslv at site B differs from what site A acknowledged"
-ok "datafslv at B equals datafslv at A before the outage (sha256 $SUM_A)"
-head -c $((FS_MIB << 20)) "$WORK/siteb-datafslv.bin" >"$WORK/fs-at-b.img"
-echo "siteB# head -c ${FS_MIB}M $WORK/siteb-datafslv.bin > $WORK/fs-at-b.img"
-at siteB e2fsck -fn "$WORK/fs-at-b.img"
-at siteB debugfs -R "cat /flights/schedule.csv" "$WORK/fs-at-b.img"
-[[ $OUT == *"GL101,POU,PHL"* ]] || die "the file read from the filesystem at B is wrong"
-ok "the ext4 filesystem passes e2fsck -fn at site B"
-note "the administrator mounts it at B (varyoffvg is refused while the LV is open)"
-mount_check siteB
+if ((MOUNTED)); then
+    note "the filesystem was mounted and busy at the kill: attach it at B, let fsck replay the"
+    note "journal (e2fsck -f -y; exit 1 means it was replayed), then it must check clean"
+    at siteB glvmctl attach datafslv
+    dev=$OUT
+    show_cmd siteB e2fsck -f -y "$dev"
+    rc=0
+    e2fsck -f -y "$dev" >"$WORK/fsck-b.out" 2>&1 || rc=$?
+    sed 's/^/    /' "$WORK/fsck-b.out"
+    ((rc <= 1)) || die "e2fsck -f -y at B exited $rc"
+    at siteB glvmctl detach datafslv
+    note "mount it at B: the files synced at A before the kill are all there, byte for byte"
+    note "(varyoffvg is refused while the LV is open)"
+    cat "$WORK/synced.ok" >>"$WORK/files.sha256"
+    mount_check siteB rw
+else
+    lv_sum siteB datafslv
+    [[ $SUM == "$SUM_A" ]] || die "datafslv at site B differs from what site A acknowledged"
+    ok "datafslv at B equals datafslv at A before the outage (sha256 $SUM_A)"
+    head -c $((FS_MIB << 20)) "$WORK/siteb-datafslv.bin" >"$WORK/fs-at-b.img"
+    echo "siteB# head -c ${FS_MIB}M $WORK/siteb-datafslv.bin > $WORK/fs-at-b.img"
+    at siteB e2fsck -fn "$WORK/fs-at-b.img"
+    at siteB debugfs -R "cat /flights/schedule.csv" "$WORK/fs-at-b.img"
+    [[ $OUT == *"GL101,POU,PHL"* ]] || die "the file read from the filesystem at B is wrong"
+    ok "the ext4 filesystem passes e2fsck -fn at site B"
+fi
 note "the log writes: every write site A acknowledged before the kill must be in dataloglv at B"
 lv_sum siteB dataloglv
 check_log "$WORK/siteb-dataloglv.bin" "$ACKED"
@@ -477,7 +571,6 @@ at siteB qemu-io -f raw -c "write -P 0x63 32M 1M" -c "read -P 0x63 32M 1M" "$(nb
 [[ $OUT == *"wrote 1048576/1048576"* ]] || die "the write at B failed"
 lv_sum siteB datafslv
 SUM_B=$SUM
-[[ $SUM_B != "$SUM_A" ]] || die "the write at B did not change datafslv"
 lv_sum siteB dataloglv
 SUM_LOG_B=$SUM
 
@@ -526,13 +619,15 @@ ok "datafslv at A equals datafslv at B after the outage (sha256 $SUM_B)"
 lv_sum siteA dataloglv
 [[ $SUM == "$SUM_LOG_B" ]] || die "dataloglv at site A differs from dataloglv at site B"
 ok "dataloglv at A equals dataloglv at B (sha256 $SUM_LOG_B)"
-fs_sum siteA
-[[ $FSUM == "$SUM_IMG" ]] || die "the filesystem region at A changed"
 copy_sums datafslv
 copy_sums dataloglv
-head -c $((FS_MIB << 20)) "$WORK/sitea-datafslv.bin" >"$WORK/fs-at-a.img"
-echo "siteA# head -c ${FS_MIB}M $WORK/sitea-datafslv.bin > $WORK/fs-at-a.img"
-at siteA e2fsck -fn "$WORK/fs-at-a.img"
+if ((!MOUNTED)); then
+    fs_sum siteA
+    [[ $FSUM == "$SUM_IMG" ]] || die "the filesystem region at A changed"
+    head -c $((FS_MIB << 20)) "$WORK/sitea-datafslv.bin" >"$WORK/fs-at-a.img"
+    echo "siteA# head -c ${FS_MIB}M $WORK/sitea-datafslv.bin > $WORK/fs-at-a.img"
+    at siteA e2fsck -fn "$WORK/fs-at-a.img"
+fi
 mount_check siteA
 ok "back in the original direction: production at Philadelphia, mirror at Poughkeepsie"
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import typer
 
 from glvmctl.context import rpc
 from glvmctl.devices import JSON
-from glvmctl.output import columns, emit_json, fail
+from glvmctl.output import columns, emit_json
 
 server_app = typer.Typer(help="RPV servers: site name, add servers for local disks.",
                          no_args_is_help=True)
@@ -44,34 +42,29 @@ def server_add(
         typer.echo(f"{r['name']} {r['state']}")
 
 
-def route_source(server_addr: str) -> str:
-    """The local address the kernel would use to reach ``server_addr``."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in server_addr else socket.AF_INET,
-                           socket.SOCK_DGRAM) as s:
-            s.connect((server_addr, 6192))
-            return s.getsockname()[0]
-    except OSError as e:
-        fail(f"cannot find a local address for {server_addr}: {e.strerror or e}")
-
-
 @client_app.command("discover")
 def discover(
     server_addr: str = typer.Option(..., "--server-addr", help="RPV server IP address"),
     local_addr: str = typer.Option(None, "--local-addr", help="local IP address to connect "
-                                                              "from (default: by routing)"),
-    port: int = typer.Option(6192, "--port", help="RPV server TCP port"),
+                                   "from (default: try each local address, list those that "
+                                   "reach the server)"),
+    port: int = typer.Option(None, "--port", help="RPV server TCP port (default: rpv/tcp "
+                                                  "in /etc/services, else 6192)"),
     as_json: bool = JSON,
 ) -> None:
     """Ask an RPV server for its site name and the disks it serves to this address."""
-    r = rpc("discover", server_addr=server_addr,
-            local_addr=local_addr or route_source(server_addr), port=port)
+    r = rpc("discover", server_addr=server_addr, local_addr=local_addr, port=port)
     if as_json:
         emit_json(r)
         return
+    if local_addr is None:
+        typer.echo(f"# Local addresses that can reach RPV server {server_addr}:")
+        for a in r["local_addrs"]:
+            typer.echo(f"#   {a['addr']:<15} " + (f"reaches it ({a['disks']} disks offered)"
+                                                  if a["reaches"] else f"no: {a['error']}"))
     typer.echo(f"# These remote physical volumes are available at site {r['site']}:")
     typer.echo(f"# (The physical volume names are as they are known on the host named "
-               f"{r['node']})")
+               f"{r['node']}; asked from {r['local_addr']})")
     columns([[d["name"], d["pvid"], d["state"], d["local_name"] or ""] for d in r["disks"]],
             header=["# Physical Volume", "Physical Volume Identifier", "Server State",
                     "Known Here As"])
@@ -84,13 +77,18 @@ def client_add(
     local_addr: str = typer.Option(None, "--local-addr", help="local IP address "
                                                               "(default: by routing)"),
     io_timeout: int = typer.Option(180, "--io-timeout", help="I/O timeout interval, seconds"),
-    port: int = typer.Option(6192, "--port", help="RPV server TCP port"),
+    port: int = typer.Option(None, "--port", help="RPV server TCP port (default: rpv/tcp "
+                                                  "in /etc/services, else 6192)"),
     define_only: bool = typer.Option(False, "-d", help="leave the new clients Defined"),
 ) -> None:
-    """Add one RPV client per PVID (like SMIT 'Add Remote Physical Volume Clients')."""
-    local = local_addr or route_source(server_addr)
+    """Add one RPV client per PVID (like SMIT 'Add Remote Physical Volume Clients').
+    Without --local-addr, the first local address that reaches the server is used."""
+    local = local_addr or rpc("discover", server_addr=server_addr, port=port)["local_addr"]
     for pvid in pvids:
+        attrs = {"pvid": pvid, "server_addr": server_addr, "local_addr": local,
+                 "io_timeout": str(io_timeout)}
+        if port is not None:
+            attrs["server_port"] = str(port)
         r = rpc("mkdev", dev_class="disk", dev_type="rpvclient", define_only=define_only,
-                attrs={"pvid": pvid, "server_addr": server_addr, "local_addr": local,
-                       "io_timeout": str(io_timeout), "server_port": str(port)})
+                attrs=attrs)
         typer.echo(f"{r['name']} {r['state']}")

@@ -404,6 +404,18 @@ class LVMManager:
                 raise
             group = self.vgs[vg]
             self.catalog.put_vg(vg, vgid, [p.pvid for p in group.vgda.pvs])
+            # as AIX's importvg: the imported VG varies on at start-up and checks quorum
+            group.vgda.auto_on = group.vgda.quorum = group.quorum_active = True
+            await group.write_vgda()
+            missing = [s["pvid"] for s in result["pv_status"] if s["name"] is None]
+            result["messages"] += [
+                *(f"0516-510 synclvodm: Physical volume not found for physical volume "
+                  f"identifier {pvid}." for pvid in missing),
+                *([f"0516-548 synclvodm: Partially successful with updating volume group "
+                   f"{vg}."] if missing else []),
+                f"importvg: {vg} will be varied on automatically when rpvd starts, and quorum "
+                f"checking is on. If the other site may come back, turn both off: "
+                f"chvg -a n -Q n {vg}"]
             return result
 
     async def exportvg(self, vg: str) -> dict:

@@ -89,8 +89,8 @@ class LspvArgs:
 @dataclass(frozen=True, slots=True)
 class DiscoverArgs:
     server_addr: str
-    local_addr: str
-    port: int = 6192
+    local_addr: str | None = None  # None: try every local address that could reach it
+    port: int | None = None  # None: rpv/tcp in /etc/services, else 6192
     timeout: float = 10.0
 
 

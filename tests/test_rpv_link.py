@@ -43,6 +43,16 @@ def test_walkthrough_bytes_land_at_the_other_site(linked, tmp_path):
     human = site_a.ctl("rpvclient", "discover", "--server-addr", site_b.addr,
                        "--local-addr", site_a.addr, "--port", str(site_b.port))
     assert "available at site Poughkeepsie" in human and pvid in human
+    # without --local-addr: every local address that could reach B is tried and listed
+    picked = json.loads(site_a.ctl("rpvclient", "discover", "--server-addr", site_b.addr,
+                                   "--port", str(site_b.port), "--json"))
+    assert picked["local_addr"] == site_a.addr and picked["disks"] == found["disks"]
+    assert picked["local_addrs"][0] == {"addr": site_a.addr, "reaches": True, "disks": 1,
+                                        "error": None}
+    human = site_a.ctl("rpvclient", "discover", "--server-addr", site_b.addr,
+                       "--port", str(site_b.port))
+    assert f"#   {site_a.addr:<15} reaches it (1 disks offered)" in human.splitlines()
+    assert f"asked from {site_a.addr})" in human
     attrs = {a["attribute"]: a["value"] for a in site_a.json("lsattr", "-E", "-l", "hdisk3")}
     assert attrs == {"auto_resume": "n", "io_timeout": "3", "local_addr": "127.0.0.1",
                      "pvid": pvid,
@@ -83,8 +93,16 @@ def test_server_checks_peer_pvid_and_state(linked):
     err = site_a.fails("rpvclient", "discover", "--server-addr", "127.0.0.2", "--local-addr",
                        "127.0.0.3", "--port", str(site_b.port))
     assert "accepts client 127.0.0.3" in err
+    # nothing listening: each address tried says why, in one line
+    err = site_a.fails("rpvclient", "discover", "--server-addr", "127.0.0.2", "--port", "9")
+    assert "cannot query RPV server 127.0.0.2: from 127.0.0.1: " in err
+    assert "Traceback" not in err
     assert site_a.json("lsdev") == []
-    site_a.add_client("hdisk3", pvid, site_b, io_timeout=3)
+    # the SMIT-like add: no --local-addr, the address that reaches B is found and kept
+    assert site_a.ctl("rpvclient", "add", pvid, "--server-addr", site_b.addr, "--port",
+                      str(site_b.port), "--io-timeout", "3").strip() == "hdisk0 Available"
+    attrs = {a["attribute"]: a["value"] for a in site_a.json("lsattr", "-E", "-l", "hdisk0")}
+    assert (attrs["local_addr"], attrs["io_timeout"]) == (site_a.addr, "3")
     refused = [e for e in site_b.log_events() if e["event"] == "rpv_hello_refused"]
     assert {e["errno"] for e in refused} == {errno.EACCES, errno.ENOENT}
     assert all(e["peer"] and e["time"].endswith("Z") and e["level"] == "warning"
@@ -92,7 +110,7 @@ def test_server_checks_peer_pvid_and_state(linked):
     assert file_bytes(disk, 0, 4 * MiB) == bytes(4 * MiB)
     # a Defined server answers ENODEV; the client keeps retrying until its deadline
     site_b.ctl("rmdev", "-l", "rpvserver0")
-    elapsed = timed_write_fails(site_a, "hdisk3")
+    elapsed = timed_write_fails(site_a, "hdisk0")
     assert elapsed <= 3 + 1
     assert any(e["event"] == "rpv_hello_refused" and e["errno"] == errno.ENODEV
                for e in site_b.log_events())

@@ -228,6 +228,14 @@ def test_runbooks2_3_site_outage_failover_and_failback(geo, tmp_path):
                       a_pvids["hdisk2"][:16]: (None, "NONAME")}, out
     assert "varyonvg: Volume group datavg is varied on." in out
     assert out.splitlines()[-1] == "datavg"
+    # the seed's synclvodm lines for the PVs B has no device for, and AIX's import defaults
+    for pvid in (a_pvids["hdisk1"], a_pvids["hdisk2"]):
+        assert ("0516-510 synclvodm: Physical volume not found for physical volume "
+                f"identifier {pvid}.") in out
+    assert "0516-548 synclvodm: Partially successful with updating volume group datavg." in out
+    assert "chvg -a n -Q n datavg" in out
+    vg = b.json("lsvg", "datavg")
+    assert (vg["quorum"], vg["quorum_active"], vg["auto_on"]) == (True, True, True)
     b.ctl("chvg", "-a", "n", "-Q", "n", "datavg")
     assert "varied on" in b.ctl("varyonvg", "datavg")
     vg = b.json("lsvg", "datavg")

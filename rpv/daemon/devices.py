@@ -21,6 +21,7 @@ from rpv.client.stats import IOStats
 from rpv.daemon import attrs as A
 from rpv.daemon.devdb import Device, DeviceDB
 from rpv.daemon.errlog import ErrorLog
+from rpv.daemon.localaddrs import candidates
 from rpv.errors import CommandError
 from rpv.protocol import HelloInfo, pvid_to_bytes, pvid_to_str
 from rpv.server.server import Export, RPVServer
@@ -563,19 +564,39 @@ class DeviceManager:
                 raise CommandError(f"{dev.name}: {e.strerror or e}") from None
 
     # -- discovery -----------------------------------------------------------------------------
-    async def discover(self, server_addr: str, local_addr: str, port: int = A.DEFAULT_RPV_PORT,
-                       timeout: float = 10.0) -> dict:
+    async def discover(self, server_addr: str, local_addr: str | None = None,
+                       port: int | None = None, timeout: float = 10.0) -> dict:
+        """What an RPV server offers; without ``local_addr``, from every local address that
+        could reach it (each is tried at once), listing which did."""
         try:
-            server_addr, local_addr = A.ip(server_addr), A.ip(local_addr)
+            server_addr = A.ip(server_addr)
+            local_addr = A.ip(local_addr) if local_addr is not None else None
         except ValueError as e:
             raise CommandError(str(e)) from None
-        try:
-            info = await discover(server_addr, local_addr, port, timeout, self.client_ssl)
-        except (OSError, TimeoutError) as e:
-            raise CommandError(f"cannot query RPV server {server_addr} from {local_addr}: "
-                               f"{_reason(e)}") from None
+        port = port or A.DEFAULT_RPV_PORT
+        tried = [local_addr] if local_addr else await candidates(server_addr)
+        if not tried:
+            raise CommandError(f"no local address of this host can reach {server_addr}")
+        answers = await asyncio.gather(
+            *(discover(server_addr, a, port, timeout, self.client_ssl) for a in tried),
+            return_exceptions=True)
+        for a in answers:
+            if isinstance(a, BaseException) and not isinstance(a, (OSError, TimeoutError)):
+                raise a
+        reached = [(addr, info) for addr, info in zip(tried, answers)
+                   if not isinstance(info, BaseException)]
+        if not reached:
+            why = "; ".join(f"from {addr}: {_reason(e)}" for addr, e in zip(tried, answers))
+            raise CommandError(f"cannot query RPV server {server_addr}: {why}")
+        local_addr, info = reached[0]
         known = {d.attrs.get("pvid"): d.name for d in self.db.devices("disk")}
         return {"site": info.site, "node": info.node, "server_addr": server_addr,
+                "local_addr": local_addr,
+                "local_addrs": [{"addr": addr, "reaches": not isinstance(r, BaseException),
+                                 "disks": len(r.entries) if not isinstance(r, BaseException)
+                                 else None,
+                                 "error": _reason(r) if isinstance(r, BaseException) else None}
+                                for addr, r in zip(tried, answers)],
                 "disks": [{"name": e.disk_name, "server": e.server_name,
                            "pvid": pvid_to_str(e.pvid), "size": e.size,
                            "state": AVAILABLE if e.state else DEFINED,
