@@ -1299,6 +1299,8 @@ class Soak:
             self.ctl(b, "varyonvg", "-f", VG)
         else:
             self.ctl(b, "importvg", "-f", "-y", VG, "hdisk2")
+            # the seed's next step: importvg turned auto-varyon and quorum on; A may come back
+            self.ctl(b, "chvg", "-a", "n", "-Q", "n", VG)
         self.serving = b
         # every write A acknowledged is here; B's copy is the only one from now on
         self.verify_lv(f, b, "at B after the failover", collapse=True, since=t)
