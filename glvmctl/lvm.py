@@ -153,21 +153,23 @@ def register(app: typer.Typer) -> None:
                                                      "(power of 2)"),
         force: bool = typer.Option(False, "-f", help="take PVs that look like they belong "
                                                      "to another volume group"),
+        pool: str = typer.Option(None, "-p", help="put the PVs in this mirror pool"),
         pvs: list[str] = typer.Argument(..., help="physical volumes"),
     ) -> None:
         """Create a volume group on one or more physical volumes."""
-        r = rpc("mkvg", vg=vg, pvs=pvs, pp_size_mb=pp_size, force=force)
+        r = rpc("mkvg", vg=vg, pvs=pvs, pp_size_mb=pp_size, force=force, pool=pool)
         typer.echo(r["vg"])
 
     @app.command()
     def extendvg(
         force: bool = typer.Option(False, "-f", help="take PVs that look like they belong "
                                                      "to another volume group"),
+        pool: str = typer.Option(None, "-p", help="put the new PVs in this mirror pool"),
         vg: str = typer.Argument(..., help="volume group"),
         pvs: list[str] = typer.Argument(..., help="physical volumes to add"),
     ) -> None:
         """Add physical volumes to a volume group."""
-        rpc("extendvg", vg=vg, pvs=pvs, force=force)
+        rpc("extendvg", vg=vg, pvs=pvs, force=force, pool=pool)
 
     @app.command()
     def reducevg(
@@ -188,16 +190,19 @@ def register(app: typer.Typer) -> None:
         copies: int = typer.Option(2, "-c", min=2, max=3, help="copies after mirroring "
                                                                "(2 or 3)"),
         keep_quorum: bool = typer.Option(False, "-Q", help="keep quorum checking on"),
+        mirror_pools: list[str] = typer.Option(None, "-p", help="copyN=POOL: place copy N "
+                                               "in mirror pool POOL (repeatable)"),
         vg: str = typer.Argument(..., help="volume group"),
-        pvs: list[str] = typer.Argument(..., help="physical volumes for the new copy"),
+        pvs: list[str] = typer.Argument(None, help="physical volumes for the new copy "
+                                        "(default with -p: the mirror pool's)"),
     ) -> None:
         """Add a mirror copy of every logical volume in a volume group."""
         if background and no_sync:
             fail("give at most one of -S and -s")
         sync = "background" if background else "none" if no_sync else "foreground"
         with progress_bar(f"mirrorvg {vg}", sync == "foreground") as on_event:
-            r = rpc("mirrorvg", on_event=on_event, vg=vg, pvs=pvs, copies=copies, sync=sync,
-                    keep_quorum=keep_quorum)
+            r = rpc("mirrorvg", on_event=on_event, vg=vg, pvs=pvs or [], copies=copies,
+                    sync=sync, keep_quorum=keep_quorum, mirror_pools=mirror_pools or [])
         messages(r)
         report_failed((r.get("resync") or {}).get("failed"))
 
@@ -257,21 +262,55 @@ def register(app: typer.Typer) -> None:
     def chvg(
         auto_on: YesNo = typer.Option(None, "-a", help="vary on at daemon start (y/n)"),
         quorum: YesNo = typer.Option(None, "-Q", help="quorum checking (y/n)"),
+        pool_strict: Strictness = typer.Option(None, "-M", help="mirror pool strictness: "
+                                               "n off, y every copy in a pool, s super strict "
+                                               "(each copy in its own pool)"),
         vg: str = typer.Argument(..., help="volume group"),
     ) -> None:
-        """Change a volume group's auto-varyon or quorum setting."""
-        if auto_on is None and quorum is None:
-            fail("give -a y|n and/or -Q y|n")
-        messages(rpc("chvg", vg=vg, auto_on=auto_on, quorum=quorum))
+        """Change a volume group's auto-varyon, quorum or mirror pool strictness."""
+        if auto_on is None and quorum is None and pool_strict is None:
+            fail("give -a y|n, -Q y|n and/or -M n|y|s")
+        messages(rpc("chvg", vg=vg, auto_on=auto_on, quorum=quorum,
+                     mirror_pool_strict=pool_strict))
 
     @app.command()
     def chpv(
-        state: Literal["a", "r"] = typer.Option(..., "-v", help="a: return a removed PV "
-                                                               "to use; r: remove it"),
-        pv: str = typer.Argument(..., help="physical volume"),
+        state: Literal["a", "r"] = typer.Option(None, "-v", help="a: return a removed PV "
+                                                                "to use; r: remove it"),
+        pool: str = typer.Option(None, "-p", help="put the PVs in this mirror pool"),
+        no_pool: bool = typer.Option(False, "-P", help="take the PVs out of their mirror "
+                                                       "pool"),
+        pvs: list[str] = typer.Argument(..., help="physical volumes"),
     ) -> None:
-        """Make a physical volume available to (a) or removed from (r) its volume group."""
-        rpc("chpv", pv=pv, state=state)
+        """Make physical volumes available to (-v a) or removed from (-v r) their volume
+        group, or change their mirror pool (-p POOL, -P)."""
+        if (state is not None) + (pool is not None) + no_pool != 1:
+            fail("give exactly one of -v, -p and -P")
+        if state is not None:
+            for pv in pvs:
+                rpc("chpv", pv=pv, state=state)
+        else:
+            rpc("chpv_pool", pvs=pvs, pool=pool)
+
+    @app.command()
+    def lsmp(
+        pool: str = typer.Option(None, "-m", help="only this mirror pool"),
+        vg: str = typer.Argument(..., help="volume group"),
+        as_json: bool = JSON,
+    ) -> None:
+        """List a volume group's mirror pools: mode, site, physical volumes, LV copies."""
+        r = rpc("lsmp", vg=vg, pool=pool)
+        if as_json:
+            emit_json(r)
+            return
+        strict = {"n": "no", "y": "yes", "s": "super strict"}[r["mirror_pool_strict"]]
+        pairs([("VOLUME GROUP:", r["vg"]), ("Mirror Pool Strictness:", strict)])
+        for p in r["pools"]:
+            typer.echo("")
+            pairs([("MIRROR POOL:", p["pool"]), ("Mirroring Mode:", p["mode"].upper()),
+                   ("SITE:", p["site"] or "unknown"), ("PHYSICAL VOLUMES:", " ".join(p["pvs"]))])
+            copies = [f"{c['lv']} (copy {c['copy']})" for c in p["copies"]]
+            typer.echo(f"LV COPIES:          {' '.join(copies) or 'none'}")
 
     @app.command()
     def lsvg(
@@ -327,13 +366,15 @@ def register(app: typer.Typer) -> None:
                                                               "n: copies may share a PV"),
         upperbound: int = typer.Option(0, "-u", min=0, help="most PVs one copy may span "
                                                             "(0: no limit)"),
+        mirror_pools: list[str] = typer.Option(None, "-p", help="copyN=POOL: place copy N "
+                                               "in mirror pool POOL (repeatable)"),
         vg: str = typer.Argument(..., help="volume group"),
         lps: int = typer.Argument(..., min=1, help="number of logical partitions"),
         pvs: list[str] = typer.Argument(None, help="physical volumes to allocate from"),
     ) -> None:
         """Create a logical volume."""
         r = rpc("mklv", lv=lv, vg=vg, lps=lps, copies=copies, strictness=strictness,
-                upperbound=upperbound, pvs=pvs or [])
+                upperbound=upperbound, pvs=pvs or [], mirror_pools=mirror_pools or [])
         typer.echo(r["lv"])
 
     @app.command()
@@ -383,7 +424,9 @@ def register(app: typer.Typer) -> None:
                    ("COPIES:", r["copies"]), ("SIZE:", f"{r['size_bytes']} bytes"),
                    ("LPs:", r["lps"]), ("PPs:", r["pps"]),
                    ("STALE PPs:", r["stale_pps"]), ("UPPER BOUND:", r["upperbound"]),
-                   ("STRICTNESS:", STRICTNESS.get(r["strictness"], r["strictness"]))])
+                   ("STRICTNESS:", STRICTNESS.get(r["strictness"], r["strictness"])),
+                   *((f"COPY {c + 1} MIRROR POOL:", pool or "None")
+                     for c, pool in enumerate(r.get("mirror_pools") or []))])
 
     @app.command()
     def syncvg(

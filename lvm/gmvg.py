@@ -89,7 +89,8 @@ class GMVG:
                     raise CommandError(f"copy {c + 1} of {e.name} already lies at site {site}")
         target = copies or max(e.copies for e in group.vgda.lvs.values()) + 1
         names = [self.lvm.name_for_pvid(group.vgda.pv(i).pvid) for i in pvs]
-        return await self.lvm.lv.mirrorvg(vg, names, target, sync, keep_quorum, progress)
+        return await self.lvm.lv.mirrorvg(vg, names, target, sync, keep_quorum,
+                                          progress=progress)
 
     def verify(self, vg: str) -> dict:
         """The seed's site/copy check; ``ok`` is False when a copy spans sites or an LV has no

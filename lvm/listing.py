@@ -26,7 +26,7 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
                     group.pv_state(p.index) != PV_ACTIVE else PV_MISSING,
                     "total_pps": p.pp_count, "free_pps": free,
                     "stale_pps": vgsa.stale_count(p.index),
-                    "site": site_of(dev, directory)})
+                    "site": site_of(dev, directory), "pool": p.pool or None})
     total = sum(p.pp_count for p in vgda.pvs)
     lvs = [{"name": e.name, "type": "lv", "lps": e.lps, "pps": e.lps * e.copies,
             "pvs": len({pv for m in e.maps for pv, _ in m}), "copies": e.copies,
@@ -43,6 +43,7 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
             "active_pvs": len(group.usable_pvs()), "total_pvs": len(vgda.pvs),
             "lvs_count": len(lvs), "open_lvs": len(lvs) if group.online else 0,
             "maintenance": group.maintenance,
+            "mirror_pool_strict": vgda.mirror_pool_strict,
             "resyncing": bool(group.resync_task and not group.resync_task.done()),
             "pvs": pvs, "lvs": lvs}
 
@@ -66,6 +67,8 @@ def describe_lv(group: VolumeGroup, vol: LogicalVolume, map: bool) -> dict:  # n
     out = {"name": lv, "vg": group.name, "copies": e.copies, "lps": e.lps,
            "pps": e.lps * e.copies, "stale_pps": len(stale), "strictness": e.strictness,
            "upperbound": e.upperbound, "pp_size_mb": group.vgda.pp_size // MiB,
+           "mirror_pools": [e.pools[c] if c < len(e.pools) and e.pools[c] else None
+                            for c in range(e.copies)],
            "size_bytes": vol.size,
            "state": ("opened" if group.online else "closed") + ("/stale" if stale
                                                                   else "/syncd")}

@@ -42,6 +42,8 @@ def drop_copies(group: VolumeGroup, plan: dict[str, list[int]]) -> None:
             for loc in lv.maps[c]:
                 group.vgsa.stale.pop(loc, None)
             del lv.maps[c]
+            if c < len(lv.pools):
+                del lv.pools[c]
 
 
 class LVCommands:
@@ -49,7 +51,8 @@ class LVCommands:
         self.core = core  # lvm.manager.LVMManager: the varied-on VGs, lookups and the lock
 
     async def mklv(self, lv: str, vg: str, lps: int, copies: int = 1, strictness: str = "y",
-                   upperbound: int = 0, pvs: list[str] | None = None) -> dict:
+                   upperbound: int = 0, pvs: list[str] | None = None,
+                   mirror_pools: list[str] | None = None) -> dict:
         async with self.core.lock:
             group = self.core.online(vg)
             group.check_online()
@@ -71,8 +74,9 @@ class LVCommands:
                 raise CommandError(f"{copies} copies need at least {copies} physical volumes; "
                                    f"{len(candidates)} available")
             vgda = group.vgda
+            copy_pools = self.core.pool.plan(vgda, lv, mirror_pools, range(copies), [])
             entry = LVEntry(lv, vgda.next_lvid, lps, strictness, upperbound)
-            self._allocate(group, entry, range(copies), candidates)
+            self._allocate(group, entry, range(copies), candidates, copy_pools)
             vgda.lvs[lv] = entry
             vgda.next_lvid += 1
             await group.write_vgda()
@@ -94,22 +98,27 @@ class LVCommands:
             out.append(entry.index)
         return out
 
-    @staticmethod
-    def _allocate(group: VolumeGroup, entry: LVEntry, copies: range,
-                  candidates: list[int]) -> list:
-        """Allocate whole copies; on failure nothing is taken and CommandError is raised."""
+    def _allocate(self, group: VolumeGroup, entry: LVEntry, copies: range,
+                  candidates: list[int], copy_pools: dict[int, str]) -> list:
+        """Allocate whole copies (each within its mirror pool, if it has one); on failure
+        nothing is taken and CommandError is raised."""
         used = group.vgda.used()
         added = []
+        pools_before = list(entry.pools)
         try:
             for c in copies:
-                m = policy.allocate_copy(group.vgda, entry, candidates, range(entry.lps),
-                                         c, used)
+                allowed = self.core.pool.copy_candidates(group, candidates, copy_pools, c)
+                m = policy.allocate_copy(group.vgda, entry, allowed, range(entry.lps), c, used)
                 entry.maps.append(m)
                 added.append(m)
-        except policy.AllocationError as e:
+                entry.pools = (entry.pools + [""] * c)[:c] + [copy_pools.get(c, "")]
+        except (policy.AllocationError, CommandError) as e:
             for m in added:
                 entry.maps.remove(m)
+            entry.pools = pools_before
             raise CommandError(str(e)) from None
+        if not any(entry.pools):
+            entry.pools = []
         return added
 
     async def chlv(self, lv: str, strictness: str | None = None,
@@ -176,8 +185,9 @@ class LVCommands:
         return describe_lv(group, vol, map)
 
     # -- mirroring --------------------------------------------------------------------------------
-    async def mirrorvg(self, vg: str, pvs: list[str], copies: int = 2, sync: str = "foreground",
-                       keep_quorum: bool = False,
+    async def mirrorvg(self, vg: str, pvs: list[str] | None = None, copies: int = 2,
+                       sync: str = "foreground", keep_quorum: bool = False,
+                       mirror_pools: list[str] | None = None,
                        progress: Callable[[dict], None] | None = None) -> dict:
         async with self.core.lock:
             group = self.core.online(vg)
@@ -186,19 +196,28 @@ class LVCommands:
                 raise CommandError("mirrorvg -c must be 2 or 3")
             if sync not in ("foreground", "background", "none"):
                 raise CommandError("sync must be foreground, background or none")
+            if not pvs and not mirror_pools:
+                raise CommandError("give the physical volumes or the mirror pool "
+                                   "(-p copyN=POOL) for the new copies")
             candidates = self._candidates(group, pvs)
             new_locs = []
             lvs = [e for e in group.vgda.lvs.values() if e.copies < copies]
             if not lvs:
                 raise CommandError(f"every logical volume of {vg} already has {copies} copies")
-            snapshot = {e.name: len(e.maps) for e in lvs}
+            plans = {e.name: self.core.pool.plan(
+                group.vgda, e.name, mirror_pools, range(e.copies, copies),
+                [e.pools[c] if c < len(e.pools) else "" for c in range(e.copies)])
+                for e in lvs}
+            snapshot = {e.name: (len(e.maps), list(e.pools)) for e in lvs}
             try:
                 for e in lvs:
-                    for m in self._allocate(group, e, range(e.copies, copies), candidates):
+                    for m in self._allocate(group, e, range(e.copies, copies), candidates,
+                                            plans[e.name]):
                         new_locs.extend(m)
             except CommandError:
                 for e in lvs:
-                    del e.maps[snapshot[e.name]:]
+                    del e.maps[snapshot[e.name][0]:]
+                    e.pools = snapshot[e.name][1]
                 raise
             messages = []
             for loc in new_locs:  # stale before the VGDA makes the copies visible

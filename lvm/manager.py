@@ -29,6 +29,7 @@ from lvm.metadata import (
     VGSA,
     PVEntry,
 )
+from lvm.poolcommands import PoolCommands
 from lvm.ports import ErrorSink, ExportControl, PVDirectory, VGCatalog, name_for_pvid
 from lvm.records import read_pv_meta, read_record, write_record
 from lvm.scheduler import ResyncScheduler
@@ -57,6 +58,7 @@ class LVMManager:
         self.resyncs = ResyncScheduler(jobs)
         self.assembler = Assembler(pvs, errors)
         self.lv = LVCommands(self)  # mklv ... syncvg --verify
+        self.pool = PoolCommands(self)  # chpv -p, chvg -M, lsmp
         self._tasks: set[asyncio.Task] = set()
 
     # -- lookups -------------------------------------------------------------------------------
@@ -75,6 +77,14 @@ class LVMManager:
 
     def vg_of_pvid(self, pvid: str) -> str | None:
         return next((n for n, _, pvids in self.catalog.vgs() if pvid in pvids), None)
+
+    def pool_of_pvid(self, pvid: str) -> str | None:
+        """The mirror pool of a PV of a varied-on VG (None: no pool, or not known now)."""
+        for group in self.vgs.values():
+            entry = group.vgda.pv_by_pvid(pvid)
+            if entry is not None:
+                return entry.pool or None
+        return None
 
     def online(self, name: str) -> VolumeGroup:
         vg = self.vgs.get(name)
@@ -144,7 +154,7 @@ class LVMManager:
         return out
 
     async def mkvg(self, vg: str, pvs: list[str], pp_size_mb: int | None = None,
-                   force: bool = False) -> dict:
+                   force: bool = False, pool: str | None = None) -> dict:
         async with self.lock:
             if not NAME_RE.match(vg or ""):
                 raise CommandError(f"volume group name '{vg}' must be 1-15 letters, digits "
@@ -173,6 +183,8 @@ class LVMManager:
                         pvs=[PVEntry(pvid, i + 1, layout.pp_count(d.size, pp))
                              for i, (_, pvid, d) in enumerate(disks)],
                         created=now, modified=now, last_site=self.pvs.site())
+            if pool is not None:
+                self.pool.assign(vgda, [p.index for p in vgda.pvs], pool)
             vgsa = VGSA({pvid: PV_ACTIVE for _, pvid, _ in disks})
             devmap = {i + 1: d for i, (_, _, d) in enumerate(disks)}
             async with self._claiming(vg, [n for n, _, _ in disks]):
@@ -203,7 +215,8 @@ class LVMManager:
         for seq in (1, 2):  # both slots, so no older header survives
             await write_record(dev, Kind.PVHEADER, seq, body)
 
-    async def extendvg(self, vg: str, pvs: list[str], force: bool = False) -> dict:
+    async def extendvg(self, vg: str, pvs: list[str], force: bool = False,
+                       pool: str | None = None) -> dict:
         async with self.lock:
             group = self.online(vg)
             disks = await self._check_new_pvs(pvs, force)
@@ -213,10 +226,19 @@ class LVMManager:
                 if count < 1:
                     raise CommandError(f"{n} is too small for one {vgda.pp_size // MiB} MB "
                                        f"partition")
+            first = max(p.index for p in vgda.pvs) + 1
+            added = [PVEntry(pvid, first + i, layout.pp_count(d.size, vgda.pp_size))
+                     for i, (_n, pvid, d) in enumerate(disks)]
             async with self._claiming(vg, [n for n, _, _ in disks]):
-                for _n, pvid, d in disks:
-                    index = max(p.index for p in vgda.pvs) + 1
-                    vgda.pvs.append(PVEntry(pvid, index, layout.pp_count(d.size, vgda.pp_size)))
+                vgda.pvs.extend(added)
+                try:
+                    if pool is not None:
+                        self.pool.assign(vgda, [p.index for p in added], pool)
+                except CommandError:
+                    del vgda.pvs[-len(added):]
+                    raise
+                for (_n, pvid, d), entry in zip(disks, added, strict=True):
+                    index = entry.index
                     group.devices[index] = d
                     group.vgsa.pv_state[pvid] = PV_ACTIVE
                     await self._write_header(d, vgda, index)
@@ -427,11 +449,14 @@ class LVMManager:
             self.catalog.delete_vg(vg)
             return {"vg": vg}
 
-    async def chvg(self, vg: str, auto_on: str | None = None, quorum: str | None = None) -> dict:
+    async def chvg(self, vg: str, auto_on: str | None = None, quorum: str | None = None,
+                   mirror_pool_strict: str | None = None) -> dict:
         async with self.lock:
             group = self.online(vg)
-            if auto_on is None and quorum is None:
-                raise CommandError("chvg needs -a or -Q")
+            if auto_on is None and quorum is None and mirror_pool_strict is None:
+                raise CommandError("chvg needs -a, -Q or -M")
+            if mirror_pool_strict is not None:
+                self.pool.set_strict(group.vgda, mirror_pool_strict)
             for flag, v in (("-a", auto_on), ("-Q", quorum)):
                 if v is not None and v not in ("y", "n"):
                     raise CommandError(f"chvg {flag} must be y or n")

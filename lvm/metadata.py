@@ -29,6 +29,10 @@ class PVEntry:
     pvid: str
     index: int
     pp_count: int
+    pool: str = ""  # mirror pool (lvm/pools.py); "" for none
+
+    def to_json(self) -> list:
+        return [self.pvid, self.index, self.pp_count] + ([self.pool] if self.pool else [])
 
 
 @dataclass(slots=True)
@@ -39,6 +43,7 @@ class LVEntry:
     strictness: str = "y"  # y strict, s super strict, n none
     upperbound: int = 0  # max PVs per copy; 0 = unlimited
     maps: list[list[Loc]] = field(default_factory=list)
+    pools: list[str] = field(default_factory=list)  # mirror pool per copy ("" none)
 
     @property
     def copies(self) -> int:
@@ -47,12 +52,13 @@ class LVEntry:
     def to_json(self) -> dict:
         return {"name": self.name, "lvid": self.lvid, "lps": self.lps,
                 "strictness": self.strictness, "upperbound": self.upperbound,
-                "maps": [to_extents(m) for m in self.maps]}
+                "maps": [to_extents(m) for m in self.maps],
+                **({"pools": self.pools} if any(self.pools) else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> LVEntry:
         return cls(d["name"], d["lvid"], d["lps"], d["strictness"], d["upperbound"],
-                   [from_extents(e) for e in d["maps"]])
+                   [from_extents(e) for e in d["maps"]], list(d.get("pools", [])))
 
     def pvs_of_copy(self, copy: int) -> set[int]:
         return {pv for pv, _ in self.maps[copy]}
@@ -92,21 +98,24 @@ class VGDA:
     created: float = 0.0
     modified: float = 0.0
     last_site: str = ""
+    mirror_pool_strict: str = "n"  # chvg -M: n, y (every copy in a pool) or s (super strict)
 
     def to_json(self) -> dict:
         return {"vgid": self.vgid, "name": self.name, "pp_size": self.pp_size,
                 "quorum": self.quorum, "auto_on": self.auto_on,
-                "pvs": [[p.pvid, p.index, p.pp_count] for p in self.pvs],
+                "pvs": [p.to_json() for p in self.pvs],
                 "lvs": [lv.to_json() for lv in self.lvs.values()],
                 "next_lvid": self.next_lvid, "created": self.created,
-                "modified": self.modified, "last_site": self.last_site}
+                "modified": self.modified, "last_site": self.last_site,
+                "mirror_pool_strict": self.mirror_pool_strict}
 
     @classmethod
     def from_json(cls, d: dict) -> VGDA:
         lvs = [LVEntry.from_json(x) for x in d["lvs"]]
         return cls(d["vgid"], d["name"], d["pp_size"], d["quorum"], d["auto_on"],
                    [PVEntry(*p) for p in d["pvs"]], {lv.name: lv for lv in lvs},
-                   d["next_lvid"], d["created"], d["modified"], d.get("last_site", ""))
+                   d["next_lvid"], d["created"], d["modified"], d.get("last_site", ""),
+                   d.get("mirror_pool_strict", "n"))
 
     def pv(self, index: int) -> PVEntry:
         for p in self.pvs:  # a plain loop: this is on the I/O path (VolumeGroup.usable)

@@ -128,6 +128,7 @@ class MkvgArgs:
     pvs: list[str]
     pp_size_mb: int | None = None
     force: bool = False
+    pool: str | None = None  # mkvg -p: the PVs' mirror pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class ExtendvgArgs:
     vg: str
     pvs: list[str]
     force: bool = False
+    pool: str | None = None  # extendvg -p: the new PVs' mirror pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,8 @@ class MklvArgs:
     strictness: str = 'y'
     upperbound: int = 0
     pvs: list[str] | None = None
+    mirror_pools: list[str] | None = None  # mklv -p copyN=POOL
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +182,11 @@ class LslvArgs:
 @dataclass(frozen=True, slots=True)
 class MirrorvgArgs:
     vg: str
-    pvs: list[str]
+    pvs: list[str] | None = None
     copies: int = 2
     sync: str = 'foreground'
     keep_quorum: bool = False
+    mirror_pools: list[str] | None = None  # mirrorvg -p copyN=POOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +237,19 @@ class ChvgArgs:
     vg: str
     auto_on: str | None = None
     quorum: str | None = None
+    mirror_pool_strict: str | None = None  # chvg -M n|y|s
+
+
+@dataclass(frozen=True, slots=True)
+class ChpvPoolArgs:
+    pvs: list[str]
+    pool: str | None = None  # None: take the PVs out of their mirror pool (chpv -P)
+
+
+@dataclass(frozen=True, slots=True)
+class LsmpArgs:
+    vg: str
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +379,8 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("exportvg", ExportvgArgs, dict),
     Operation("chvg", ChvgArgs, dict),
     Operation("chpv", ChpvArgs, dict),
+    Operation("chpv_pool", ChpvPoolArgs, dict),
+    Operation("lsmp", LsmpArgs, dict, query=True),
     Operation("lsvg", LsvgArgs, object, query=True),
     Operation("gmvg_add_rpvs", GmvgAddRpvsArgs, dict),
     Operation("gmvg_add_mirror", GmvgAddMirrorArgs, dict, progress=True, job=True),

@@ -88,13 +88,15 @@ def test_control_table_matches_the_daemon():
     queries = {name for name, op in api.OPERATIONS.items() if op.query}
     assert {"lsdev", "lspv", "lsvg", "lslv", "errpt", "rpvstat", "ping"} <= queries
     assert not queries & {"mkdev", "chdev", "rmdev", "mkvg", "varyonvg", "varyoffvg",
-                          "importvg", "exportvg", "syncvg", "syncvg_verify", "mirrorvg"}
+                          "importvg", "exportvg", "syncvg", "syncvg_verify", "mirrorvg",
+                          "chpv_pool"}
+    assert "lsmp" in queries
 
 
 def test_control_requests_are_checked_against_the_table():
     op, args = api.decode(b'{"v": 1, "op": "mkvg", "args": {"vg": "datavg", "pvs": ["hdisk1"]}}')
     assert op.name == "mkvg" and api.arguments(args) == {
-        "vg": "datavg", "pvs": ["hdisk1"], "pp_size_mb": None, "force": False}
+        "vg": "datavg", "pvs": ["hdisk1"], "pp_size_mb": None, "force": False, "pool": None}
     for line, message in (
             (b'{"op": "mkvg", "args": {"vg": "datavg"}}', "pvs"),
             (b'{"op": "mkvg", "args": {"vg": 3, "pvs": []}}', "vg must be str"),

@@ -109,6 +109,7 @@ class DeviceManager:
                 raise CommandError(f"physical volume {name} is not defined")
         return [{"name": d.name, "pvid": d.attrs.get("pvid") or None,
                  "vg": self.lvm.vg_of_pvid(d.attrs.get("pvid")) if self.lvm else None,
+                 "pool": self.lvm.pool_of_pvid(d.attrs.get("pvid")) if self.lvm else None,
                  "state": self._pv_state(d), "type": d.dev_type,
                  "site": d.attrs.get("site") or ("unknown" if d.dev_type == "rpvclient"
                                                  else self.site() or "local"),
@@ -127,7 +128,8 @@ class DeviceManager:
             location = (f"{a.get('server_addr')}:{a.get('server_port') or A.DEFAULT_RPV_PORT}"
                         f" from {a.get('local_addr')}")
             model = "Remote Physical Volume Client"
-            extra = [("Server Site", site), ("I/O Timeout", f"{a.get('io_timeout') or A.DEFAULT_IO_TIMEOUT} s")]
+            timeout = a.get("io_timeout") or A.DEFAULT_IO_TIMEOUT
+            extra = [("Server Site", site), ("I/O Timeout", f"{timeout} s")]
         else:
             location = a.get("path", "")
             model = "File-backed Disk" if d.dev_type == "file" else "Block Device"
@@ -580,23 +582,22 @@ class DeviceManager:
         answers = await asyncio.gather(
             *(discover(server_addr, a, port, timeout, self.client_ssl) for a in tried),
             return_exceptions=True)
-        for a in answers:
-            if isinstance(a, BaseException) and not isinstance(a, (OSError, TimeoutError)):
-                raise a
-        reached = [(addr, info) for addr, info in zip(tried, answers)
-                   if not isinstance(info, BaseException)]
+        results = list(zip(tried, answers, strict=True))
+        for _addr, r in results:
+            if isinstance(r, BaseException) and not isinstance(r, (OSError, TimeoutError)):
+                raise r
+        failed = {addr: _reason(r) for addr, r in results if isinstance(r, BaseException)}
+        reached = [(addr, r) for addr, r in results if addr not in failed]
         if not reached:
-            why = "; ".join(f"from {addr}: {_reason(e)}" for addr, e in zip(tried, answers))
+            why = "; ".join(f"from {addr}: {reason}" for addr, reason in failed.items())
             raise CommandError(f"cannot query RPV server {server_addr}: {why}")
         local_addr, info = reached[0]
         known = {d.attrs.get("pvid"): d.name for d in self.db.devices("disk")}
         return {"site": info.site, "node": info.node, "server_addr": server_addr,
                 "local_addr": local_addr,
-                "local_addrs": [{"addr": addr, "reaches": not isinstance(r, BaseException),
-                                 "disks": len(r.entries) if not isinstance(r, BaseException)
-                                 else None,
-                                 "error": _reason(r) if isinstance(r, BaseException) else None}
-                                for addr, r in zip(tried, answers)],
+                "local_addrs": [{"addr": addr, "reaches": addr not in failed,
+                                 "disks": None if addr in failed else len(r.entries),
+                                 "error": failed.get(addr)} for addr, r in results],
                 "disks": [{"name": e.disk_name, "server": e.server_name,
                            "pvid": pvid_to_str(e.pvid), "size": e.size,
                            "state": AVAILABLE if e.state else DEFINED,
