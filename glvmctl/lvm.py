@@ -295,6 +295,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def lsmp(
         pool: str = typer.Option(None, "-m", help="only this mirror pool"),
+        show_async: bool = typer.Option(False, "-A", help="also the asynchronous state: "
+                                        "cache use, writes not yet at the remote site, lag"),
         vg: str = typer.Argument(..., help="volume group"),
         as_json: bool = JSON,
     ) -> None:
@@ -311,6 +313,40 @@ def register(app: typer.Typer) -> None:
                    ("SITE:", p["site"] or "unknown"), ("PHYSICAL VOLUMES:", " ".join(p["pvs"]))])
             copies = [f"{c['lv']} (copy {c['copy']})" for c in p["copies"]]
             typer.echo(f"LV COPIES:          {' '.join(copies) or 'none'}")
+            a = p.get("async")
+            if show_async and a:
+                pairs([("ASYNC MIRROR STATE:", a["state"]),
+                       ("ASYNC CACHE LV:", a.get("cache_lv") or "none"),
+                       ("ASYNC CACHE VALID:", yes_no(a["cache_valid"])),
+                       ("ASYNC CACHE EMPTY:", yes_no(a.get("cache_empty", True))),
+                       ("ASYNC CACHE HWM:", a.get("hwm", "")),
+                       ("ASYNC DATA DIVERGED:", yes_no(not a.get("consistent", True))),
+                       ("ASYNC CACHE USED:", f"{a.get('cache_fill_percent', 0)}%"),
+                       ("ASYNC LAG:", f"{a.get('lag_seconds', 0)} s"),
+                       ("WRITES NOT AT REMOTE:", a.get("pending_writes", 0)),
+                       ("BYTES NOT AT REMOTE:", a.get("pending_bytes", 0))])
+
+    @app.command()
+    def chmp(
+        to_async: bool = typer.Option(False, "-A", help="mirror the pool asynchronously"),
+        to_sync: bool = typer.Option(False, "-S", help="drain the I/O cache and mirror "
+                                     "synchronously again"),
+        cache_lv: str = typer.Option(None, "-c", help="with -A: the aio_cache logical volume"),
+        hwm: int = typer.Option(None, "-h", min=1, max=100, help="I/O cache high-water "
+                                "mark, percent: writes wait above it"),
+        force: bool = typer.Option(False, "-f", help="with -S while the remote site is down: "
+                                   "the cached writes become stale partitions"),
+        pool: str = typer.Option(..., "-m", help="mirror pool (of remote disks)"),
+        vg: str = typer.Argument(..., help="volume group"),
+    ) -> None:
+        """Change a mirror pool's mirroring mode (-A / -S) or high-water mark (-h)."""
+        if to_async and to_sync:
+            fail("give at most one of -A and -S")
+        if not (to_async or to_sync or hwm is not None):
+            fail("give -A, -S or -h")
+        r = rpc("chmp", vg=vg, pool=pool, mode="async" if to_async else "sync" if to_sync
+                else None, cache_lv=cache_lv, hwm=hwm, force=force)
+        typer.echo(f"mirror pool {r['pool']} of {r['vg']}: {r['mode']}")
 
     @app.command()
     def lsvg(
@@ -368,13 +404,17 @@ def register(app: typer.Typer) -> None:
                                                             "(0: no limit)"),
         mirror_pools: list[str] = typer.Option(None, "-p", help="copyN=POOL: place copy N "
                                                "in mirror pool POOL (repeatable)"),
+        lv_type: Literal["lv", "aio_cache"] = typer.Option("lv", "-t", help="aio_cache: the "
+                                                           "I/O cache of asynchronous mirror "
+                                                           "pools (never exported)"),
         vg: str = typer.Argument(..., help="volume group"),
         lps: int = typer.Argument(..., min=1, help="number of logical partitions"),
         pvs: list[str] = typer.Argument(None, help="physical volumes to allocate from"),
     ) -> None:
         """Create a logical volume."""
         r = rpc("mklv", lv=lv, vg=vg, lps=lps, copies=copies, strictness=strictness,
-                upperbound=upperbound, pvs=pvs or [], mirror_pools=mirror_pools or [])
+                upperbound=upperbound, pvs=pvs or [], mirror_pools=mirror_pools or [],
+                lv_type=lv_type)
         typer.echo(r["lv"])
 
     @app.command()

@@ -8,6 +8,7 @@ again. The manager registers what this builds; nothing here exports or schedules
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -34,6 +35,8 @@ class Assembler:
     def __init__(self, pvs: PVDirectory, errors: ErrorSink | None):
         self.pvs = pvs
         self.errlog = errors
+        # run at varyon before dirty-region recovery (lvm.asyncmirror.AsyncMirrors.prepare)
+        self.prepare: Callable[[VolumeGroup, str], Awaitable[None]] | None = None
 
     def build(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
               maintenance: bool = False) -> VolumeGroup:
@@ -128,7 +131,7 @@ class Assembler:
         devmap = {i: (f[0] if f else None) for i, f in metas.items()}
         seqs = {Kind.PVHEADER: 0, Kind.VGDA: seq_vgda, Kind.VGSA: vgsa_rec[0],
                 Kind.DRL: drl_rec[0]}
-        vgda.last_site = self.pvs.site()
+        previous_site, vgda.last_site = vgda.last_site, self.pvs.site()
         # not registered (so no LV is exported) until dirty regions are recovered
         group = self.build(vgda, vgsa, devmap, seqs, quorum=vgda.quorum,
                                maintenance=maintenance, )
@@ -139,6 +142,8 @@ class Assembler:
                 group.new_generation()  # running without some PVs: histories may diverge
             await group.commit_vgsa()
             await group.write_vgda()
+            if self.prepare is not None:  # asynchronous pools: the cache first
+                await self.prepare(group, previous_site)
             await recover_dirty_regions(group, drl_rec[1])
         except (OSError, CommandError) as e:
             raise CommandError(f"varyonvg {name} failed: {e}") from None

@@ -72,22 +72,22 @@ class GMVG:
                          progress: Callable[[dict], None] | None = None) -> dict:
         """A new copy of every LV wholly on ``site``'s disks of the VG (super strict)."""
         group = self.lvm.online(vg)
-        loose = [e.name for e in group.vgda.lvs.values() if e.strictness != "s"]
+        loose = [e.name for e in group.vgda.data_lvs() if e.strictness != "s"]
         if loose:
             raise CommandError("logical volumes must be super strict first: "
                                + "; ".join(f"chlv -s s -u N {n}" for n in loose))
-        if not group.vgda.lvs:
+        if not group.vgda.data_lvs():
             raise CommandError(f"volume group {vg} has no logical volumes")
         pvs = [p.index for p in group.vgda.pvs if self._site_matches(
             self._pv_site(group, p.index), site)]
         if not pvs:
             raise CommandError(f"volume group {vg} has no physical volume at site {site}; "
                                f"use gmvg add-rpvs first")
-        for e in group.vgda.lvs.values():
+        for e in group.vgda.data_lvs():
             for c in range(e.copies):
                 if e.pvs_of_copy(c) & set(pvs):
                     raise CommandError(f"copy {c + 1} of {e.name} already lies at site {site}")
-        target = copies or max(e.copies for e in group.vgda.lvs.values()) + 1
+        target = copies or max(e.copies for e in group.vgda.data_lvs()) + 1
         names = [self.lvm.name_for_pvid(group.vgda.pv(i).pvid) for i in pvs]
         return await self.lvm.lv.mirrorvg(vg, names, target, sync, keep_quorum,
                                           progress=progress)
@@ -97,7 +97,7 @@ class GMVG:
         copy at a remote site. One or two copies at the production site plus one at the remote
         site is the white paper's layout, so copies may share a site."""
         group = self.lvm.online(vg)
-        lvs = list(group.vgda.lvs.values())
+        lvs = group.vgda.data_lvs()  # an I/O cache LV stays at its site by design
         ncopies = max((e.copies for e in lvs), default=0)
         table = []
         for c in range(ncopies):

@@ -28,7 +28,7 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
                     "stale_pps": vgsa.stale_count(p.index),
                     "site": site_of(dev, directory), "pool": p.pool or None})
     total = sum(p.pp_count for p in vgda.pvs)
-    lvs = [{"name": e.name, "type": "lv", "lps": e.lps, "pps": e.lps * e.copies,
+    lvs = [{"name": e.name, "type": e.type, "lps": e.lps, "pps": e.lps * e.copies,
             "pvs": len({pv for m in e.maps for pv, _ in m}), "copies": e.copies,
             "state": ("open" if group.online else "closed") + (
                 "/stale" if any(loc in vgsa.stale for m in e.maps for loc in m)
@@ -66,6 +66,7 @@ def describe_lv(group: VolumeGroup, vol: LogicalVolume, map: bool) -> dict:  # n
     stale = [loc for m in e.maps for loc in m if loc in group.vgsa.stale]
     out = {"name": lv, "vg": group.name, "copies": e.copies, "lps": e.lps,
            "pps": e.lps * e.copies, "stale_pps": len(stale), "strictness": e.strictness,
+           "type": e.type,
            "upperbound": e.upperbound, "pp_size_mb": group.vgda.pp_size // MiB,
            "mirror_pools": [e.pools[c] if c < len(e.pools) and e.pools[c] else None
                             for c in range(e.copies)],

@@ -52,7 +52,7 @@ class LVCommands:
 
     async def mklv(self, lv: str, vg: str, lps: int, copies: int = 1, strictness: str = "y",
                    upperbound: int = 0, pvs: list[str] | None = None,
-                   mirror_pools: list[str] | None = None) -> dict:
+                   mirror_pools: list[str] | None = None, lv_type: str = "lv") -> dict:
         async with self.core.lock:
             group = self.core.online(vg)
             group.check_online()
@@ -75,7 +75,12 @@ class LVCommands:
                                    f"{len(candidates)} available")
             vgda = group.vgda
             copy_pools = self.core.pool.plan(vgda, lv, mirror_pools, range(copies), [])
-            entry = LVEntry(lv, vgda.next_lvid, lps, strictness, upperbound)
+            if lv_type not in ("lv", "aio_cache"):
+                raise CommandError(f"logical volume type (-t) '{lv_type}' is not lv or "
+                                   f"aio_cache")
+            if lv_type == "aio_cache":
+                self.core.pool.check_cache_placement(vgda, lv, copies, copy_pools)
+            entry = LVEntry(lv, vgda.next_lvid, lps, strictness, upperbound, type=lv_type)
             self._allocate(group, entry, range(copies), candidates, copy_pools)
             vgda.lvs[lv] = entry
             vgda.next_lvid += 1
@@ -154,6 +159,9 @@ class LVCommands:
         if self.core.exports.in_use([old]):
             raise CommandError(f"0516-1008 chlv: Logical volume {old} must be closed to be "
                                f"renamed: unmount and detach it first")
+        if group.vgda.cache_users(old):
+            raise CommandError(f"{old} is the I/O cache of mirror pool "
+                               f"{', '.join(group.vgda.cache_users(old))}; it keeps its name")
         await self.core.exports.withdraw(old)
         group.vgda.lvs[name] = group.vgda.lvs.pop(old)
         group.vgda.lvs[name].name = name
@@ -166,6 +174,10 @@ class LVCommands:
     async def rmlv(self, lv: str, force: bool = False) -> dict:
         async with self.core.lock:
             group, vol = self.core.find_lv(lv)
+            if group.vgda.cache_users(lv):
+                raise CommandError(f"{lv} is the I/O cache of asynchronous mirror pool "
+                                   f"{', '.join(group.vgda.cache_users(lv))}; switch it back "
+                                   f"first (chmp -S -m POOL {group.name})")
             if self.core.exports.in_use([lv]) and not force:
                 raise CommandError(f"0516-1008 rmlv: Logical volume {lv} must be closed: it is "
                                    f"open (an NBD client or an attached device); unmount and "
@@ -201,7 +213,7 @@ class LVCommands:
                                    "(-p copyN=POOL) for the new copies")
             candidates = self._candidates(group, pvs)
             new_locs = []
-            lvs = [e for e in group.vgda.lvs.values() if e.copies < copies]
+            lvs = [e for e in group.vgda.data_lvs() if e.copies < copies]
             if not lvs:
                 raise CommandError(f"every logical volume of {vg} already has {copies} copies")
             plans = {e.name: self.core.pool.plan(

@@ -17,6 +17,7 @@ import structlog
 
 from lvm import layout
 from lvm.assembly import Assembler
+from lvm.asyncmirror import AsyncMirrors
 from lvm.layout import Kind
 from lvm.listing import describe_vg
 from lvm.lvcommands import LVCommands, copies_on, drop_copies, refuse_last_copy
@@ -58,7 +59,9 @@ class LVMManager:
         self.resyncs = ResyncScheduler(jobs)
         self.assembler = Assembler(pvs, errors)
         self.lv = LVCommands(self)  # mklv ... syncvg --verify
-        self.pool = PoolCommands(self)  # chpv -p, chvg -M, lsmp
+        self.pool = PoolCommands(self)  # chpv -p, chvg -M, lsmp, chmp
+        self.asyncs = AsyncMirrors(self)  # asynchronous pools at run time
+        self.assembler.prepare = self.asyncs.prepare
         self._tasks: set[asyncio.Task] = set()
 
     # -- lookups -------------------------------------------------------------------------------
@@ -104,13 +107,14 @@ class LVMManager:
     def get_lv(self, name: str) -> LogicalVolume | None:
         for vg in self.vgs.values():
             lv = vg.lvs.get(name)
-            if lv is not None and vg.online and not vg.maintenance:
+            if lv is not None and vg.online and not vg.maintenance and lv.entry.type == "lv":
                 return lv
         return None
 
     def list_lvs(self) -> list[tuple[str, str]]:
         return [(n, f"logical volume of {vg.name}") for vg in self.vgs.values()
-                if vg.online and not vg.maintenance for n in vg.lvs]
+                if vg.online and not vg.maintenance
+                for n, lv in vg.lvs.items() if lv.entry.type == "lv"]
 
     def disk_in_use(self, name: str) -> str | None:
         info = self.pvs.disk(name)
@@ -386,6 +390,7 @@ class LVMManager:
             group.resync_task.cancel()
             await asyncio.gather(group.resync_task, return_exceptions=True)
         group.stop_writeback()
+        await self.asyncs.close(group)
         if group.online:
             try:
                 await group.flush_pvs()

@@ -44,6 +44,7 @@ class LVEntry:
     upperbound: int = 0  # max PVs per copy; 0 = unlimited
     maps: list[list[Loc]] = field(default_factory=list)
     pools: list[str] = field(default_factory=list)  # mirror pool per copy ("" none)
+    type: str = "lv"  # or "aio_cache": the I/O cache of asynchronous mirror pools
 
     @property
     def copies(self) -> int:
@@ -53,12 +54,14 @@ class LVEntry:
         return {"name": self.name, "lvid": self.lvid, "lps": self.lps,
                 "strictness": self.strictness, "upperbound": self.upperbound,
                 "maps": [to_extents(m) for m in self.maps],
-                **({"pools": self.pools} if any(self.pools) else {})}
+                **({"pools": self.pools} if any(self.pools) else {}),
+                **({"type": self.type} if self.type != "lv" else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> LVEntry:
         return cls(d["name"], d["lvid"], d["lps"], d["strictness"], d["upperbound"],
-                   [from_extents(e) for e in d["maps"]], list(d.get("pools", [])))
+                   [from_extents(e) for e in d["maps"]], list(d.get("pools", [])),
+                   d.get("type", "lv"))
 
     def pvs_of_copy(self, copy: int) -> set[int]:
         return {pv for pv, _ in self.maps[copy]}
@@ -99,6 +102,8 @@ class VGDA:
     modified: float = 0.0
     last_site: str = ""
     mirror_pool_strict: str = "n"  # chvg -M: n, y (every copy in a pool) or s (super strict)
+    # asynchronous mirror pools: pool -> {"cache_lv": LV name, "hwm": percent}
+    async_pools: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"vgid": self.vgid, "name": self.name, "pp_size": self.pp_size,
@@ -107,7 +112,8 @@ class VGDA:
                 "lvs": [lv.to_json() for lv in self.lvs.values()],
                 "next_lvid": self.next_lvid, "created": self.created,
                 "modified": self.modified, "last_site": self.last_site,
-                "mirror_pool_strict": self.mirror_pool_strict}
+                "mirror_pool_strict": self.mirror_pool_strict,
+                **({"async_pools": self.async_pools} if self.async_pools else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> VGDA:
@@ -115,7 +121,7 @@ class VGDA:
         return cls(d["vgid"], d["name"], d["pp_size"], d["quorum"], d["auto_on"],
                    [PVEntry(*p) for p in d["pvs"]], {lv.name: lv for lv in lvs},
                    d["next_lvid"], d["created"], d["modified"], d.get("last_site", ""),
-                   d.get("mirror_pool_strict", "n"))
+                   d.get("mirror_pool_strict", "n"), dict(d.get("async_pools", {})))
 
     def pv(self, index: int) -> PVEntry:
         for p in self.pvs:  # a plain loop: this is on the I/O path (VolumeGroup.usable)
@@ -134,6 +140,14 @@ class VGDA:
                 for lp, loc in enumerate(m):
                     out[loc] = (lv.name, c, lp)
         return out
+
+    def data_lvs(self) -> list[LVEntry]:
+        """The LVs that hold data (not an asynchronous mirror pool's I/O cache)."""
+        return [lv for lv in self.lvs.values() if lv.type == "lv"]
+
+    def cache_users(self, lv: str) -> list[str]:
+        """The asynchronous mirror pools whose I/O cache is ``lv``."""
+        return [p for p, a in self.async_pools.items() if a.get("cache_lv") == lv]
 
     def used(self) -> set[Loc]:
         return {loc for lv in self.lvs.values() for m in lv.maps for loc in m}

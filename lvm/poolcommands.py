@@ -97,10 +97,85 @@ class PoolCommands:
             raise CommandError(str(e)) from None
         return wanted
 
+    def local_pool(self, vgda: VGDA, pool: str) -> bool:
+        sites = self.sites(vgda)
+        local = self.core.pvs.site() or "local"
+        return all(sites.get(i) == local for i in pools.pool_members(vgda, pool))
+
+    def check_cache_placement(self, vgda: VGDA, lv: str, copies: int,
+                              copy_pools: dict[int, str]) -> None:
+        """An I/O cache LV lives in local mirror pools only: it is never mirrored across
+        sites."""
+        for c in range(copies):
+            pool = copy_pools.get(c)
+            if not pool or not self.local_pool(vgda, pool):
+                raise CommandError(f"copy {c + 1} of the aio_cache logical volume {lv} must "
+                                   f"be placed in a mirror pool of this site's disks "
+                                   f"(-p copy{c + 1}=LOCALPOOL)")
+
+    async def chmp(self, vg: str, pool: str, mode: str | None = None,
+                   cache_lv: str | None = None, hwm: int | None = None,
+                   force: bool = False) -> dict:
+        """chmp -A (asynchronous) / -S (synchronous) / -h HWM for a remote mirror pool."""
+        async with self.core.lock:
+            group = self.core.online(vg)
+            vgda = group.vgda
+            try:
+                pools.pool_members(vgda, pool)
+            except pools.PoolError as e:
+                raise CommandError(str(e)) from None
+            if hwm is not None and not 1 <= hwm <= 100:
+                raise CommandError("the high-water mark (-h) is a percentage, 1-100")
+            current = vgda.async_pools.get(pool)
+            if mode == "async":
+                cache = cache_lv or (current or {}).get("cache_lv")
+                self._check_async(group, pool, cache)
+                vgda.async_pools[pool] = {"cache_lv": cache,
+                                          "hwm": hwm or (current or {}).get("hwm") or 100}
+            elif mode == "sync":
+                if current is None:
+                    raise CommandError(f"mirror pool {pool} is already synchronous")
+                await self.core.asyncs.stop(group, pool, force)
+                del vgda.async_pools[pool]
+            elif hwm is not None:
+                if current is None:
+                    raise CommandError(f"mirror pool {pool} is synchronous: -h needs -A")
+                current["hwm"] = hwm
+            else:
+                raise CommandError("chmp needs -A, -S or -h")
+            await group.write_vgda()
+            if mode == "async":
+                await self.core.asyncs.start(group, pool)
+            log.info("lvm_chmp", vg=vg, pool=pool, mode=mode, hwm=hwm)
+            return {"vg": vg, "pool": pool,
+                    "mode": "async" if pool in vgda.async_pools else "sync"}
+
+    def _check_async(self, group: VolumeGroup, pool: str, cache_lv: str | None) -> None:
+        vgda = group.vgda
+        if vgda.mirror_pool_strict != "s":
+            raise CommandError(f"asynchronous mirroring needs a super strict volume group: "
+                               f"chvg -M s {group.name}")
+        if self.local_pool(vgda, pool):
+            raise CommandError(f"mirror pool {pool} holds this site's disks; only a pool of "
+                               f"remote physical volumes mirrors asynchronously")
+        if not cache_lv:
+            raise CommandError("give the I/O cache logical volume: chmp -A -c CACHELV ...")
+        entry = vgda.lvs.get(cache_lv)
+        if entry is None or entry.type != "aio_cache":
+            raise CommandError(f"{cache_lv} is not an aio_cache logical volume of "
+                               f"{group.name} (mklv -t aio_cache -p copy1=LOCALPOOL ...)")
+        others = [p for p in vgda.cache_users(cache_lv) if p != pool]
+        if others:
+            raise CommandError(f"{cache_lv} is already the I/O cache of mirror pool "
+                               f"{', '.join(others)}")
+
     def set_strict(self, vgda: VGDA, mode: str) -> None:
         """chvg -M n|y|s: refused when an LV does not comply."""
         if mode not in pools.STRICT_MODES:
             raise CommandError("chvg -M must be n, y or s")
+        if vgda.async_pools and mode != "s":
+            raise CommandError(f"mirror pool {', '.join(vgda.async_pools)} is asynchronous: "
+                               f"the volume group stays super strict (chmp -S first)")
         why = pools.strictness_problem(vgda, mode)
         if why:
             raise CommandError(f"0516-1930 chvg: cannot make {vgda.name} mirror pool "
@@ -119,8 +194,10 @@ class PoolCommands:
         for name, indexes in members.items():
             if pool is not None and name != pool:
                 continue
+            asynchronous = name in vgda.async_pools
             rows.append({
-                "pool": name, "mode": "sync",
+                "pool": name, "mode": "async" if asynchronous else "sync",
+                "async": self.core.asyncs.describe(group, name) if asynchronous else None,
                 "site": next((sites[i] for i in indexes if sites.get(i)), ""),
                 "pvs": [group.pv_name(i) for i in indexes],
                 "copies": [{"lv": lv.name, "copy": c + 1} for lv in vgda.lvs.values()

@@ -99,6 +99,8 @@ class VolumeGroup:
         # PV index -> the boot of its host that the dirty-region log may record: a host's new
         # boot is accepted only once what it may have lost is durably marked
         self._accepted_boot: dict[int, str] = {}
+        self.async_pools: dict = {}  # pool name -> lvm.asyncmirror.AsyncPool
+        self.background: set[asyncio.Task] = set()  # tasks the VG owns (kept referenced)
 
     # -- PV state ------------------------------------------------------------------------------
     @property
@@ -217,6 +219,19 @@ class VolumeGroup:
                 return True
         return False
 
+    # -- asynchronous mirror pools ---------------------------------------------------------------
+    def deferred(self, index: int) -> bool:
+        """PV ``index`` is in an asynchronous pool whose copies the sender writes: the write
+        path, reads, resync sources and the dirty-region log leave it alone."""
+        return any(p.defers(index) for p in self.async_pools.values())
+
+    def async_pool_for(self, entry):
+        """The asynchronous pool (not inactive) holding a copy of LV ``entry``, or None."""
+        for p in self.async_pools.values():
+            if p.name in entry.pools and p.state != "inactive":
+                return p
+        return None
+
     def server_restarted(self, index: int, rebooted: bool) -> None:
         """The RPV server behind PV ``index`` answered as a new instance: it may have lost
         what it acknowledged since the last flush. Marked stale in memory here; the caller
@@ -226,6 +241,10 @@ class VolumeGroup:
         log.warning("lvm_pv_server_restarted", vg=self.name, device=self.pv_name(index),
                     host_rebooted=rebooted, unflushed_pps=lost)
         self.lose_unflushed(index)
+        for p in self.async_pools.values():  # the sender resends what it did not release
+            if index in p.members:
+                p.restarts += 1
+                p.wake.set()
 
     @property
     def needs_written_mark(self) -> bool:
@@ -286,7 +305,7 @@ class VolumeGroup:
 
     def _log(self, label: str, resource: str, detail: str) -> None:
         if self.errlog is not None:
-            self.errlog.log(label, resource, "disk" if label != "LVM_SA_QUORCLOSE" else "vg",
+            self.errlog.log(label, resource, "vg" if resource == self.name else "disk",
                             "lvm", detail)
 
     # -- stale marking ---------------------------------------------------------------------------
@@ -337,6 +356,8 @@ class VolumeGroup:
         while True:
             self.check_online()
             targets = self.usable_pvs()
+            if kind is Kind.DRL and self.async_pools:  # the sender keeps those copies
+                targets = [i for i in targets if not self.deferred(i)]
             self.seq[kind] += 1
             seq, body = self.seq[kind], payload()
             results = await asyncio.gather(
@@ -419,8 +440,14 @@ class VolumeGroup:
     async def flush_pvs(self) -> None:
         """Flush every usable PV (:meth:`flush_pv`); return once the VGSA on disk records
         any PV that failed. PVs that failed earlier had their unflushed writes marked then."""
-        await asyncio.gather(*(self.flush_pv(i) for i in self.usable_pvs()))
+        pools = [(p, p.barrier()) for p in self.async_pools.values() if p.cache is not None
+                 and p.state in ("active", "draining")]
+        ok = await asyncio.gather(*(self.flush_pv(i) for i in self.usable_pvs()
+                                    if not pools or not self.deferred(i)))
         await self.settle()
+        if all(ok):
+            for p, mark in pools:  # the cache LV was flushed with the local PVs
+                p.flushed(mark)
 
     async def flush_pv(self, index: int) -> bool:
         """Flush one PV. The writes it took before the flush started are then durable and
@@ -472,6 +499,8 @@ class VolumeGroup:
         for loc in (m[lp] for m in lv.entry.maps):
             if loc in exclude or loc in self.vgsa.stale or not self.usable(loc[0]):
                 continue
+            if self.async_pools and self.deferred(loc[0]):
+                continue  # behind the local copies by what the cache holds
             dev = self.devices[loc[0]]
             rank = (loc[0] in avoid, not self.is_local(dev))
             if rank == (False, False):

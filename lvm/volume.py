@@ -128,6 +128,8 @@ class LogicalVolume:
         vg = self.vg
         if fua or vg.needs_written_mark or vg.vgsa_ahead:
             return False
+        if vg.async_pools and vg.async_pool_for(self.entry) is not None:
+            return False
         n = len(data)
         where = self._one_lp(offset, n)
         if where is None:
@@ -222,9 +224,15 @@ class LogicalVolume:
 
     async def _write_copies(self, offset: int, data: bytes, fua: bool) -> None:
         vg = self.vg
+        pool = vg.async_pool_for(self.entry) if vg.async_pools else None
+        logged = None  # the append to an asynchronous pool's cache, for the copy it defers
+        if pool is not None and await pool.admit():
+            logged = asyncio.ensure_future(pool.log_write(self.entry.lvid, offset, data))
+        else:
+            pool = None
         pp_size = vg.vgda.pp_size
         view = memoryview(data)
-        targets, results, missed = [], [], []
+        targets, results, missed, deferred = [], [], [], []
         remote: list[tuple[int, asyncio.Future]] = []
         local: list[tuple[int, object, int, memoryview]] = []
         lps = []
@@ -233,6 +241,9 @@ class LogicalVolume:
             piece = view[start:start + n]
             for m in self.entry.maps:
                 loc = m[lp]
+                if pool is not None and loc[0] in pool.members:
+                    deferred.append((loc, within, n))
+                    continue
                 if loc in vg.vgsa.stale or not vg.usable(loc[0]):
                     missed.append((loc, within, n))
                     continue
@@ -261,6 +272,14 @@ class LogicalVolume:
             done = await asyncio.gather(*(f for _, f in remote), return_exceptions=True)
             for (i, _), r in zip(remote, done, strict=True):
                 results[i] = r
+        if logged is not None:
+            try:
+                if not await logged:  # the pool fell back: the remote copy missed it
+                    missed.extend(deferred)
+            except OSError as e:  # no cache record: the remote copy misses this write
+                log.error("lvm_async_cache_write_failed", lv=self.name, error=str(e))
+                missed.extend(deferred)
+                pool.overflow_soon(f"the I/O cache cannot be written: {e}")
         await self._account(lps, [(*t, r) for t, r in zip(targets, results, strict=True)],
                             missed)
 

@@ -156,6 +156,7 @@ class MklvArgs:
     upperbound: int = 0
     pvs: list[str] | None = None
     mirror_pools: list[str] | None = None  # mklv -p copyN=POOL
+    lv_type: str = "lv"  # mklv -t: lv or aio_cache
 
 
 
@@ -244,6 +245,16 @@ class ChvgArgs:
 class ChpvPoolArgs:
     pvs: list[str]
     pool: str | None = None  # None: take the PVs out of their mirror pool (chpv -P)
+
+
+@dataclass(frozen=True, slots=True)
+class ChmpArgs:
+    vg: str
+    pool: str
+    mode: str | None = None  # "async" (chmp -A) or "sync" (chmp -S)
+    cache_lv: str | None = None
+    hwm: int | None = None
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +392,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("chpv", ChpvArgs, dict),
     Operation("chpv_pool", ChpvPoolArgs, dict),
     Operation("lsmp", LsmpArgs, dict, query=True),
+    Operation("chmp", ChmpArgs, dict),
     Operation("lsvg", LsvgArgs, object, query=True),
     Operation("gmvg_add_rpvs", GmvgAddRpvsArgs, dict),
     Operation("gmvg_add_mirror", GmvgAddMirrorArgs, dict, progress=True, job=True),

@@ -91,6 +91,27 @@ TEMPLATES: dict[str, Template] = {t.label: t for t in (
         ("None.",),
     ),
     Template(
+        "LVM_AIO_CACHE_FULL", "S", "PERM",
+        "Asynchronous mirroring fell back: the remote copy is stale where the I/O cache held "
+        "writes.",
+        ("The remote site was unreachable longer than the I/O cache could hold, or the I/O "
+         "cache could not be written.",),
+        ("Network or remote site outage; an I/O cache too small for the outage.",),
+        ("Repair the link or the remote site; varyonvg the volume group (or syncvg) to "
+         "resynchronize; the pool is asynchronous again once no stale partition is left. "
+         "Consider a larger aio_cache logical volume.",),
+    ),
+    Template(
+        "LVM_AIO_DISCARD", "O", "INFO",
+        "Writes in the asynchronous I/O cache were discarded: another site ran the volume "
+        "group since.",
+        ("A failover: the disaster recovery site varied the volume group on while these "
+         "writes had not reached it.",),
+        ("The production site failed before the I/O cache was drained.",),
+        ("None: the discarded ranges are resynchronized from the other site's copy. Check "
+         "the application data that was written last before the failure.",),
+    ),
+    Template(
         "LVM_MISSPVRET", "H", "INFO",
         "Missing physical volume returned.",
         ("A physical volume that was missing is reachable again.",),

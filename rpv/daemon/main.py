@@ -129,6 +129,7 @@ class Daemon:
             "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
             "syncvg_verify": self.lvm.lv.verify,
             "chpv_pool": self.lvm.pool.chpv_pool, "lsmp": self.lvm.pool.lsmp,
+            "chmp": self.lvm.pool.chmp,
             "attach": self.op_attach, "attachments": self.attachments.list,
             "detach": self.attachments.detach,
             "jobs": self.jobs.list, "jobs_cancel": self.op_jobs_cancel,

@@ -1,0 +1,576 @@
+"""Asynchronous mirror pools at run time: the I/O cache, the sender, and the states a pool
+goes through (issue 14).
+
+A write to an LV with a copy in an *active* asynchronous pool is written to the LV's other
+(local) copies and appended to the pool's cache log (lvm/aiocache.py, in an ``aio_cache``
+LV); it is acknowledged when both are done. A FLUSH makes the local copies and the cache
+durable and starts a new epoch. The sender streams the durable records, in order, to the
+remote copy (epoch by epoch: a remote flush ends each one, so the remote copy's durable
+state is always the local state after a whole number of epochs plus part of the next), and
+releases them once the remote site has flushed them.
+
+States (one table, :data:`TRANSITIONS`):
+
+* ``active``: the remote copy is written by the sender only.
+* ``draining`` (``chmp -S``): new writes wait until the sender has emptied the cache; then
+  the pool is synchronous.
+* ``fallback``: the remote site was down longer than the cache could hold (or the cache
+  failed). Every range the cache still held is marked stale on the remote copy and the
+  records are dropped; the copy is then written synchronously (stale while its PVs are
+  missing) until a resync leaves no stale partition on it, and the pool is active again.
+  While it is in fallback the remote copy is not a consistent point in time.
+* ``inactive``: the cache LV has no usable copy here (at the disaster-recovery site after a
+  failover): the pool's copies are ordinary synchronous copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from collections import deque
+from collections.abc import Callable
+
+import structlog
+
+from lvm import pools
+from lvm.aiocache import RecordInfo, batches
+from lvm.aiocache_io import CacheLogDevice
+from lvm.layout import pp_offset
+from lvm.metadata import LVEntry, chunks_of
+from lvm.vg import VolumeGroup
+from rpv.errors import CommandError
+
+log = structlog.get_logger("lvm")
+
+ACTIVE, DRAINING, FALLBACK, INACTIVE = "active", "draining", "fallback", "inactive"
+
+TRANSITIONS = {
+    (ACTIVE, "drain"): DRAINING,
+    (ACTIVE, "overflow"): FALLBACK,
+    (DRAINING, "overflow"): FALLBACK,
+    (FALLBACK, "caught_up"): ACTIVE,
+    (DRAINING, "drained"): INACTIVE,
+    (FALLBACK, "drain"): INACTIVE,  # nothing is cached in fallback: sync at once
+}
+
+RETRY_SECONDS = 1.0  # how often a sender whose remote PVs are missing looks again
+
+
+class CacheLV:
+    """The aio_cache LV as the cache log's device: reads and writes through the LV (its
+    local copies), and a flush of its own PVs only (never the remote site's)."""
+
+    def __init__(self, group: VolumeGroup, lv):
+        self.group, self.lv = group, lv
+        self.name = lv.name
+
+    @property
+    def size(self) -> int:
+        return self.lv.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.lv.read(offset, length)
+
+    async def write(self, offset: int, data, fua: bool = False) -> None:
+        await self.lv.write(offset, bytes(data), fua)
+
+    async def flush(self) -> None:
+        pvs = {pv for m in self.lv.entry.maps for pv, _ in m if self.group.usable(pv)}
+        ok = await asyncio.gather(*(self.group.flush_pv(i) for i in pvs))
+        await self.group.settle()
+        if not all(ok):
+            raise OSError(errno.EIO, f"{self.name}: flush of the I/O cache failed")
+
+
+class AsyncPool:
+    """One asynchronous mirror pool of a varied-on VG."""
+
+    def __init__(self, group: VolumeGroup, name: str, cache: CacheLogDevice | None,
+                 state: str = ACTIVE, now: Callable[[], float] = time.monotonic):
+        self.group, self.name, self.cache, self.state = group, name, cache, state
+        self.members = frozenset(pools.pools_of(group.vgda).get(name, []))
+        self.now = now
+        self.wake = asyncio.Event()  # new records, a flush, a PV back
+        self.space = asyncio.Event()  # records released, or the state changed
+        self.restarts = 0  # a member's server answered as a new instance
+        self.writers = 0  # writes between "defer" and "appended"
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.appended_at: deque[tuple[int, float]] = deque()  # (seq, when) of pending records
+        self.stats = {"writes": 0, "bytes": 0, "sent_writes": 0, "sent_bytes": 0,
+                      "hwm_hits": 0, "waits": 0, "fallbacks": 0}
+        self.at_hwm = False
+        self.last_contact = now()
+        self.task: asyncio.Task | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def event(self, what: str) -> None:
+        new = TRANSITIONS.get((self.state, what))
+        if new is None:
+            raise RuntimeError(f"mirror pool {self.name}: {what} in state {self.state}")
+        log.info("lvm_async_state", vg=self.group.name, pool=self.name, old=self.state,
+                 on=what, new=new)
+        self.state = new
+        self.wake.set()
+        self.space.set()
+
+    def defers(self, index: int) -> bool:
+        """Copies on PV ``index`` are written by the sender, not by the write path."""
+        return self.state in (ACTIVE, DRAINING) and index in self.members
+
+    @property
+    def hwm(self) -> int:
+        return int(self.group.vgda.async_pools.get(self.name, {}).get("hwm", 100))
+
+    def copy_of(self, entry: LVEntry) -> int | None:
+        return next((c for c, p in enumerate(entry.pools) if p == self.name), None)
+
+    def remote_usable(self) -> bool:
+        return all(self.group.usable(i) for i in self.members)
+
+    # -- the write path ------------------------------------------------------------------------
+    async def admit(self) -> bool:
+        """Before a write to an LV with a copy in this pool: wait while the pool drains;
+        True when the write is to be deferred (logged), False to write it synchronously."""
+        while self.state == DRAINING:
+            self.space.clear()
+            await self.space.wait()
+        if self.state != ACTIVE:
+            return False
+        self.writers += 1
+        self.idle.clear()
+        return True
+
+    async def log_write(self, lvid: int, offset: int, data) -> bool:
+        """Append a deferred write to the cache (after :meth:`admit` said so); waits at the
+        high-water mark (back-pressure). False when the pool fell back instead (the remote
+        site cannot drain the cache): the caller marks the copy stale for this write."""
+        try:
+            if not await self._below_hwm():
+                return False
+            view = memoryview(data)
+            step = self.cache.log.max_payload
+            for start in range(0, len(view), step):
+                seq = await self.cache.append(lvid, offset + start, view[start:start + step])
+                self.appended_at.append((seq, self.now()))
+            self.stats["writes"] += 1
+            self.stats["bytes"] += len(view)
+            self.wake.set()
+            return True
+        finally:
+            self.writers -= 1
+            if not self.writers:
+                self.idle.set()
+
+    async def _below_hwm(self) -> bool:
+        log_ = self.cache.log
+        while log_.above_hwm(self.hwm) and self.state == ACTIVE:
+            if not self.at_hwm:
+                self.at_hwm = True
+                self.stats["hwm_hits"] += 1
+                log.warning("lvm_async_hwm", vg=self.group.name, pool=self.name,
+                            fill=round(log_.fill_percent, 1), hwm=self.hwm)
+            if not self.remote_usable():
+                self.overflow_soon("the I/O cache reached its high-water mark while the "
+                                   "remote site is unreachable")
+                return False
+            self.stats["waits"] += 1
+            self.space.clear()
+            await self.space.wait()
+        self.at_hwm = False
+        return self.state == ACTIVE
+
+    def barrier(self) -> int:
+        """A FLUSH arrived: later appends join a new epoch. Returns the flush mark."""
+        self.cache.barrier()
+        return self.cache.log.flush_mark()
+
+    def flushed(self, mark: int) -> None:
+        self.cache.log.flush_done(mark)
+        self.wake.set()
+
+    # -- the sender ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.task is None and self.cache is not None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                progressed = await self.send_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - logged; the sender must not die silently
+                log.error("lvm_async_sender_error", vg=self.group.name, pool=self.name,
+                          error=repr(e))
+                progressed = False
+            if self.state == FALLBACK:
+                self.catch_up_check()
+            if not progressed:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), RETRY_SECONDS)
+                except TimeoutError:
+                    pass
+
+    async def send_once(self) -> bool:
+        """Send what is sendable, epoch by epoch; True if anything was released."""
+        if self.state not in (ACTIVE, DRAINING) or not self.group.online:
+            return False
+        log_ = self.cache.log
+        records = log_.sendable()
+        if not records:
+            if log_.pending() and log_.durable_seq < log_.next_seq - 1:
+                await self.cache.flush()  # make appended records sendable (group commit)
+                return True
+            if self.state == DRAINING and not log_.pending():
+                self.event("drained")
+            return False
+        if not self.remote_usable():
+            if self.at_hwm or self.state == DRAINING and self.drain_forced:
+                await self.overflow("the remote site is unreachable")
+            return False
+        restarts = self.restarts
+        released = False
+        for epoch_batches in _by_epoch(batches(records)):
+            for batch in epoch_batches:
+                if not await self._send_batch(batch):
+                    return released
+            if not await self._flush_remote() or self.restarts != restarts:
+                return released  # a server restarted: resend from the tail
+            last = epoch_batches[-1][-1].seq
+            await self.cache.release(last)
+            self._released(last)
+            released = True
+        return released
+
+    async def _send_batch(self, batch: list[RecordInfo]) -> bool:
+        results = await asyncio.gather(*(self._send(r) for r in batch), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, OSError):
+                raise r
+        return not any(isinstance(r, OSError) for r in results)
+
+    async def _send(self, rec: RecordInfo) -> None:
+        group = self.group
+        vol = next((v for v in group.lvs.values() if v.entry.lvid == rec.lvid), None)
+        if vol is None:
+            return  # the LV was removed since: nothing to mirror
+        copy = self.copy_of(vol.entry)
+        if copy is None:
+            return
+        data = await self.cache.read_payload(rec)
+        view = memoryview(data)
+        pp_size = group.vgda.pp_size
+        for lp, within, start, n in vol.segments(rec.offset, rec.length):
+            index, pp = vol.entry.maps[copy][lp]
+            dev = group.devices.get(index)
+            if dev is None or not group.usable(index):
+                raise OSError(errno.EIO, f"{group.pv_name(index)} is not usable")
+            try:
+                await dev.write(pp_offset(pp, pp_size) + within, view[start:start + n])
+            except OSError as e:
+                group.pv_failed(index, f"asynchronous mirror write failed: {e}")
+                raise
+        self.stats["sent_writes"] += 1
+        self.stats["sent_bytes"] += rec.length
+        self.last_contact = self.now()
+
+    async def _flush_remote(self) -> bool:
+        ok = await asyncio.gather(*(self.group.flush_pv(i) for i in self.members
+                                    if self.group.usable(i)))
+        await self.group.settle()
+        return all(ok) and self.remote_usable()
+
+    def _released(self, seq: int) -> None:
+        while self.appended_at and self.appended_at[0][0] <= seq:
+            self.appended_at.popleft()
+        self.space.set()
+
+    # -- falling back, catching up, draining ---------------------------------------------------
+    drain_forced = False
+
+    def overflow_soon(self, reason: str) -> None:
+        """:meth:`overflow` from a writer, which must not wait for itself to finish: the
+        state changes now, the rest runs in a task."""
+        if self.state not in (ACTIVE, DRAINING):
+            return
+        self.event("overflow")
+        task = asyncio.get_running_loop().create_task(self._fall_back(reason))
+        self.group.background.add(task)
+        task.add_done_callback(self.group.background.discard)
+
+    async def overflow(self, reason: str) -> None:
+        """The remote copy cannot be kept as a consistent lagging copy: mark every range
+        still in the cache stale on it (durably), drop the records, write it synchronously
+        from now on (stale while its PVs are missing) until a resync catches it up."""
+        if self.state not in (ACTIVE, DRAINING):
+            return
+        self.event("overflow")
+        await self._fall_back(reason)
+
+    async def _fall_back(self, reason: str) -> None:
+        await self.idle.wait()  # writes already admitted finish their appends
+        group = self.group
+        pending = self.cache.log.pending()
+        nbytes = sum(r.length for r in pending)
+        for rec in pending:
+            self.mark_remote_stale(rec.lvid, rec.offset, rec.length)
+        await group.settle()
+        if pending:
+            try:
+                await self.cache.release(pending[-1].seq)
+            except OSError as e:  # the cache LV failed: its records are stale marks now
+                log.warning("lvm_async_release_failed", pool=self.name, error=str(e))
+            self._released(pending[-1].seq)
+        self.stats["fallbacks"] += 1
+        log.error("lvm_async_fallback", vg=group.name, pool=self.name, reason=reason,
+                  writes=len(pending), bytes=nbytes)
+        group._log("LVM_AIO_CACHE_FULL", group.name,
+                   f"mirror pool {self.name}: {reason}; {len(pending)} cached writes "
+                   f"({nbytes} bytes) are now stale partitions to resynchronize")
+
+    def mark_remote_stale(self, lvid: int, offset: int, length: int) -> None:
+        vol = next((v for v in self.group.lvs.values() if v.entry.lvid == lvid), None)
+        copy = self.copy_of(vol.entry) if vol is not None else None
+        if copy is None:
+            return
+        for lp, within, _, n in vol.segments(offset, length):
+            self.group.mark_stale(vol.entry.maps[copy][lp], chunks_of(within, n))
+
+    def catch_up_check(self) -> None:
+        """Back to active once the remote copy has no stale partition and its PVs answer."""
+        if self.state != FALLBACK or not self.remote_usable():
+            return
+        if any(loc[0] in self.members for loc in self.group.vgsa.stale):
+            return
+        self.event("caught_up")
+
+    async def drain(self, force: bool, timeout: float | None = None) -> None:
+        """chmp -S: stop caching; return once the remote copy has every cached write (or,
+        with ``force`` and the remote site down, once they are stale partitions)."""
+        if self.state == INACTIVE:
+            return
+        if self.state == FALLBACK:
+            self.event("drain")
+            return
+        if self.cache.log.pending() and not self.remote_usable() and not force:
+            raise OSError(errno.EHOSTDOWN, "the remote site is unreachable")
+        self.drain_forced = force
+        self.event("drain")
+        if self.task is None:
+            self.start()
+        await asyncio.wait_for(self._until_drained(), timeout)
+
+    async def _until_drained(self) -> None:
+        while self.state == DRAINING:
+            self.wake.set()
+            self.space.clear()
+            await self.space.wait()  # set by every release and every state change
+        if self.state == FALLBACK:  # forced with the remote site down: stale, then sync
+            self.event("drain")
+
+    # -- listing -------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        log_ = self.cache.log if self.cache is not None else None
+        pending = log_.pending() if log_ is not None else []
+        oldest = self.appended_at[0][1] if self.appended_at else None
+        stale = sum(1 for loc in self.group.vgsa.stale if loc[0] in self.members)
+        return {
+            "state": self.state,
+            "cache_lv": self.group.vgda.async_pools.get(self.name, {}).get("cache_lv"),
+            "hwm": self.hwm,
+            "cache_valid": log_ is not None,
+            "cache_empty": not pending,
+            "cache_fill_percent": round(log_.fill_percent, 2) if log_ is not None else 0.0,
+            "cache_size": log_.area_size if log_ is not None else 0,
+            "pending_writes": len(pending),
+            "pending_bytes": sum(r.length for r in pending),
+            "lag_seconds": round(self.now() - oldest, 3) if oldest is not None else 0.0,
+            "consistent": self.state != FALLBACK and stale == 0,
+            "stale_pps": stale,
+            **self.stats}
+
+
+def _by_epoch(groups) -> list[list[list[RecordInfo]]]:
+    """Batches grouped by epoch, in order (each batch holds one epoch only)."""
+    out: list[list[list[RecordInfo]]] = []
+    for batch in groups:
+        if out and out[-1][0][0].epoch == batch[0].epoch:
+            out[-1].append(batch)
+        else:
+            out.append([batch])
+    return out
+
+
+class AsyncMirrors:
+    """The asynchronous pools of the varied-on VGs: opened at varyon (the cache replayed
+    before dirty-region recovery), started by ``chmp -A``, drained by ``chmp -S``, stopped at
+    varyoff."""
+
+    def __init__(self, core):
+        self.core = core  # lvm.manager.LVMManager
+
+    async def prepare(self, group: VolumeGroup, previous_site: str) -> None:
+        """At varyon, before dirty-region recovery: open each pool's cache. Records left by
+        a crash are applied again to the local copies and sent to the remote copy (or, with
+        the remote site down, become stale partitions); records left while another site ran
+        the VG since (a failover) are discarded and their ranges resynchronized from it."""
+        for name in list(group.vgda.async_pools):
+            group.async_pools[name] = await self._open(group, name, previous_site)
+
+    async def start(self, group: VolumeGroup, name: str) -> None:
+        pool = group.async_pools.get(name)
+        if pool is None or pool.state == INACTIVE:
+            pool = group.async_pools[name] = await self._open(group, name, "")
+        if pool.state == INACTIVE:
+            raise OSError(errno.EIO, f"the I/O cache of mirror pool {name} is not usable")
+        pool.start()
+
+    async def stop(self, group: VolumeGroup, name: str, force: bool) -> None:
+        pool = group.async_pools.get(name)
+        if pool is None:
+            return
+        try:
+            await pool.drain(force)
+        except OSError as e:
+            pending = len(pool.cache.log.pending()) if pool.cache else 0
+            raise CommandError(f"chmp: mirror pool {name} still holds {pending} cached writes "
+                               f"and {e.strerror or e}; bring the remote site back, or use "
+                               f"-f to turn the cached writes into stale partitions") from None
+        await pool.stop()
+        del group.async_pools[name]
+
+    async def close(self, group: VolumeGroup, timeout: float = 120.0) -> None:
+        """At varyoff: send what the cache holds while the remote site answers (a planned
+        failover must find every write there), then stop the senders; what could not be
+        sent stays in the cache and is replayed at the next varyon here."""
+        for pool in group.async_pools.values():
+            await pool.stop()
+            if pool.state == ACTIVE and pool.cache is not None:
+                try:
+                    await asyncio.wait_for(_send_all(pool), timeout)
+                except (TimeoutError, OSError) as e:
+                    log.warning("lvm_async_varyoff_left", vg=group.name, pool=pool.name,
+                                writes=len(pool.cache.log.pending()), error=repr(e))
+            if pool.cache is not None:
+                try:
+                    await pool.cache.checkpoint()
+                except OSError as e:
+                    log.warning("lvm_async_checkpoint_failed", vg=group.name, pool=pool.name,
+                                error=str(e))
+        group.async_pools.clear()
+
+    def describe(self, group: VolumeGroup, name: str) -> dict:
+        pool = group.async_pools.get(name)
+        if pool is None:
+            return {"state": INACTIVE, "cache_valid": False}
+        return pool.describe()
+
+    async def _open(self, group: VolumeGroup, name: str, previous_site: str) -> AsyncPool:
+        cfg = group.vgda.async_pools[name]
+        vol = group.lvs.get(cfg.get("cache_lv", ""))
+        if vol is None or not _readable(group, vol):
+            log.warning("lvm_async_cache_unusable", vg=group.name, pool=name,
+                        cache_lv=cfg.get("cache_lv"))
+            return AsyncPool(group, name, None, INACTIVE)
+        dev = CacheLV(group, vol)
+        try:
+            cache, _ = await CacheLogDevice.open(dev)
+        except ValueError:
+            cache = await CacheLogDevice.format(dev)
+        stale = any(loc[0] in pools.pool_members(group.vgda, name) for loc in group.vgsa.stale)
+        pool = AsyncPool(group, name, cache, FALLBACK if stale else ACTIVE)
+        records = cache.log.pending()
+        if not records:
+            return pool
+        here = self.core.pvs.site()
+        if previous_site and here and previous_site != here:
+            await self._discard(pool, records, previous_site)
+        else:
+            await self._replay(pool, records)
+        return pool
+
+    async def _replay(self, pool: AsyncPool, records: list[RecordInfo]) -> None:
+        group = pool.group
+        nbytes = sum(r.length for r in records)
+        log.warning("lvm_async_replay", vg=group.name, pool=pool.name, writes=len(records),
+                    bytes=nbytes)
+        for rec in records:  # the local copies get every durable record again, in order
+            await _redo_local(pool, rec)
+        while pool.cache.log.pending() and pool.state == ACTIVE:
+            if not pool.remote_usable() or not await pool.send_once():
+                await pool.overflow("the remote site is unreachable while the I/O cache is "
+                                    "replayed at varyon")
+
+    async def _discard(self, pool: AsyncPool, records: list[RecordInfo], other: str) -> None:
+        group = pool.group
+        nbytes = sum(r.length for r in records)
+        for rec in records:
+            vol = _lv_by_id(group, rec.lvid)
+            if vol is None:
+                continue
+            for c, m in enumerate(vol.entry.maps):
+                if c == pool.copy_of(vol.entry):
+                    continue
+                for lp, within, _, n in vol.segments(rec.offset, rec.length):
+                    group.mark_stale(m[lp], chunks_of(within, n))
+        await group.settle()
+        await pool.cache.release(records[-1].seq)
+        log.error("lvm_async_discarded", vg=group.name, pool=pool.name, writes=len(records),
+                  bytes=nbytes, site=other)
+        group._log("LVM_AIO_DISCARD", group.name,
+                   f"mirror pool {pool.name}: {len(records)} writes ({nbytes} bytes) never "
+                   f"reached site {other}, which ran the volume group since; they are "
+                   f"discarded here and resynchronized from {other}")
+
+
+async def _send_all(pool: AsyncPool) -> None:
+    log_ = pool.cache.log
+    while log_.pending() and pool.remote_usable() and pool.state == ACTIVE:
+        if not await pool.send_once() and not log_.sendable():
+            await pool.cache.flush()
+        elif not log_.sendable() and log_.pending():
+            continue
+    if log_.pending():
+        raise OSError(errno.EHOSTDOWN, f"{len(log_.pending())} writes are still cached")
+
+
+def _lv_by_id(group: VolumeGroup, lvid: int):
+    return next((v for v in group.lvs.values() if v.entry.lvid == lvid), None)
+
+
+def _readable(group: VolumeGroup, vol) -> bool:
+    """Every LP of the LV has a fresh copy on a usable PV."""
+    return all(any(m[lp] not in group.vgsa.stale and group.usable(m[lp][0])
+                   for m in vol.entry.maps) for lp in range(vol.entry.lps))
+
+
+async def _redo_local(pool: AsyncPool, rec: RecordInfo) -> None:
+    group = pool.group
+    vol = _lv_by_id(group, rec.lvid)
+    if vol is None:
+        return
+    data = memoryview(await pool.cache.read_payload(rec))
+    skip = pool.copy_of(vol.entry)
+    for lp, within, start, n in vol.segments(rec.offset, rec.length):
+        for c, m in enumerate(vol.entry.maps):
+            loc = m[lp]
+            if c == skip or loc in group.vgsa.stale or not group.usable(loc[0]):
+                continue
+            pos = pp_offset(loc[1], group.vgda.pp_size) + within
+            try:
+                await group.devices[loc[0]].write(pos, data[start:start + n])
+            except OSError as e:
+                group.pv_failed(loc[0], f"write failed: {e}")
+                group.mark_stale(loc, chunks_of(within, n))

@@ -1,0 +1,103 @@
+"""Asynchronous mirroring between two real daemons, the link through the fault proxy:
+writes complete while the remote site answers nothing, the copy catches up when the link
+is back, and a kill -9 of the production site with writes still cached loses none."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rpv.faultproxy.client import start_proxy
+from tests.conftest import qemu_io
+from tests.helpers.lvmtools import copies_equal
+
+RPV_CLIENTS = ("hdisk3", "hdisk4")
+
+
+def async_pools(a) -> None:
+    """datavg with datafslv (copy 1 in PoolA: hdisk1/2; copy 2 in PoolB: hdisk3/4, the RPV
+    clients) and aiocache in PoolA; PoolB asynchronous."""
+    a.ctl("mkvg", "-p", "PoolA", "-y", "datavg", "hdisk1", "hdisk2")
+    a.ctl("extendvg", "-p", "PoolB", "datavg", *RPV_CLIENTS)
+    a.ctl("chvg", "-a", "n", "-Q", "n", "datavg")
+    a.ctl("varyoffvg", "datavg")
+    a.ctl("varyonvg", "datavg")  # quorum off takes effect
+    a.ctl("chvg", "-M", "s", "datavg")
+    a.ctl("mklv", "-y", "datafslv", "-c", "2", "-s", "s", "-p", "copy1=PoolA", "-p",
+          "copy2=PoolB", "datavg", "10")
+    a.ctl("mklv", "-y", "aiocache", "-t", "aio_cache", "-p", "copy1=PoolA", "datavg", "2")
+    assert "PoolB of datavg: async" in a.ctl("chmp", "-A", "-c", "aiocache", "-h", "90",
+                                             "-m", "PoolB", "datavg")
+
+
+def pool_b(a) -> dict:
+    return a.json("lsmp", "-m", "PoolB", "datavg")["pools"][0]["async"]
+
+
+def wait_for(cond, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def writes(n: int, base: int = 0) -> list[str]:
+    return [f"write -P {i % 250 + 1} {base + i * 65536} 64k" for i in range(n)]
+
+
+def test_async_writes_go_on_while_the_link_is_down_and_catch_up(geo, tmp_path):
+    a, b = geo.a, geo.b
+    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
+                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
+        async_pools(a)
+        proxy.set(mode="blackhole")  # the remote site answers nothing at all
+        # 48 writes and a flush complete although no byte reaches site B
+        t0 = time.monotonic()
+        r = qemu_io(a.nbd_uri("datafslv"), *writes(48), "flush")
+        assert "Input/output error" not in r.stdout + r.stderr
+        elapsed = time.monotonic() - t0
+        state = pool_b(a)
+        assert state["pending_writes"] >= 48 and not state["cache_empty"]
+        assert state["state"] == "active" and state["consistent"]
+        assert a.json("lsvg", "datavg")["stale_pps"] == 0  # cached, not stale
+        human = " ".join(a.ctl("lsmp", "-A", "datavg").split())
+        assert "ASYNC MIRROR STATE: active" in human and "ASYNC CACHE EMPTY: no" in human
+        assert "WRITES NOT AT REMOTE: 48" in human
+        # the link comes back: the RPV clients resume, varyonvg takes the PVs back, and the
+        # sender drains the cache into the remote copy
+        proxy.set(mode="pass")
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "resume=yes")
+        a.ctl("varyonvg", "datavg")
+        wait_for(lambda: pool_b(a)["cache_empty"], "the cache to drain")
+        assert copies_equal(geo, "datafslv") == []
+        assert pool_b(a)["sent_writes"] >= 48
+        assert a.json("lsvg", "datavg")["stale_pps"] == 0
+        print(f"48 async writes + flush with the link blackholed: {elapsed:.2f} s")
+
+
+def test_kill_9_with_writes_cached_loses_none(geo, tmp_path):
+    a, b = geo.a, geo.b
+    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
+                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
+        async_pools(a)
+        proxy.set(mode="blackhole")
+        qemu_io(a.nbd_uri("datafslv"), *writes(40, base=4 << 20), "flush")
+        assert pool_b(a)["pending_writes"] >= 40
+        a.kill()  # kill -9: the cache holds 40 writes the remote copy never got
+        proxy.set(mode="pass")
+        a.start()
+        for d in RPV_CLIENTS:
+            a.ctl("mkdev", "-l", d)
+        out = a.ctl("varyonvg", "datavg")
+        assert "varied on" in out
+        state = pool_b(a)
+        assert state["cache_empty"] and state["state"] == "active", state
+        assert copies_equal(geo, "datafslv") == []
+        data = json.loads(a.ctl("lsmp", "-A", "datavg", "--json"))
+        assert [p["mode"] for p in data["pools"]] == ["sync", "async"]
+        assert any(e["event"] == "lvm_async_replay" for e in a.log_events())

@@ -1,0 +1,272 @@
+"""Asynchronous mirror pools in the LVM core (in memory): the write completes at local speed,
+the remote copy follows in write order from the I/O cache, the cache survives a crash and is
+replayed, the high-water mark holds writes back, and an outage longer than the cache falls
+back to stale partitions and a resync."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from lvm.aiocache import BLOCK
+from lvm.layout import pp_offset
+from tests.helpers.disks import MemDisk, MiB
+from tests.helpers.memsite import MemSite
+
+LPS = 8
+
+
+class GatedDisk(MemDisk):
+    """A remote disk whose writes wait while ``gate`` is clear (a slow or stalled link);
+    ``applied`` records every write in the order it reached the disk."""
+
+    def __init__(self, name: str, size: int = 64 * MiB):
+        super().__init__(name, size, local=False)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.applied: list[tuple[int, bytes]] = []
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        await self.gate.wait()
+        await super().write(offset, data, fua)
+        self.applied.append((offset, bytes(data)))
+
+
+async def async_site(cache_lps: int = 1, hwm: int = 100):
+    """A at site A: datalv with copy 1 in PoolA (local hdisk1) and copy 2 in PoolB (remote
+    hdisk3), cachelv (aio_cache) in PoolA; PoolB asynchronous."""
+    site = MemSite()
+    site.add_disk("hdisk1")
+    remote = GatedDisk("hdisk3")
+    site.disk_objs["hdisk3"] = remote
+    site.pvids["hdisk3"] = f"{3:016x}" + "0" * 16
+    site.available.add("hdisk3")
+    mgr = site.manager()
+    await mgr.mkvg("datavg", ["hdisk1"], pool="PoolA")
+    await mgr.extendvg("datavg", ["hdisk3"], pool="PoolB")
+    await mgr.chvg("datavg", mirror_pool_strict="s")
+    await mgr.lv.mklv("datalv", "datavg", LPS, copies=2, strictness="s",
+                      mirror_pools=["copy1=PoolA", "copy2=PoolB"])
+    await mgr.lv.mklv("cachelv", "datavg", cache_lps, lv_type="aio_cache",
+                      mirror_pools=["copy1=PoolA"])
+    await mgr.pool.chmp("datavg", "PoolB", mode="async", cache_lv="cachelv", hwm=hwm)
+    return site, mgr, remote
+
+
+def copy_bytes(site, mgr, copy: int, offset: int, n: int) -> bytes:
+    group, vol = mgr.find_lv("datalv")
+    lp, within = divmod(offset, group.vgda.pp_size)
+    index, pp = vol.entry.maps[copy][lp]
+    start = pp_offset(pp, group.vgda.pp_size) + within
+    return bytes(site.disk_objs[group.pv_name(index)].buf[start:start + n])
+
+
+def async_state(mgr) -> dict:
+    return mgr.pool.lsmp("datavg", "PoolB")["pools"][0]["async"]
+
+
+async def until(cond, timeout: float = 10.0) -> None:
+    async def wait():
+        while not cond():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(wait(), timeout)
+
+
+def test_writes_complete_at_local_speed_and_the_remote_copy_follows():
+    async def main():
+        site, mgr, remote = await async_site()
+        _, vol = mgr.find_lv("datalv")
+        remote.gate.clear()  # the remote site answers nothing for now
+        data = os.urandom(256 * 1024)
+        await asyncio.wait_for(vol.write(1 * MiB, data), 5)  # not held up by the remote
+        await vol.flush()
+        assert copy_bytes(site, mgr, 0, 1 * MiB, len(data)) == data
+        assert copy_bytes(site, mgr, 1, 1 * MiB, len(data)) == bytes(len(data))
+        state = async_state(mgr)
+        assert (state["state"], state["pending_writes"], state["pending_bytes"]) == \
+            ("active", 1, len(data))
+        assert not state["cache_empty"] and state["consistent"]
+        assert await vol.read(1 * MiB, len(data)) == data  # reads never use the lagging copy
+        remote.gate.set()
+        await until(lambda: async_state(mgr)["cache_empty"])
+        assert copy_bytes(site, mgr, 1, 1 * MiB, len(data)) == data
+        assert async_state(mgr)["sent_writes"] == 1
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_remote_applies_in_write_order_epoch_by_epoch():
+    """Overlapping writes reach the remote copy in the order they were made, and no write of
+    a later epoch (after a FLUSH) reaches it before every write of the earlier one."""
+    async def main():
+        site, mgr, remote = await async_site()
+        _, vol = mgr.find_lv("datalv")
+        remote.gate.clear()
+        epochs = []
+        for e in range(4):
+            writes = []
+            for i in range(6):
+                off = (i % 3) * 64 * 1024 + e * 4096  # overlapping within and across epochs
+                data = bytes([e * 16 + i + 1]) * 64 * 1024
+                await vol.write(off, data)
+                writes.append((off, data))
+            await vol.flush()
+            epochs.append(writes)
+        remote.gate.set()
+        await until(lambda: async_state(mgr)["cache_empty"])
+        group, _ = mgr.find_lv("datalv")
+        base = pp_offset(vol.entry.maps[1][0][1], group.vgda.pp_size)
+        order = [(off - base, data[0]) for off, data in remote.applied if off >= base]
+        expected = [(off, data[0]) for writes in epochs for off, data in writes]
+        position = {item: n for n, item in enumerate(expected)}
+        applied = [position[item] for item in order]
+        epoch_of = [n // 6 for n in applied]
+        assert epoch_of == sorted(epoch_of), "an epoch started before the previous one ended"
+        for a in range(len(applied)):  # overlapping writes keep their order
+            for b in range(a + 1, len(applied)):
+                (oa, _), (ob, _) = expected[applied[a]], expected[applied[b]]
+                if abs(oa - ob) < 64 * 1024:
+                    assert applied[a] < applied[b]
+        assert copy_bytes(site, mgr, 1, 0, 256 * 1024) == copy_bytes(site, mgr, 0, 0,
+                                                                     256 * 1024)
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_crash_with_a_full_cache_replays_at_varyon():
+    async def main():
+        site, mgr, remote = await async_site()
+        _, vol = mgr.find_lv("datalv")
+        remote.gate.clear()
+        data = {off: os.urandom(128 * 1024) for off in range(0, 2 * MiB, 128 * 1024)}
+        for off, d in data.items():
+            await vol.write(off, d)
+        await vol.flush()
+        assert async_state(mgr)["pending_writes"] == len(data)
+        # the host goes down: nothing runs on, nothing is drained
+        for group in mgr.vgs.values():
+            for pool in group.async_pools.values():
+                await pool.stop()
+            group.stop_writeback()
+        mgr.vgs.clear()
+        remote.gate.set()
+        mgr = site.manager()  # the daemon starts again
+        await mgr.varyonvg("datavg")
+        assert async_state(mgr)["cache_empty"]
+        for off, d in data.items():
+            assert copy_bytes(site, mgr, 1, off, len(d)) == d
+            assert copy_bytes(site, mgr, 0, off, len(d)) == d
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_high_water_mark_holds_writes_back_and_loses_none():
+    async def main():
+        site, mgr, remote = await async_site(cache_lps=1, hwm=50)
+        group, vol = mgr.find_lv("datalv")
+        remote.gate.clear()
+        cache_size = mgr.find_lv("cachelv")[1].size
+        chunk = 256 * 1024
+        n = 0
+        while async_state(mgr)["cache_fill_percent"] < 50:
+            await vol.write(n * chunk, bytes([n + 1]) * chunk)
+            n += 1
+        assert n * (chunk + BLOCK) >= cache_size // 2
+        held = asyncio.ensure_future(vol.write(n * chunk, bytes([n + 1]) * chunk))
+        await asyncio.sleep(0.2)
+        assert not held.done(), "a write above the high-water mark must wait"
+        assert async_state(mgr)["hwm_hits"] == 1
+        remote.gate.set()
+        await asyncio.wait_for(held, 10)
+        await vol.flush()
+        await until(lambda: async_state(mgr)["cache_empty"])
+        for i in range(n + 1):
+            assert copy_bytes(site, mgr, 1, i * chunk, chunk) == bytes([i + 1]) * chunk
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_outage_longer_than_the_cache_falls_back_to_stale_and_resync():
+    async def main():
+        site, mgr, remote = await async_site(cache_lps=1, hwm=50)
+        group, vol = mgr.find_lv("datalv")
+        remote.fail = True  # the remote site is gone
+        chunk = 256 * 1024
+        written = {}
+        for i in range(12):  # more than half the cache: the high-water mark is reached
+            written[i * chunk] = os.urandom(chunk)
+            await asyncio.wait_for(vol.write(i * chunk, written[i * chunk]), 10)
+        await vol.flush()
+        await until(lambda: async_state(mgr)["state"] == "fallback")
+        state = async_state(mgr)
+        assert state["cache_empty"] and not state["consistent"] and state["stale_pps"] > 0
+        assert ("LVM_AIO_CACHE_FULL", "datavg") in site.errors
+        # writes go on, the remote copy is stale where it missed them
+        await vol.write(5 * MiB, b"z" * chunk)
+        remote.fail = False
+        await mgr.varyonvg("datavg")  # takes the PV back and resynchronizes
+        for g in mgr.vgs.values():
+            if g.resync_task:
+                await g.resync_task
+        await until(lambda: async_state(mgr)["state"] == "active")
+        assert async_state(mgr)["consistent"]
+        for off, d in written.items():
+            assert copy_bytes(site, mgr, 1, off, len(d)) == d
+        assert copy_bytes(site, mgr, 1, 5 * MiB, chunk) == b"z" * chunk
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_chmp_sync_drains_and_refuses_while_the_remote_is_down_unless_forced():
+    async def main():
+        site, mgr, remote = await async_site()
+        _, vol = mgr.find_lv("datalv")
+        remote.gate.clear()
+        await vol.write(0, b"a" * 65536)
+        await vol.flush()
+        switching = asyncio.ensure_future(mgr.pool.chmp("datavg", "PoolB", mode="sync"))
+        await asyncio.sleep(0.1)
+        assert not switching.done()  # draining: waits for the remote copy
+        remote.gate.set()
+        assert (await asyncio.wait_for(switching, 10))["mode"] == "sync"
+        assert copy_bytes(site, mgr, 1, 0, 65536) == b"a" * 65536
+        # synchronous again: a write reaches the remote copy before it completes
+        await vol.write(65536, b"b" * 65536)
+        assert copy_bytes(site, mgr, 1, 65536, 65536) == b"b" * 65536
+
+        await mgr.pool.chmp("datavg", "PoolB", mode="async", cache_lv="cachelv")
+        remote.gate.clear()
+        await vol.write(0, b"c" * 65536)
+        await vol.flush()
+        group, _ = mgr.find_lv("datalv")
+        group.pv_failed(vol.entry.maps[1][0][0], "test: the link is down")
+        from rpv.errors import CommandError
+        with pytest.raises(CommandError, match="use -f"):
+            await mgr.pool.chmp("datavg", "PoolB", mode="sync")
+        assert (await mgr.pool.chmp("datavg", "PoolB", mode="sync", force=True))["mode"] == \
+            "sync"
+        assert group.vgsa.stale, "the cached write is a stale partition now"
+        remote.gate.set()
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_cache_lv_rules():
+    async def main():
+        from rpv.errors import CommandError
+        site, mgr, remote = await async_site()
+        with pytest.raises(CommandError, match="mirror pool of this site's disks"):
+            await mgr.lv.mklv("cache2", "datavg", 1, lv_type="aio_cache",
+                              mirror_pools=["copy1=PoolB"])
+        with pytest.raises(CommandError, match="I/O cache of asynchronous mirror pool"):
+            await mgr.lv.rmlv("cachelv")
+        assert "cachelv" not in [n for n, _ in mgr.list_lvs()]  # never exported
+        assert mgr.get_lv("cachelv") is None
+        with pytest.raises(CommandError, match="stays super strict"):
+            await mgr.chvg("datavg", mirror_pool_strict="y")
+        with pytest.raises(CommandError, match="holds this site's disks"):
+            await mgr.pool.chmp("datavg", "PoolA", mode="async", cache_lv="cachelv")
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
