@@ -13,15 +13,24 @@ from tests.sites import Site
 # A dedicated port keeps test daemons away from a real rpvd on 6192.
 TEST_PORT = int(os.environ.get("GLVM_TEST_PORT", "16192"))
 
+# The fixtures' set-up (site name, disks, RPV servers and clients) goes straight to the control
+# socket (Site.rpc), except in the tests of the CLI itself, where it runs glvmctl as before.
+CLI_SETUP_MODULES = {"tests.test_devices", "tests.test_cli_lvm"}
+
 
 def _site(request, tmp_path, name: str, addr: str, sub: str, node: str):
     # Tests of the RPV link itself write RPV client disks directly, which rpvd refuses by
     # default (they are exported read-only); they opt out with @pytest.mark.raw_writes.
     extra = (["--nbd-unsafe-raw-writes"] if request.node.get_closest_marker("raw_writes")
              else [])
-    site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT, extra_args=extra)
+    cli = request.node.module.__name__ in CLI_SETUP_MODULES
+    site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT, extra_args=extra,
+                cli_setup=cli)
     site.start()
-    site.ctl("rpvserver", "site", name)
+    if cli:
+        site.ctl("rpvserver", "site", name)
+    else:
+        assert site.rpc("site", name=name)["site"] == name
     return site
 
 
