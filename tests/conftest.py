@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.sites import Site
+from tests.sites import Site, start_together
 
 # A dedicated port keeps test daemons away from a real rpvd on 6192.
 TEST_PORT = int(os.environ.get("GLVM_TEST_PORT", "16192"))
@@ -18,34 +18,55 @@ TEST_PORT = int(os.environ.get("GLVM_TEST_PORT", "16192"))
 CLI_SETUP_MODULES = {"tests.test_devices", "tests.test_cli_lvm"}
 
 
-def _site(request, tmp_path, name: str, addr: str, sub: str, node: str):
+SITES = {"site_a": ("Philadelphia", "127.0.0.1", "a", "nodeA"),
+         "site_b": ("Poughkeepsie", "127.0.0.2", "b", "nodeB")}
+
+
+def _new_site(request, tmp_path, fixture: str) -> Site:
+    name, addr, sub, node = SITES[fixture]
     # Tests of the RPV link itself write RPV client disks directly, which rpvd refuses by
     # default (they are exported read-only); they opt out with @pytest.mark.raw_writes.
     extra = (["--nbd-unsafe-raw-writes"] if request.node.get_closest_marker("raw_writes")
              else [])
-    cli = request.node.module.__name__ in CLI_SETUP_MODULES
-    site = Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT, extra_args=extra,
-                cli_setup=cli)
-    site.start()
-    if cli:
-        site.ctl("rpvserver", "site", name)
-    else:
-        assert site.rpc("site", name=name)["site"] == name
-    return site
+    return Site(name, addr, tmp_path / sub, node=node, port=TEST_PORT, extra_args=extra,
+                cli_setup=request.node.module.__name__ in CLI_SETUP_MODULES)
 
 
 @pytest.fixture
-def site_b(request, tmp_path):
-    site = _site(request, tmp_path, "Poughkeepsie", "127.0.0.2", "b", "nodeB")
-    yield site
-    site.kill()
+def _sites(request, tmp_path):
+    """The test's sites by fixture name, each started on first use and killed at teardown.
+    A test that uses both site_a and site_b gets both daemons started together."""
+    started: dict[str, Site] = {}
+
+    def get(fixture: str) -> Site:
+        if fixture not in started:
+            wanted = [f for f in SITES if f not in started
+                      and (f == fixture or f in request.node.fixturenames)]
+            new = {f: _new_site(request, tmp_path, f) for f in wanted}
+            start_together(*new.values())  # kills them all if one does not start
+            started.update(new)
+            for site in new.values():
+                if site.cli_setup:
+                    site.ctl("rpvserver", "site", site.name)
+                else:
+                    assert site.rpc("site", name=site.name)["site"] == site.name
+        return started[fixture]
+
+    try:
+        yield get
+    finally:
+        for site in started.values():
+            site.kill()
 
 
 @pytest.fixture
-def site_a(request, tmp_path):
-    site = _site(request, tmp_path, "Philadelphia", "127.0.0.1", "a", "nodeA")
-    yield site
-    site.kill()
+def site_b(_sites):
+    return _sites("site_b")
+
+
+@pytest.fixture
+def site_a(_sites):
+    return _sites("site_a")
 
 
 @pytest.fixture
