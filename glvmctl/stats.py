@@ -19,15 +19,19 @@ def register(app: typer.Typer) -> None:
                                                        "(0: until interrupted)"),
         by_path: bool = typer.Option(False, "-N", help="per network path, not per client"),
         reset: bool = typer.Option(False, "-R", help="reset the counters after reporting"),
+        asynchronous: bool = typer.Option(False, "-A", help="asynchronous mirroring: writes "
+                                          "cached and sent, cache use, high-water mark hits"),
         as_json: bool = JSON,
     ) -> None:
         """RPV client statistics: completed and pending I/O, KB moved, errors, timeouts,
         average and maximum I/O time."""
         n = 0
         while True:
-            rows = rpc("rpvstat", reset=reset, by_path=by_path)
+            rows = rpc("rpvstat", reset=reset, by_path=by_path, asynchronous=asynchronous)
             if as_json:
                 emit_json(rows)
+            elif asynchronous:
+                _print_async(rows)
             else:
                 _print_rpvstat(rows, by_path)
             n += 1
@@ -45,9 +49,21 @@ def register(app: typer.Typer) -> None:
             emit_json(rows)
             return
         columns([[r["vg"], r["pvs"], r["rpvs"], r["total_vols"], r["stale_vols"],
-                  r["total_pps"], r["stale_pps"], f"{r['synced_pct']:.0f}%"] for r in rows],
+                  r["total_pps"], r["stale_pps"], f"{r['synced_pct']:.0f}%",
+                  f"{r.get('async_lag_bytes', 0) // 1024} KB/{r.get('async_lag_seconds', 0)} s"]
+                 for r in rows],
                 header=["GMVG Name", "PVs", "RPVs", "Tot Vols", "St Vols", "Total PPs",
-                        "Stale PPs", "Sync"])
+                        "Stale PPs", "Sync", "Async Lag"])
+
+
+def _print_async(rows: list[dict]) -> None:
+    columns([[r["vg"], r["pool"], r["state"], r.get("writes", 0), r.get("bytes", 0) // 1024,
+              r.get("sent_writes", 0), r.get("pending_writes", 0),
+              r.get("pending_bytes", 0) // 1024, f"{r.get('cache_fill_percent', 0)}%",
+              r.get("hwm", ""), r.get("hwm_hits", 0), f"{r.get('lag_seconds', 0)}"]
+             for r in rows],
+            header=["VG", "Mirror Pool", "State", "Async Wr", "KB Cached", "Sent Wr",
+                    "Pend Wr", "Pend KB", "Cache Used", "HWM", "HWM Hits", "Lag s"])
 
 
 def _print_rpvstat(rows: list[dict], by_path: bool) -> None:

@@ -471,6 +471,11 @@ class AsyncMirrors:
                                 error=str(e))
         group.async_pools.clear()
 
+    def stats(self) -> list[dict]:
+        """rpvstat -A, gmvgstat and the metrics: one row per asynchronous pool."""
+        return [{"vg": g.name, "pool": p.name, **p.describe()}
+                for g in list(self.core.vgs.values()) for p in g.async_pools.values()]
+
     def describe(self, group: VolumeGroup, name: str) -> dict:
         pool = group.async_pools.get(name)
         if pool is None:

@@ -155,7 +155,11 @@ class GMVG:
                 continue
             total = sum(len(m) for e in group.vgda.lvs.values() for m in e.maps)
             stale = group.vgsa.stale_count()
+            pools = [p.describe() for p in group.async_pools.values()]
             out.append({"vg": name, "pvs": len(pvs) - len(remote), "rpvs": len(remote),
+                        "async_lag_bytes": sum(p.get("pending_bytes", 0) for p in pools),
+                        "async_lag_seconds": max((p.get("lag_seconds", 0.0) for p in pools),
+                                                 default=0.0),
                         "total_vols": len(pvs),
                         "stale_vols": len({pv for pv, _ in group.vgsa.stale}),
                         "total_pps": total, "stale_pps": stale,

@@ -310,6 +310,7 @@ class GmvgstatArgs:
 class RpvstatArgs:
     reset: bool = False
     by_path: bool = False
+    asynchronous: bool = False  # rpvstat -A: the asynchronous mirror pools instead
 
 
 @dataclass(frozen=True, slots=True)

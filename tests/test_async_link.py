@@ -65,6 +65,12 @@ def test_async_writes_go_on_while_the_link_is_down_and_catch_up(geo, tmp_path):
         human = " ".join(a.ctl("lsmp", "-A", "datavg").split())
         assert "ASYNC MIRROR STATE: active" in human and "ASYNC CACHE EMPTY: no" in human
         assert "WRITES NOT AT REMOTE: 48" in human
+        row = a.json("rpvstat", "-A")[0]
+        assert (row["vg"], row["pool"], row["writes"], row["pending_writes"]) == \
+            ("datavg", "PoolB", 48, 48)
+        assert "PoolB" in a.ctl("rpvstat", "-A")
+        lag = a.json("gmvgstat", "datavg")[0]
+        assert lag["async_lag_bytes"] == 48 * 65536 and lag["async_lag_seconds"] > 0
         # the link comes back: the RPV clients resume, varyonvg takes the PVs back, and the
         # sender drains the cache into the remote copy
         proxy.set(mode="pass")

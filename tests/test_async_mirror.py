@@ -94,6 +94,24 @@ def test_writes_complete_at_local_speed_and_the_remote_copy_follows():
         assert copy_bytes(site, mgr, 1, 1 * MiB, len(data)) == data
         assert async_state(mgr)["sent_writes"] == 1
         await mgr.varyoffvg("datavg")
+
+
+def test_metrics_show_cache_fill_and_lag():
+    from rpv.daemon.metrics import GLVMCollector
+
+    async def main():
+        site, mgr, remote = await async_site()
+        _, vol = mgr.find_lv("datalv")
+        remote.gate.clear()
+        await vol.write(0, b"m" * 65536)
+        samples = {(m.name, s.labels.get("pool")): s.value
+                   for m in GLVMCollector(type("D", (), {"disks": {}})(), mgr).collect()
+                   for s in m.samples}
+        assert samples[("glvm_async_lag_bytes", "PoolB")] == 65536
+        assert 0 < samples[("glvm_async_cache_fill_ratio", "PoolB")] < 1
+        assert samples[("glvm_async_lag_seconds", "PoolB")] >= 0
+        remote.gate.set()
+        await mgr.varyoffvg("datavg")
     asyncio.run(main())
 
 

@@ -126,7 +126,7 @@ class Daemon:
                 "mklv", "chlv", "rmlv", "lslv", "mirrorvg", "unmirrorvg", "syncvg")},
             "gmvg_add_rpvs": self.gmvg.add_rpvs, "gmvg_add_mirror": self.gmvg.add_mirror,
             "gmvg_verify": self.gmvg.verify, "gmvg_list": self.gmvg.list,
-            "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.devices.rpvstat,
+            "gmvgstat": self.gmvg.gmvgstat, "rpvstat": self.op_rpvstat,
             "syncvg_verify": self.lvm.lv.verify,
             "chpv_pool": self.lvm.pool.chpv_pool, "lsmp": self.lvm.pool.lsmp,
             "chmp": self.lvm.pool.chmp,
@@ -135,6 +135,12 @@ class Daemon:
             "jobs": self.jobs.list, "jobs_cancel": self.op_jobs_cancel,
             "jobs_wait": self.op_jobs_wait,
         }
+
+    def op_rpvstat(self, reset: bool = False, by_path: bool = False,
+                   asynchronous: bool = False) -> list[dict]:
+        if asynchronous:
+            return self.lvm.asyncs.stats()
+        return self.devices.rpvstat(reset, by_path)
 
     def op_site(self, name: str | None = None) -> dict:
         if name is not None:

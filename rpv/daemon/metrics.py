@@ -65,6 +65,21 @@ class GLVMCollector:
             resync.add_metric([name], 1 if group.resync_task and not group.resync_task.done()
                               else 0)
         yield from (stale, online, resync)
+        fill = GaugeMetricFamily("glvm_async_cache_fill_ratio", "I/O cache use (0-1) of an "
+                                 "asynchronous mirror pool", labels=["vg", "pool"])
+        lag_bytes = GaugeMetricFamily("glvm_async_lag_bytes", "Bytes written here and not yet "
+                                      "at the remote site", labels=["vg", "pool"])
+        lag_seconds = GaugeMetricFamily("glvm_async_lag_seconds", "Age of the oldest write "
+                                        "not yet at the remote site", labels=["vg", "pool"])
+        hwm = CounterMetricFamily("glvm_async_hwm_hits", "Times writes waited at the "
+                                  "high-water mark", labels=["vg", "pool"])
+        for row in self.lvm.asyncs.stats():
+            key = [row["vg"], row["pool"]]
+            fill.add_metric(key, row.get("cache_fill_percent", 0.0) / 100)
+            lag_bytes.add_metric(key, row.get("pending_bytes", 0))
+            lag_seconds.add_metric(key, row.get("lag_seconds", 0.0))
+            hwm.add_metric(key, row.get("hwm_hits", 0))
+        yield from (fill, lag_bytes, lag_seconds, hwm)
 
 
 def serve(host: str, port: int, devices, lvm) -> None:
