@@ -150,9 +150,10 @@ def airline(geo) -> None:
     """Runbook 1, then varyoffvg/varyonvg so that "quorum turned off" (add-mirror) takes
     effect, as the seed assumes for the remote-failure sections."""
     configure_airline(geo)
-    geo.a.ctl("varyoffvg", "datavg")
-    geo.a.ctl("varyonvg", "datavg")
-    vg = geo.a.json("lsvg", "datavg")
+    # set-up, not the scenario: straight to the control socket (glvmctl's requests)
+    geo.a.rpc("varyoffvg", vg="datavg", force=False)
+    geo.a.rpc("varyonvg", vg="datavg", force=False, nosync=False, maintenance=False)
+    vg = geo.a.rpc("lsvg", vg="datavg")
     assert (vg["quorum"], vg["quorum_active"]) == (False, False)
 
 
@@ -419,16 +420,24 @@ def six_disk_vg(geo) -> None:
     for n in ("hdisk5", "hdisk6"):
         a.make_disk(n, "256M")
         geo.files[n] = a.disk_path(n) + ".img"
-    a.ctl("mkvg", "-y", "datavg", "hdisk1", "hdisk2", "hdisk5", "hdisk6")
-    a.ctl("mklv", "-y", "datafslv", "-s", "s", "-u", "2", "datavg", "4", "hdisk1", "hdisk2")
-    a.ctl("mirrorvg", "-Q", "-c", "2", "datavg", "hdisk5", "hdisk6")
-    a.ctl("gmvg", "add-rpvs", "datavg", "--site", "Poughkeepsie")
-    a.ctl("mirrorvg", "-Q", "-c", "3", "datavg", "hdisk3", "hdisk4")
-    m = a.json("lslv", "-m", "datafslv")
+    # set-up, not the scenario: straight to the control socket (glvmctl's requests for
+    # mkvg, mklv -s s -u 2, mirrorvg -Q -c 2, gmvg add-rpvs, mirrorvg -Q -c 3)
+    a.rpc("mkvg", vg="datavg", pvs=["hdisk1", "hdisk2", "hdisk5", "hdisk6"], pp_size_mb=None,
+          force=False)
+    a.rpc("mklv", lv="datafslv", vg="datavg", lps=4, copies=1, strictness="s", upperbound=2,
+          pvs=["hdisk1", "hdisk2"])
+    r = a.rpc("mirrorvg", vg="datavg", pvs=["hdisk5", "hdisk6"], copies=2, sync="foreground",
+              keep_quorum=True)
+    assert not (r.get("resync") or {}).get("failed"), r  # glvmctl would exit 1
+    a.rpc("gmvg_add_rpvs", vg="datavg", site="Poughkeepsie", pvs=None, force=False)
+    r = a.rpc("mirrorvg", vg="datavg", pvs=["hdisk3", "hdisk4"], copies=3, sync="foreground",
+              keep_quorum=True)
+    assert not (r.get("resync") or {}).get("failed"), r
+    m = a.rpc("lslv", lv="datafslv", map=True)
     sites = [{c["copies"][i]["pv"] for c in m["map"]} for i in range(3)]
     assert sites[0] <= {"hdisk1", "hdisk2"} and sites[1] <= {"hdisk5", "hdisk6"} and \
         sites[2] <= {"hdisk3", "hdisk4"}, sites
-    assert a.json("lsvg", "datavg")["quorum"] is True
+    assert a.rpc("lsvg", vg="datavg")["quorum"] is True
 
 
 @pytest.mark.parametrize("quorum", ["on", "off"])
