@@ -8,7 +8,7 @@ import json
 import time
 
 from rpv.faultproxy.client import start_proxy
-from tests.conftest import qemu_io
+from tests.conftest import qemu_io, run
 from tests.helpers.lvmtools import copies_equal
 
 RPV_CLIENTS = ("hdisk3", "hdisk4")
@@ -107,3 +107,38 @@ def test_kill_9_with_writes_cached_loses_none(geo, tmp_path):
         data = json.loads(a.ctl("lsmp", "-A", "datavg", "--json"))
         assert [p["mode"] for p in data["pools"]] == ["sync", "async"]
         assert any(e["event"] == "lvm_async_replay" for e in a.log_events())
+
+
+def test_failover_finds_a_prefix_of_the_writes_at_the_remote_site(geo, tmp_path):
+    """Each write is followed by a FLUSH, so each is an ordering point: whatever the remote
+    copy holds when the production site dies must be the first k writes, for some k, with no
+    later write present while an earlier one is missing."""
+    a, b = geo.a, geo.b
+    n = 60
+    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
+                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
+        async_pools(a)
+        proxy.set(latency_ms=100)  # every epoch costs the sender two round trips of 200 ms
+        cmds = []
+        for i in range(n):
+            cmds += [f"write -P {i + 1} {i * 65536} 64k", "flush"]
+        qemu_io(a.nbd_uri("datafslv"), *cmds)  # all acknowledged at local speed
+        wait_for(lambda: a.json("rpvstat", "-A")[0]["sent_writes"] >= 2,
+                 "the sender to deliver some writes")
+        a.kill()  # the production site dies with most of the writes still cached
+    for s in ("rpvserver0", "rpvserver1"):
+        b.ctl("chdev", "-l", s, "-a", "auto_online=n")
+        b.ctl("rmdev", "-l", s)
+    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+    assert b.json("lsmp", "-m", "PoolB", "datavg")["pools"][0]["async"]["state"] == "inactive"
+    image = tmp_path / "at-b.bin"
+    run("nbdcopy", b.nbd_uri("datafslv"), str(image))
+    data = image.read_bytes()
+    held = [data[i * 65536:(i + 1) * 65536] for i in range(n)]
+    k = next((i for i, blk in enumerate(held) if blk != bytes([i + 1]) * 65536), n)
+    assert 2 <= k < n, f"expected the failover mid-stream, B holds {k} of {n} writes"
+    assert all(blk == bytes(65536) for blk in held[k:]), \
+        f"B holds a write after write {k + 1} that it misses: not a prefix"
+    print(f"B holds the first {k} of {n} flushed writes")
