@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import TEST_PORT
 from tests.helpers.lvmtools import diff_blocks, read_copy
-from tests.sites import Site
+from tests.sites import Site, start_together
 from tests.soak import LogFollower, NBDClient
 
 MiB = 1 << 20
@@ -27,9 +27,9 @@ def sites(tmp_path):
     b = Site("Poughkeepsie", "127.0.0.2", tmp_path / "b", node="nodeB", port=TEST_PORT,
              lazy=True)
     try:
+        start_together(a, b)
         for s in (a, b):
-            s.start()
-            s.ctl("rpvserver", "site", s.name)
+            s.rpc("site", name=s.name)
         yield a, b
     finally:
         a.close()
@@ -42,12 +42,16 @@ def mirrored_lv(a: Site, b: Site) -> dict[str, str]:
     pvid = b.make_disk("hdisk2", "64M")
     b.serve(pvid, a.addr)
     a.add_client("hdisk3", pvid, b, io_timeout=20)  # room for B to come back inside it
-    a.ctl("mkvg", "-y", "datavg", "hdisk1")
-    a.ctl("mklv", "-y", "datalv", "datavg", "4")
-    a.ctl("extendvg", "datavg", "hdisk3")
-    a.ctl("mirrorvg", "datavg", "hdisk3")
-    a.ctl("varyoffvg", "datavg")
-    a.ctl("varyonvg", "datavg")
+    # set-up: glvmctl's requests for mkvg, mklv, extendvg, mirrorvg, varyoffvg, varyonvg
+    a.rpc("mkvg", vg="datavg", pvs=["hdisk1"], pp_size_mb=None, force=False)
+    a.rpc("mklv", lv="datalv", vg="datavg", lps=4, copies=1, strictness="y", upperbound=0,
+          pvs=[])
+    a.rpc("extendvg", vg="datavg", pvs=["hdisk3"], force=False)
+    r = a.rpc("mirrorvg", vg="datavg", pvs=["hdisk3"], copies=2, sync="foreground",
+              keep_quorum=False)
+    assert not (r.get("resync") or {}).get("failed"), r  # glvmctl would exit 1
+    a.rpc("varyoffvg", vg="datavg", force=False)
+    a.rpc("varyonvg", vg="datavg", force=False, nosync=False, maintenance=False)
     return {"hdisk1": a.disk_path("hdisk1") + ".img", "hdisk3": b.disk_path("hdisk2") + ".img"}
 
 
