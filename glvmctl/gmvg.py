@@ -63,6 +63,8 @@ def verify(vg: str = typer.Argument(..., help="volume group"), as_json: bool = J
             typer.echo(f"Checking Logical Volume {lv['name']}.")
             for p in lv["problems"]:
                 typer.echo(f"  ERROR: {p}")
+        for w in r.get("warnings", []):
+            typer.echo(f"WARNING: {w}")
     if not r["ok"]:
         raise typer.Exit(1)
 

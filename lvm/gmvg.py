@@ -106,7 +106,12 @@ class GMVG:
             table.append({"copy": c + 1, "site": ",".join(sites),
                           "pvs": [group.pv_name(i) for i in idx]})
         checks = [{"name": e.name, "problems": self._problems(group, e)} for e in lvs]
-        return {"vg": vg, "copies": table, "lvs": checks,
+        warnings = [f"the copy in asynchronous mirror pool {p.name} is not a consistent point "
+                    f"in time: " + ("it is being resynchronized after the I/O cache "
+                                    "overflowed" if p.state == "fallback" else
+                                    "it has stale partitions")
+                    for p in group.async_pools.values() if not p.describe()["consistent"]]
+        return {"vg": vg, "copies": table, "lvs": checks, "warnings": warnings,
                 "ok": all(not c["problems"] for c in checks)}
 
     def _problems(self, group, e: LVEntry) -> list[str]:

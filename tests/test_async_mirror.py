@@ -221,6 +221,9 @@ def test_outage_longer_than_the_cache_falls_back_to_stale_and_resync():
         state = async_state(mgr)
         assert state["cache_empty"] and not state["consistent"] and state["stale_pps"] > 0
         assert ("LVM_AIO_CACHE_FULL", "datavg") in site.errors
+        from lvm.gmvg import GMVG
+        warnings = GMVG(mgr).verify("datavg")["warnings"]
+        assert warnings and "PoolB is not a consistent point in time" in warnings[0]
         # writes go on, the remote copy is stale where it missed them
         await vol.write(5 * MiB, b"z" * chunk)
         remote.fail = False
