@@ -36,7 +36,7 @@ class Assembler:
         self.pvs = pvs
         self.errlog = errors
         # run at varyon before dirty-region recovery (lvm.asyncmirror.AsyncMirrors.prepare)
-        self.prepare: Callable[[VolumeGroup, str], Awaitable[None]] | None = None
+        self.prepare: Callable[[VolumeGroup], Awaitable[None]] | None = None
 
     def build(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
               maintenance: bool = False) -> VolumeGroup:
@@ -131,7 +131,7 @@ class Assembler:
         devmap = {i: (f[0] if f else None) for i, f in metas.items()}
         seqs = {Kind.PVHEADER: 0, Kind.VGDA: seq_vgda, Kind.VGSA: vgsa_rec[0],
                 Kind.DRL: drl_rec[0]}
-        previous_site, vgda.last_site = vgda.last_site, self.pvs.site()
+        vgda.last_site = self.pvs.site()
         # not registered (so no LV is exported) until dirty regions are recovered
         group = self.build(vgda, vgsa, devmap, seqs, quorum=vgda.quorum,
                                maintenance=maintenance, )
@@ -143,7 +143,7 @@ class Assembler:
             await group.commit_vgsa()
             await group.write_vgda()
             if self.prepare is not None:  # asynchronous pools: the cache first
-                await self.prepare(group, previous_site)
+                await self.prepare(group)
             await recover_dirty_regions(group, drl_rec[1])
         except (OSError, CommandError) as e:
             raise CommandError(f"varyonvg {name} failed: {e}") from None

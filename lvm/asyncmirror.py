@@ -119,6 +119,10 @@ class AsyncPool:
         """Copies on PV ``index`` are written by the sender, not by the write path."""
         return self.state in (ACTIVE, DRAINING) and index in self.members
 
+    def lags(self, index: int) -> bool:
+        """Copies on PV ``index`` miss writes the cache still holds (not a read source)."""
+        return self.defers(index) and self.cache is not None and self.cache.log.pending_bytes > 0
+
     @property
     def hwm(self) -> int:
         return int(self.group.vgda.async_pools.get(self.name, {}).get("hwm", 100))
@@ -421,18 +425,26 @@ class AsyncMirrors:
     def __init__(self, core):
         self.core = core  # lvm.manager.LVMManager
 
-    async def prepare(self, group: VolumeGroup, previous_site: str) -> None:
+    async def prepare(self, group: VolumeGroup) -> None:
         """At varyon, before dirty-region recovery: open each pool's cache. Records left by
         a crash are applied again to the local copies and sent to the remote copy (or, with
-        the remote site down, become stale partitions); records left while another site ran
-        the VG since (a failover) are discarded and their ranges resynchronized from it."""
+        the remote site down, become stale partitions). A varyon at another site than the
+        cache's (a failover) records in the VGDA that the cache is superseded; the cache's
+        site then discards what it still held and resynchronizes those ranges from the
+        other site's copy, never merging them."""
+        changed = False
         for name in list(group.vgda.async_pools):
-            group.async_pools[name] = await self._open(group, name, previous_site)
+            pool, flagged = await self._open(group, name)
+            group.async_pools[name] = pool
+            changed |= flagged
+        if changed:
+            await group.write_vgda()
 
     async def start(self, group: VolumeGroup, name: str) -> None:
         pool = group.async_pools.get(name)
         if pool is None or pool.state == INACTIVE:
-            pool = group.async_pools[name] = await self._open(group, name, "")
+            pool, _ = await self._open(group, name)
+            group.async_pools[name] = pool
         if pool.state == INACTIVE:
             raise OSError(errno.EIO, f"the I/O cache of mirror pool {name} is not usable")
         pool.start()
@@ -482,13 +494,21 @@ class AsyncMirrors:
             return {"state": INACTIVE, "cache_valid": False}
         return pool.describe()
 
-    async def _open(self, group: VolumeGroup, name: str, previous_site: str) -> AsyncPool:
+    async def _open(self, group: VolumeGroup, name: str) -> tuple[AsyncPool, bool]:
+        """The pool, and whether its VGDA entry changed (superseded here, or cleared)."""
         cfg = group.vgda.async_pools[name]
         vol = group.lvs.get(cfg.get("cache_lv", ""))
+        here = self.core.pvs.site() or "local"
+        if vol is not None and not self._cache_is_here(group, vol, here):
+            # another site runs the VG (a failover): the cache's writes never reached us
+            flagged = cfg.get("superseded_by") != here
+            cfg["superseded_by"] = here
+            log.warning("lvm_async_cache_elsewhere", vg=group.name, pool=name)
+            return AsyncPool(group, name, None, INACTIVE), flagged
         if vol is None or not _readable(group, vol):
             log.warning("lvm_async_cache_unusable", vg=group.name, pool=name,
                         cache_lv=cfg.get("cache_lv"))
-            return AsyncPool(group, name, None, INACTIVE)
+            return AsyncPool(group, name, None, INACTIVE), False
         dev = CacheLV(group, vol)
         try:
             cache, _ = await CacheLogDevice.open(dev)
@@ -497,14 +517,16 @@ class AsyncMirrors:
         stale = any(loc[0] in pools.pool_members(group.vgda, name) for loc in group.vgsa.stale)
         pool = AsyncPool(group, name, cache, FALLBACK if stale else ACTIVE)
         records = cache.log.pending()
-        if not records:
-            return pool
-        here = self.core.pvs.site()
-        if previous_site and here and previous_site != here:
-            await self._discard(pool, records, previous_site)
-        else:
+        other = cfg.pop("superseded_by", None)
+        if records and other:
+            await self._discard(pool, records, other)
+        elif records:
             await self._replay(pool, records)
-        return pool
+        return pool, other is not None
+
+    def _cache_is_here(self, group: VolumeGroup, vol, here: str) -> bool:
+        sites = self.core.pool.sites(group.vgda)
+        return all(sites.get(pv) == here for m in vol.entry.maps for pv, _ in m)
 
     async def _replay(self, pool: AsyncPool, records: list[RecordInfo]) -> None:
         group = pool.group

@@ -30,8 +30,8 @@ async def recover_dirty_regions(group: VolumeGroup, drl: dict) -> None:
     copied = 0
     for lvid, region in regions:
         vol = by_id.get(lvid)
-        if vol is None:
-            continue
+        if vol is None or vol.entry.copies < 2:
+            continue  # one copy has nothing to agree with (stale would mean unreadable)
         start = region * DRL_REGION
         end = min(start + DRL_REGION, vol.size)
         for lp, within, _, n in vol.segments(start, max(0, end - start)):

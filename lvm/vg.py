@@ -225,6 +225,10 @@ class VolumeGroup:
         path, reads, resync sources and the dirty-region log leave it alone."""
         return any(p.defers(index) for p in self.async_pools.values())
 
+    def lagging(self, index: int) -> bool:
+        """PV ``index`` holds a copy that the I/O cache is still ahead of."""
+        return any(p.lags(index) for p in self.async_pools.values())
+
     def async_pool_for(self, entry):
         """The asynchronous pool (not inactive) holding a copy of LV ``entry``, or None."""
         for p in self.async_pools.values():
@@ -499,7 +503,7 @@ class VolumeGroup:
         for loc in (m[lp] for m in lv.entry.maps):
             if loc in exclude or loc in self.vgsa.stale or not self.usable(loc[0]):
                 continue
-            if self.async_pools and self.deferred(loc[0]):
+            if self.async_pools and self.lagging(loc[0]):
                 continue  # behind the local copies by what the cache holds
             dev = self.devices[loc[0]]
             rank = (loc[0] in avoid, not self.is_local(dev))

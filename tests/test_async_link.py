@@ -142,3 +142,55 @@ def test_failover_finds_a_prefix_of_the_writes_at_the_remote_site(geo, tmp_path)
     assert all(blk == bytes(65536) for blk in held[k:]), \
         f"B holds a write after write {k + 1} that it misses: not a prefix"
     print(f"B holds the first {k} of {n} flushed writes")
+
+
+def test_failback_discards_what_never_reached_the_other_site(geo, tmp_path):
+    """A dies with writes cached; B takes over and writes; at failback A's cached writes are
+    discarded (LVM_AIO_DISCARD) and A's copy is resynchronized from B, never merged."""
+    a, b = geo.a, geo.b
+    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
+                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
+        async_pools(a)
+        qemu_io(a.nbd_uri("datafslv"), "write -P 7 0 1M", "flush")  # reaches B
+        wait_for(lambda: pool_b(a)["cache_empty"], "the first write to reach B")
+        proxy.set(mode="blackhole")
+        qemu_io(a.nbd_uri("datafslv"), "write -P 9 0 512k", "write -P 9 2M 256k", "flush")
+        assert pool_b(a)["pending_writes"] == 2
+        a.kill()
+        # failover: B runs the VG and writes elsewhere
+        for s in ("rpvserver0", "rpvserver1"):
+            b.ctl("chdev", "-l", s, "-a", "auto_online=n")
+            b.ctl("rmdev", "-l", s)
+        b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+        b.ctl("chvg", "-a", "n", "-Q", "n", "datavg")
+        qemu_io(b.nbd_uri("datafslv"), "write -P 11 3M 64k", "flush")
+        # failback, the seed's way
+        b.ctl("varyoffvg", "datavg")
+        for s in ("rpvserver0", "rpvserver1"):
+            b.ctl("chdev", "-l", s, "-a", "auto_online=y")
+            b.ctl("mkdev", "-l", s)
+        proxy.set(mode="pass")
+        a.start()
+        for d in RPV_CLIENTS:
+            a.ctl("mkdev", "-l", d)
+        a.ctl("varyonvg", "-n", "-s", "datavg")
+        a.ctl("chpv", "-v", "a", "hdisk1")
+        a.ctl("chpv", "-v", "a", "hdisk2")
+        a.ctl("varyoffvg", "datavg")
+        a.ctl("varyonvg", "datavg")
+        a.ctl("syncvg", "-v", "datavg")
+        assert a.json("lsvg", "datavg")["stale_pps"] == 0
+        assert "LVM_AIO_DISCARD" in [e["label"] for e in a.json("errpt")]
+        detail = a.ctl("errpt", "-a", "-j", next(e["identifier"] for e in a.json("errpt")
+                                                  if e["label"] == "LVM_AIO_DISCARD"))
+        assert "2 writes (786432 bytes) never reached site Poughkeepsie" in detail
+        assert copies_equal(geo, "datafslv") == []
+        image = tmp_path / "at-a.bin"
+        run("nbdcopy", a.nbd_uri("datafslv"), str(image))
+        data = image.read_bytes()
+        assert data[:1 << 20] == bytes([7]) * (1 << 20)  # B's view: A's 9s are gone
+        assert data[2 << 20:(2 << 20) + 262144] == bytes(262144)
+        assert data[3 << 20:(3 << 20) + 65536] == bytes([11]) * 65536
+        assert pool_b(a)["state"] == "active" and pool_b(a)["cache_empty"]
