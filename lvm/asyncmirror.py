@@ -34,7 +34,7 @@ from collections.abc import Callable
 import structlog
 
 from lvm import pools
-from lvm.aiocache import RecordInfo, batches
+from lvm.aiocache import Appended, RecordInfo, batches
 from lvm.aiocache_io import CacheLogDevice
 from lvm.layout import pp_offset
 from lvm.metadata import LVEntry, chunks_of
@@ -49,12 +49,14 @@ TRANSITIONS = {
     (ACTIVE, "drain"): DRAINING,
     (ACTIVE, "overflow"): FALLBACK,
     (DRAINING, "overflow"): FALLBACK,
+    (DRAINING, "abort"): ACTIVE,  # the remote site went away during chmp -S (no -f)
     (FALLBACK, "caught_up"): ACTIVE,
     (DRAINING, "drained"): INACTIVE,
     (FALLBACK, "drain"): INACTIVE,  # nothing is cached in fallback: sync at once
 }
 
 RETRY_SECONDS = 1.0  # how often a sender whose remote PVs are missing looks again
+REPLAY_TRIES = 3  # sends a varyon replay tries before it turns the cache into stale marks
 
 
 class CacheLV:
@@ -87,22 +89,28 @@ class AsyncPool:
     """One asynchronous mirror pool of a varied-on VG."""
 
     def __init__(self, group: VolumeGroup, name: str, cache: CacheLogDevice | None,
-                 state: str = ACTIVE, now: Callable[[], float] = time.monotonic):
+                 state: str = ACTIVE, now: Callable[[], float] = time.monotonic,
+                 resync: Callable[[], None] | None = None):
         self.group, self.name, self.cache, self.state = group, name, cache, state
         self.members = frozenset(pools.pools_of(group.vgda).get(name, []))
         self.now = now
+        self.resync = resync  # starts the VG's background resync (after a fallback)
         self.wake = asyncio.Event()  # new records, a flush, a PV back
         self.space = asyncio.Event()  # records released, or the state changed
+        self.appended = asyncio.Event()  # an append completed (in-order acknowledgement)
         self.restarts = 0  # a member's server answered as a new instance
         self.writers = 0  # writes between "defer" and "appended"
         self.idle = asyncio.Event()
         self.idle.set()
+        self.sending = asyncio.Lock()  # one sender pass, or one fallback, at a time
+        self.broken = False  # an append failed: the log is reformatted before reuse
         self.appended_at: deque[tuple[int, float]] = deque()  # (seq, when) of pending records
         self.stats = {"writes": 0, "bytes": 0, "sent_writes": 0, "sent_bytes": 0,
                       "hwm_hits": 0, "waits": 0, "fallbacks": 0}
         self.at_hwm = False
-        self.last_contact = now()
+        self.drain_forced = False
         self.task: asyncio.Task | None = None
+        self.falling: asyncio.Task | None = None  # the fallback in progress
 
     # -- state ---------------------------------------------------------------------------------
     def event(self, what: str) -> None:
@@ -133,6 +141,9 @@ class AsyncPool:
     def remote_usable(self) -> bool:
         return all(self.group.usable(i) for i in self.members)
 
+    def _caching(self) -> bool:
+        return self.state in (ACTIVE, DRAINING) and not self.broken
+
     # -- the write path ------------------------------------------------------------------------
     async def admit(self) -> bool:
         """Before a write to an LV with a copy in this pool: wait while the pool drains;
@@ -140,24 +151,36 @@ class AsyncPool:
         while self.state == DRAINING:
             self.space.clear()
             await self.space.wait()
-        if self.state != ACTIVE:
+        if self.state != ACTIVE or self.broken:
             return False
         self.writers += 1
         self.idle.clear()
         return True
 
-    async def log_write(self, lvid: int, offset: int, data) -> bool:
-        """Append a deferred write to the cache (after :meth:`admit` said so); waits at the
-        high-water mark (back-pressure). False when the pool fell back instead (the remote
-        site cannot drain the cache): the caller marks the copy stale for this write."""
+    async def log_write(self, lvid: int, offset: int, data, fua: bool = False) -> bool:
+        """Append a deferred write to the cache (after :meth:`admit` said so) and return
+        once it and every earlier append are complete (so a FLUSH, and a crash replay, never
+        find a later write without an earlier one); with ``fua`` also durable. Waits at the
+        high-water mark and when the cache is full (back-pressure). False when the pool fell
+        back instead: the caller marks the copy stale for this write."""
         try:
             if not await self._below_hwm():
                 return False
             view = memoryview(data)
             step = self.cache.log.max_payload
+            last = 0
             for start in range(0, len(view), step):
-                seq = await self.cache.append(lvid, offset + start, view[start:start + step])
-                self.appended_at.append((seq, self.now()))
+                seq = await self._append(lvid, offset + start, view[start:start + step])
+                if seq is None:
+                    return False
+                last = seq
+            while self.cache.log.flush_mark() < last:  # earlier appends still being written
+                if self.broken:
+                    return False
+                self.appended.clear()
+                await self.appended.wait()
+            if fua:
+                await self.cache.flush()
             self.stats["writes"] += 1
             self.stats["bytes"] += len(view)
             self.wake.set()
@@ -167,9 +190,44 @@ class AsyncPool:
             if not self.writers:
                 self.idle.set()
 
+    async def _append(self, lvid: int, offset: int, data) -> int | None:
+        """One record: reserved when there is room (else wait, or fall back with the remote
+        site down), then written. None when the pool stopped caching meanwhile."""
+        log_ = self.cache.log
+        while True:
+            if not self._caching():
+                return None
+            result = log_.append(lvid, offset, data)
+            if isinstance(result, Appended):
+                break
+            if result.reclaimable:
+                await self.cache.checkpoint()
+                continue
+            if not self.remote_usable():
+                self.overflow_soon("the I/O cache is full while the remote site is "
+                                   "unreachable")
+                return None
+            self.stats["waits"] += 1
+            self.space.clear()
+            await self.space.wait()
+        try:
+            for off, buf in result.writes:
+                await self.cache.dev.write(off, buf)
+        except BaseException as e:  # the reserved record may be torn: never send it
+            self.broken = True
+            self.appended.set()  # writers waiting for this record's completion give up
+            log.error("lvm_async_cache_write_failed", vg=self.group.name, pool=self.name,
+                      error=repr(e))
+            self.overflow_soon(f"the I/O cache cannot be written: {e!r}")
+            raise
+        log_.write_done(result.seq)
+        self.appended_at.append((result.seq, self.now()))
+        self.appended.set()
+        return result.seq
+
     async def _below_hwm(self) -> bool:
         log_ = self.cache.log
-        while log_.above_hwm(self.hwm) and self.state == ACTIVE:
+        while log_.above_hwm(self.hwm) and self._caching():
             if not self.at_hwm:
                 self.at_hwm = True
                 self.stats["hwm_hits"] += 1
@@ -183,7 +241,7 @@ class AsyncPool:
             self.space.clear()
             await self.space.wait()
         self.at_hwm = False
-        return self.state == ACTIVE
+        return self._caching()
 
     def barrier(self) -> int:
         """A FLUSH arrived: later appends join a new epoch. Returns the flush mark."""
@@ -200,26 +258,29 @@ class AsyncPool:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop the sender; a fallback in progress is finished first (its stale marks are
+        what keeps the remote copy honest)."""
         if self.task is not None:
             self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
+        if self.falling is not None:
+            await asyncio.gather(self.falling, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             try:
                 progressed = await self.send_once()
+                if self.state == ACTIVE and self._remote_stale():
+                    await self.overflow("the remote copy has stale partitions")
+                if self.state == FALLBACK:
+                    await self.catch_up_check()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - logged; the sender must not die silently
                 log.error("lvm_async_sender_error", vg=self.group.name, pool=self.name,
                           error=repr(e))
                 progressed = False
-            if self.state == FALLBACK:
-                self.catch_up_check()
             if not progressed:
                 self.wake.clear()
                 try:
@@ -227,28 +288,41 @@ class AsyncPool:
                 except TimeoutError:
                     pass
 
+    def _remote_stale(self) -> bool:
+        return any(loc[0] in self.members for loc in self.group.vgsa.stale)
+
     async def send_once(self) -> bool:
         """Send what is sendable, epoch by epoch; True if anything was released."""
-        if self.state not in (ACTIVE, DRAINING) or not self.group.online:
+        async with self.sending:
+            return await self._send_pass()
+
+    async def _send_pass(self) -> bool:
+        if not self._caching() or not self.group.online:
             return False
         log_ = self.cache.log
         records = log_.sendable()
         if not records:
-            if log_.pending() and log_.durable_seq < log_.next_seq - 1:
+            if log_.pending() and log_.durable_seq < log_.flush_mark():
+                before = log_.durable_seq
                 await self.cache.flush()  # make appended records sendable (group commit)
-                return True
+                return log_.durable_seq > before
             if self.state == DRAINING and not log_.pending():
                 self.event("drained")
             return False
         if not self.remote_usable():
-            if self.at_hwm or self.state == DRAINING and self.drain_forced:
-                await self.overflow("the remote site is unreachable")
+            if self.state == DRAINING:
+                if not self.drain_forced:
+                    self.event("abort")  # chmp -S fails: the remote site went away
+                    return False
+                self.overflow_soon("the remote site is unreachable (chmp -S -f)")
+            elif self.at_hwm:
+                self.overflow_soon("the remote site is unreachable")
             return False
         restarts = self.restarts
         released = False
         for epoch_batches in _by_epoch(batches(records)):
             for batch in epoch_batches:
-                if not await self._send_batch(batch):
+                if not self._caching() or not await self._send_batch(batch):
                     return released
             if not await self._flush_remote() or self.restarts != restarts:
                 return released  # a server restarted: resend from the tail
@@ -267,7 +341,7 @@ class AsyncPool:
 
     async def _send(self, rec: RecordInfo) -> None:
         group = self.group
-        vol = next((v for v in group.lvs.values() if v.entry.lvid == rec.lvid), None)
+        vol = _lv_by_id(group, rec.lvid)
         if vol is None:
             return  # the LV was removed since: nothing to mirror
         copy = self.copy_of(vol.entry)
@@ -302,86 +376,101 @@ class AsyncPool:
         self.space.set()
 
     # -- falling back, catching up, draining ---------------------------------------------------
-    drain_forced = False
-
     def overflow_soon(self, reason: str) -> None:
-        """:meth:`overflow` from a writer, which must not wait for itself to finish: the
-        state changes now, the rest runs in a task."""
+        """Fall back from a writer or the sender, which must not wait for it: the state
+        changes now; the stale marking runs in its own task (see :meth:`overflow`)."""
         if self.state not in (ACTIVE, DRAINING):
             return
         self.event("overflow")
-        task = asyncio.get_running_loop().create_task(self._fall_back(reason))
-        self.group.background.add(task)
-        task.add_done_callback(self.group.background.discard)
+        self.falling = asyncio.get_running_loop().create_task(self._fall_back(reason))
+        self.group.background.add(self.falling)
+        self.falling.add_done_callback(self.group.background.discard)
 
     async def overflow(self, reason: str) -> None:
         """The remote copy cannot be kept as a consistent lagging copy: mark every range
         still in the cache stale on it (durably), drop the records, write it synchronously
         from now on (stale while its PVs are missing) until a resync catches it up."""
-        if self.state not in (ACTIVE, DRAINING):
-            return
-        self.event("overflow")
-        await self._fall_back(reason)
+        self.overflow_soon(reason)
+        if self.falling is not None:
+            await asyncio.shield(self.falling)
 
     async def _fall_back(self, reason: str) -> None:
-        await self.idle.wait()  # writes already admitted finish their appends
-        group = self.group
-        pending = self.cache.log.pending()
-        nbytes = sum(r.length for r in pending)
-        for rec in pending:
-            self.mark_remote_stale(rec.lvid, rec.offset, rec.length)
-        await group.settle()
-        if pending:
-            try:
-                await self.cache.release(pending[-1].seq)
-            except OSError as e:  # the cache LV failed: its records are stale marks now
-                log.warning("lvm_async_release_failed", pool=self.name, error=str(e))
-            self._released(pending[-1].seq)
+        await self.idle.wait()  # writes already admitted finish (or give up) their appends
+        async with self.sending:  # and no sender pass is half way through a batch
+            group = self.group
+            pending = self.cache.log.pending()
+            nbytes = sum(r.length for r in pending)
+            for rec in pending:
+                self.mark_remote_stale(rec.lvid, rec.offset, rec.length)
+            await group.settle()
+            if pending:
+                try:
+                    await self.cache.release(pending[-1].seq)
+                except OSError as e:  # the cache LV failed: its records are stale marks now
+                    log.warning("lvm_async_release_failed", pool=self.name, error=str(e))
+                self._released(pending[-1].seq)
         self.stats["fallbacks"] += 1
         log.error("lvm_async_fallback", vg=group.name, pool=self.name, reason=reason,
                   writes=len(pending), bytes=nbytes)
         group._log("LVM_AIO_CACHE_FULL", group.name,
                    f"mirror pool {self.name}: {reason}; {len(pending)} cached writes "
                    f"({nbytes} bytes) are now stale partitions to resynchronize")
+        if self.resync is not None and self.remote_usable():
+            self.resync()
 
     def mark_remote_stale(self, lvid: int, offset: int, length: int) -> None:
-        vol = next((v for v in self.group.lvs.values() if v.entry.lvid == lvid), None)
+        vol = _lv_by_id(self.group, lvid)
         copy = self.copy_of(vol.entry) if vol is not None else None
         if copy is None:
             return
         for lp, within, _, n in vol.segments(offset, length):
             self.group.mark_stale(vol.entry.maps[copy][lp], chunks_of(within, n))
 
-    def catch_up_check(self) -> None:
-        """Back to active once the remote copy has no stale partition and its PVs answer."""
-        if self.state != FALLBACK or not self.remote_usable():
+    async def catch_up_check(self) -> None:
+        """Back to active once the fallback is done, the remote PVs answer and no copy of
+        the VG is stale (a stale local copy would have no source while the cache lags);
+        a cache that failed is formatted again first."""
+        if self.state != FALLBACK or not self.remote_usable() or self.group.vgsa.stale:
             return
-        if any(loc[0] in self.members for loc in self.group.vgsa.stale):
+        if self.falling is not None and not self.falling.done():
             return
+        if self.broken:
+            try:
+                self.cache = await CacheLogDevice.format(self.cache.dev)
+            except (OSError, ValueError) as e:
+                log.warning("lvm_async_cache_reformat_failed", pool=self.name, error=str(e))
+                return
+            self.broken = False
+            self.appended_at.clear()
         self.event("caught_up")
 
-    async def drain(self, force: bool, timeout: float | None = None) -> None:
+    async def drain(self, force: bool) -> None:
         """chmp -S: stop caching; return once the remote copy has every cached write (or,
-        with ``force`` and the remote site down, once they are stale partitions)."""
+        with ``force`` and the remote site down, once they are stale partitions). Raises
+        OSError when the remote site is (or goes) down without ``force``."""
         if self.state == INACTIVE:
             return
         if self.state == FALLBACK:
+            if self.falling is not None:
+                await asyncio.shield(self.falling)
             self.event("drain")
             return
-        if self.cache.log.pending() and not self.remote_usable() and not force:
-            raise OSError(errno.EHOSTDOWN, "the remote site is unreachable")
-        self.drain_forced = force
-        self.event("drain")
+        if self.state == ACTIVE:
+            if self.cache.log.pending() and not self.remote_usable() and not force:
+                raise OSError(errno.EHOSTDOWN, "the remote site is unreachable")
+            self.drain_forced = force
+            self.event("drain")
         if self.task is None:
             self.start()
-        await asyncio.wait_for(self._until_drained(), timeout)
-
-    async def _until_drained(self) -> None:
         while self.state == DRAINING:
             self.wake.set()
             self.space.clear()
             await self.space.wait()  # set by every release and every state change
+        if self.state == ACTIVE:  # aborted: the remote site went away
+            raise OSError(errno.EHOSTDOWN, "the remote site became unreachable")
         if self.state == FALLBACK:  # forced with the remote site down: stale, then sync
+            if self.falling is not None:
+                await asyncio.shield(self.falling)
             self.event("drain")
 
     # -- listing -------------------------------------------------------------------------------
@@ -440,6 +529,11 @@ class AsyncMirrors:
         if changed:
             await group.write_vgda()
 
+    def started(self, group: VolumeGroup) -> None:
+        """After varyon (dirty regions recovered): the senders run."""
+        for pool in group.async_pools.values():
+            pool.start()
+
     async def start(self, group: VolumeGroup, name: str) -> None:
         pool = group.async_pools.get(name)
         if pool is None or pool.state == INACTIVE:
@@ -468,7 +562,7 @@ class AsyncMirrors:
         failover must find every write there), then stop the senders; what could not be
         sent stays in the cache and is replayed at the next varyon here."""
         for pool in group.async_pools.values():
-            await pool.stop()
+            await pool.stop()  # a fallback in progress finishes first
             if pool.state == ACTIVE and pool.cache is not None:
                 try:
                     await asyncio.wait_for(_send_all(pool), timeout)
@@ -515,7 +609,8 @@ class AsyncMirrors:
         except ValueError:
             cache = await CacheLogDevice.format(dev)
         stale = any(loc[0] in pools.pool_members(group.vgda, name) for loc in group.vgsa.stale)
-        pool = AsyncPool(group, name, cache, FALLBACK if stale else ACTIVE)
+        pool = AsyncPool(group, name, cache, FALLBACK if stale else ACTIVE,
+                         resync=lambda: self.core.resyncs.start_background(group))
         records = cache.log.pending()
         other = cfg.pop("superseded_by", None)
         if records and other:
@@ -535,10 +630,17 @@ class AsyncMirrors:
                     bytes=nbytes)
         for rec in records:  # the local copies get every durable record again, in order
             await _redo_local(pool, rec)
+        failures = 0
         while pool.cache.log.pending() and pool.state == ACTIVE:
-            if not pool.remote_usable() or not await pool.send_once():
+            if pool.remote_usable() and await pool.send_once():
+                failures = 0
+                continue
+            failures += 1
+            if failures >= REPLAY_TRIES or not pool.remote_usable():
                 await pool.overflow("the remote site is unreachable while the I/O cache is "
                                     "replayed at varyon")
+            else:
+                await asyncio.sleep(RETRY_SECONDS)
 
     async def _discard(self, pool: AsyncPool, records: list[RecordInfo], other: str) -> None:
         group = pool.group
@@ -565,10 +667,8 @@ class AsyncMirrors:
 async def _send_all(pool: AsyncPool) -> None:
     log_ = pool.cache.log
     while log_.pending() and pool.remote_usable() and pool.state == ACTIVE:
-        if not await pool.send_once() and not log_.sendable():
-            await pool.cache.flush()
-        elif not log_.sendable() and log_.pending():
-            continue
+        if not await pool.send_once():
+            await asyncio.sleep(RETRY_SECONDS / 10)  # a failed pass: do not spin
     if log_.pending():
         raise OSError(errno.EHOSTDOWN, f"{len(log_.pending())} writes are still cached")
 

@@ -303,6 +303,7 @@ class LVMManager:
             group, pv_status = await self.assembler.assemble(name, vgid, pvids, force,
                                                              maintenance, discard_site)
         self.vgs[name] = group
+        self.asyncs.started(group)
         if not nosync:
             self.resyncs.start_background(group)
         return {"pv_status": pv_status,

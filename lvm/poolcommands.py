@@ -164,6 +164,15 @@ class PoolCommands:
         if entry is None or entry.type != "aio_cache":
             raise CommandError(f"{cache_lv} is not an aio_cache logical volume of "
                                f"{group.name} (mklv -t aio_cache -p copy1=LOCALPOOL ...)")
+        current = vgda.async_pools.get(pool, {}).get("cache_lv")
+        if current and current != cache_lv:
+            raise CommandError(f"mirror pool {pool} caches in {current}; switch it back "
+                               f"first (chmp -S -m {pool} {group.name}) to change the cache")
+        for lv in vgda.data_lvs():
+            others = [p for p in lv.pools if p != pool and p in vgda.async_pools]
+            if pool in lv.pools and others:
+                raise CommandError(f"{lv.name} already has a copy in asynchronous mirror "
+                                   f"pool {others[0]}; one asynchronous pool per LV")
         others = [p for p in vgda.cache_users(cache_lv) if p != pool]
         if others:
             raise CommandError(f"{cache_lv} is already the I/O cache of mirror pool "

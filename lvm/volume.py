@@ -227,7 +227,8 @@ class LogicalVolume:
         pool = vg.async_pool_for(self.entry) if vg.async_pools else None
         logged = None  # the append to an asynchronous pool's cache, for the copy it defers
         if pool is not None and await pool.admit():
-            logged = asyncio.ensure_future(pool.log_write(self.entry.lvid, offset, data))
+            logged = asyncio.ensure_future(pool.log_write(self.entry.lvid, offset, data,
+                                                          fua))
         else:
             pool = None
         pp_size = vg.vgda.pp_size

@@ -48,9 +48,11 @@ def test_pools_place_copies_and_keep_sites_apart(geo):
     assert "COPY 2 MIRROR POOL:" in a.ctl("lslv", "datafslv")
 
     want = {"vg": "datavg", "mirror_pool_strict": "s", "pools": [
-        {"pool": "PoolA", "mode": "sync", "site": "Philadelphia", "pvs": ["hdisk1", "hdisk2"],
+        {"pool": "PoolA", "mode": "sync", "async": None, "site": "Philadelphia",
+         "pvs": ["hdisk1", "hdisk2"],
          "copies": [{"lv": "datafslv", "copy": 1}]},
-        {"pool": "PoolB", "mode": "sync", "site": "Poughkeepsie", "pvs": ["hdisk3", "hdisk4"],
+        {"pool": "PoolB", "mode": "sync", "async": None, "site": "Poughkeepsie",
+         "pvs": ["hdisk3", "hdisk4"],
          "copies": [{"lv": "datafslv", "copy": 2}]}]}
     assert a.json("lsmp", "datavg") == want
     human = a.ctl("lsmp", "datavg")
