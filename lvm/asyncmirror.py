@@ -284,7 +284,8 @@ class AsyncPool:
             if not progressed:
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), RETRY_SECONDS)
+                    async with asyncio.timeout(RETRY_SECONDS):
+                        await self.wake.wait()
                 except TimeoutError:
                     pass
 

@@ -291,3 +291,107 @@ def test_cache_lv_rules():
             await mgr.pool.chmp("datavg", "PoolA", mode="async", cache_lv="cachelv")
         await mgr.varyoffvg("datavg")
     asyncio.run(main())
+
+
+def test_sender_runs_after_a_varyon():
+    async def main():
+        site, mgr, remote = await async_site()
+        await mgr.varyoffvg("datavg")
+        await mgr.varyonvg("datavg")
+        _, vol = mgr.find_lv("datalv")
+        await vol.write(0, b"v" * 65536)
+        await vol.flush()
+        await until(lambda: async_state(mgr)["cache_empty"])
+        assert copy_bytes(site, mgr, 1, 0, 65536) == b"v" * 65536
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_a_full_cache_with_the_remote_down_falls_back_at_the_default_mark():
+    """hwm 100: writers wait for space only while the remote site can free it."""
+    async def main():
+        site, mgr, remote = await async_site(cache_lps=1, hwm=100)
+        _, vol = mgr.find_lv("datalv")
+        remote.fail = True
+        for i in range(24):  # 6 MiB into a 4 MiB cache
+            await asyncio.wait_for(vol.write(i * 256 * 1024, bytes([i + 1]) * 256 * 1024), 10)
+        await until(lambda: async_state(mgr)["state"] == "fallback")
+        group, _ = mgr.find_lv("datalv")
+        assert group.vgsa.stale
+        remote.fail = False
+        await mgr.varyonvg("datavg")
+        for g in mgr.vgs.values():
+            if g.resync_task:
+                await g.resync_task
+        await until(lambda: async_state(mgr)["state"] == "active")
+        for i in range(24):
+            assert copy_bytes(site, mgr, 1, i * 256 * 1024, 4096) == bytes([i + 1]) * 4096
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_a_failed_cache_write_falls_back_and_the_cache_is_formatted_again():
+    async def main():
+        site, mgr, remote = await async_site()
+        group, vol = mgr.find_lv("datalv")
+        pool = group.async_pools["PoolB"]
+        real = pool.cache.dev
+
+        class Failing:
+            name, size = real.name, real.size
+
+            async def write(self, offset, data, fua=False):
+                raise OSError(5, "injected cache write error")
+
+            def __getattr__(self, attr):
+                return getattr(real, attr)
+
+        pool.cache.dev = Failing()
+        await vol.write(0, b"f" * 65536)  # acknowledged from the local copy; remote stale
+        assert group.vgsa.stale
+        pool.cache.dev = real
+        for g in mgr.vgs.values():  # the fallback started a resync (the remote is up)
+            if g.resync_task:
+                await g.resync_task
+        await until(lambda: async_state(mgr)["state"] == "active")
+        assert not pool.broken and copy_bytes(site, mgr, 1, 0, 65536) == b"f" * 65536
+        await vol.write(65536, b"g" * 65536)
+        await vol.flush()
+        await until(lambda: async_state(mgr)["cache_empty"])
+        assert copy_bytes(site, mgr, 1, 65536, 65536) == b"g" * 65536
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_fua_writes_are_durable_in_the_cache():
+    async def main():
+        site, mgr, remote = await async_site()
+        group, vol = mgr.find_lv("datalv")
+        pool = group.async_pools["PoolB"]
+        remote.gate.clear()
+        await vol.write(0, b"u" * 4096, fua=True)
+        log_ = pool.cache.log
+        assert log_.durable_seq == log_.next_seq - 1  # no FLUSH needed: the record is durable
+        remote.gate.set()
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
+
+
+def test_chmp_sync_aborts_when_the_remote_goes_away_during_the_drain():
+    async def main():
+        from rpv.errors import CommandError
+        site, mgr, remote = await async_site()
+        group, vol = mgr.find_lv("datalv")
+        remote.gate.clear()
+        await vol.write(0, b"d" * 65536)
+        await vol.flush()
+        switching = asyncio.ensure_future(mgr.pool.chmp("datavg", "PoolB", mode="sync"))
+        await asyncio.sleep(0.1)
+        remote.fail = True  # the link goes down: the write in flight fails
+        remote.gate.set()
+        with pytest.raises(CommandError, match="use -f"):
+            await asyncio.wait_for(switching, 10)
+        assert async_state(mgr)["state"] == "active"  # still caching, nothing lost
+        assert async_state(mgr)["pending_writes"] == 1
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())
