@@ -4,14 +4,34 @@ is back, and a kill -9 of the production site with writes still cached loses non
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 from rpv.faultproxy.client import start_proxy
 from tests.conftest import qemu_io, run
 from tests.helpers.lvmtools import copies_equal
+from tests.helpers.runbooks import RPV_CLIENTS, RPV_SERVERS, a_takes_back, b_lets_go
 
-RPV_CLIENTS = ("hdisk3", "hdisk4")
+
+@contextlib.contextmanager
+def async_link(a, b, tmp_path):
+    """A's RPV clients reach B through a fault proxy on 127.0.0.3; PoolB asynchronous.
+    Yields the proxy's control client."""
+    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
+                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
+        async_pools(a)
+        yield proxy
+
+
+def fail_over(b) -> None:
+    """The seed's move to the DR site: B's RPV servers down, importvg -f."""
+    for s in RPV_SERVERS:
+        b.ctl("chdev", "-l", s, "-a", "auto_online=n")
+        b.ctl("rmdev", "-l", s)
+    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
 
 
 def async_pools(a) -> None:
@@ -47,11 +67,7 @@ def writes(n: int, base: int = 0) -> list[str]:
 
 def test_async_writes_go_on_while_the_link_is_down_and_catch_up(geo, tmp_path):
     a, b = geo.a, geo.b
-    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
-                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
-        for d in RPV_CLIENTS:
-            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
-        async_pools(a)
+    with async_link(a, b, tmp_path) as proxy:
         proxy.set(mode="blackhole")  # the remote site answers nothing at all
         # 48 writes and a flush complete although no byte reaches site B
         t0 = time.monotonic()
@@ -86,11 +102,7 @@ def test_async_writes_go_on_while_the_link_is_down_and_catch_up(geo, tmp_path):
 
 def test_kill_9_with_writes_cached_loses_none(geo, tmp_path):
     a, b = geo.a, geo.b
-    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
-                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
-        for d in RPV_CLIENTS:
-            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
-        async_pools(a)
+    with async_link(a, b, tmp_path) as proxy:
         proxy.set(mode="blackhole")
         qemu_io(a.nbd_uri("datafslv"), *writes(40, base=4 << 20), "flush")
         assert pool_b(a)["pending_writes"] >= 40
@@ -115,11 +127,7 @@ def test_failover_finds_a_prefix_of_the_writes_at_the_remote_site(geo, tmp_path)
     later write present while an earlier one is missing."""
     a, b = geo.a, geo.b
     n = 60
-    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
-                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
-        for d in RPV_CLIENTS:
-            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
-        async_pools(a)
+    with async_link(a, b, tmp_path) as proxy:
         proxy.set(latency_ms=100)  # every epoch costs the sender two round trips of 200 ms
         cmds = []
         for i in range(n):
@@ -128,10 +136,7 @@ def test_failover_finds_a_prefix_of_the_writes_at_the_remote_site(geo, tmp_path)
         wait_for(lambda: a.json("rpvstat", "-A")[0]["sent_writes"] >= 2,
                  "the sender to deliver some writes")
         a.kill()  # the production site dies with most of the writes still cached
-    for s in ("rpvserver0", "rpvserver1"):
-        b.ctl("chdev", "-l", s, "-a", "auto_online=n")
-        b.ctl("rmdev", "-l", s)
-    b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+    fail_over(b)
     assert b.json("lsmp", "-m", "PoolB", "datavg")["pools"][0]["async"]["state"] == "inactive"
     image = tmp_path / "at-b.bin"
     run("nbdcopy", b.nbd_uri("datafslv"), str(image))
@@ -148,11 +153,7 @@ def test_failback_discards_what_never_reached_the_other_site(geo, tmp_path):
     """A dies with writes cached; B takes over and writes; at failback A's cached writes are
     discarded (LVM_AIO_DISCARD) and A's copy is resynchronized from B, never merged."""
     a, b = geo.a, geo.b
-    with start_proxy(f"127.0.0.3:{b.port}", f"{b.addr}:{b.port}", source=a.addr,
-                     control=str(tmp_path / "proxy.sock")) as (_, proxy):
-        for d in RPV_CLIENTS:
-            a.ctl("chdev", "-l", d, "-a", "server_addr=127.0.0.3")
-        async_pools(a)
+    with async_link(a, b, tmp_path) as proxy:
         qemu_io(a.nbd_uri("datafslv"), "write -P 7 0 1M", "flush")  # reaches B
         wait_for(lambda: pool_b(a)["cache_empty"], "the first write to reach B")
         proxy.set(mode="blackhole")
@@ -160,26 +161,14 @@ def test_failback_discards_what_never_reached_the_other_site(geo, tmp_path):
         assert pool_b(a)["pending_writes"] == 2
         a.kill()
         # failover: B runs the VG and writes elsewhere
-        for s in ("rpvserver0", "rpvserver1"):
-            b.ctl("chdev", "-l", s, "-a", "auto_online=n")
-            b.ctl("rmdev", "-l", s)
-        b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
+        fail_over(b)
         b.ctl("chvg", "-a", "n", "-Q", "n", "datavg")
         qemu_io(b.nbd_uri("datafslv"), "write -P 11 3M 64k", "flush")
         # failback, the seed's way
-        b.ctl("varyoffvg", "datavg")
-        for s in ("rpvserver0", "rpvserver1"):
-            b.ctl("chdev", "-l", s, "-a", "auto_online=y")
-            b.ctl("mkdev", "-l", s)
+        b_lets_go(b)
         proxy.set(mode="pass")
         a.start()
-        for d in RPV_CLIENTS:
-            a.ctl("mkdev", "-l", d)
-        a.ctl("varyonvg", "-n", "-s", "datavg")
-        a.ctl("chpv", "-v", "a", "hdisk1")
-        a.ctl("chpv", "-v", "a", "hdisk2")
-        a.ctl("varyoffvg", "datavg")
-        a.ctl("varyonvg", "datavg")
+        a_takes_back(a)
         a.ctl("syncvg", "-v", "datavg")
         assert a.json("lsvg", "datavg")["stale_pps"] == 0
         assert "LVM_AIO_DISCARD" in [e["label"] for e in a.json("errpt")]

@@ -21,14 +21,18 @@ import pytest
 from rpv.faultproxy.client import start_proxy
 from tests.conftest import qemu_io, run
 from tests.helpers.lvmtools import copies_equal, diff_blocks, read_copy
-from tests.helpers.runbooks import configure_airline
+from tests.helpers.runbooks import (
+    RPV_CLIENTS,
+    RPV_SERVERS,
+    a_takes_back,
+    b_lets_go,
+    configure_airline,
+)
 
 MiB = 1 << 20
 KiB = 1 << 10
 LV_MB = 40  # datafslv: 10 LPs of 4 MiB (configure_airline)
 FS_MB = 32  # the ext4 image at the start of datafslv
-RPV_SERVERS = ("rpvserver0", "rpvserver1")
-RPV_CLIENTS = ("hdisk3", "hdisk4")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -168,17 +172,6 @@ def failover_to_b(b, quorum_message: str) -> str:
     assert quorum_message in b.fails("importvg", "-y", "datavg", "hdisk2")
     assert b.json("lsvg") == []
     return b.ctl("importvg", "-f", "-y", "datavg", "hdisk2")
-
-
-def b_lets_go(b) -> None:
-    """The seed's "Taking Down Disaster Recovery Site": varyoffvg, RPV servers Available."""
-    for s in RPV_SERVERS:
-        b.ctl("chdev", "-l", s, "-a", "auto_online=y")
-    b.ctl("varyoffvg", "datavg")
-    for s in RPV_SERVERS:
-        b.ctl("mkdev", "-l", s)
-    assert {d["name"]: d["state"] for d in b.json("lsdev", "-c", "rpvserver")} == \
-        dict.fromkeys(RPV_SERVERS, "Available")
 
 
 # -- runbooks 2 and 3: production site outage, failover, failback ---------------------------
@@ -593,13 +586,7 @@ def test_mounted_filesystem_failover_and_failback(geo, mounts, tmp_path):
     # -- failback: A restarts, takes its copy back and resyncs
     b_lets_go(b)
     a.start()
-    for d in RPV_CLIENTS:
-        a.ctl("mkdev", "-l", d)
-    a.ctl("varyonvg", "-n", "-s", "datavg")
-    a.ctl("chpv", "-v", "a", "hdisk1")
-    a.ctl("chpv", "-v", "a", "hdisk2")
-    a.ctl("varyoffvg", "datavg")
-    a.ctl("varyonvg", "datavg")
+    a_takes_back(a)
     syncvg(a)
     assert stale_pps(a) == 0
     dev_a2, mnt_a2 = mounts.mount(a, "datafslv", "mnt_a2")
