@@ -12,6 +12,7 @@ from rpv.faultproxy.client import start_proxy
 from tests.conftest import qemu_io, run
 from tests.helpers.lvmtools import copies_equal
 from tests.helpers.runbooks import RPV_CLIENTS, RPV_SERVERS, a_takes_back, b_lets_go
+from tests.helpers.waits import wait_until
 
 
 @contextlib.contextmanager
@@ -54,13 +55,6 @@ def pool_b(a) -> dict:
     return a.json("lsmp", "-m", "PoolB", "datavg")["pools"][0]["async"]
 
 
-def wait_for(cond, what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def writes(n: int, base: int = 0) -> list[str]:
     return [f"write -P {i % 250 + 1} {base + i * 65536} 64k" for i in range(n)]
 
@@ -93,7 +87,7 @@ def test_async_writes_go_on_while_the_link_is_down_and_catch_up(geo, tmp_path):
         for d in RPV_CLIENTS:
             a.ctl("chdev", "-l", d, "-a", "resume=yes")
         a.ctl("varyonvg", "datavg")
-        wait_for(lambda: pool_b(a)["cache_empty"], "the cache to drain")
+        wait_until(lambda: pool_b(a)["cache_empty"], 30, "the cache to drain")
         assert copies_equal(geo, "datafslv") == []
         assert pool_b(a)["sent_writes"] >= 48
         assert a.json("lsvg", "datavg")["stale_pps"] == 0
@@ -133,8 +127,8 @@ def test_failover_finds_a_prefix_of_the_writes_at_the_remote_site(geo, tmp_path)
         for i in range(n):
             cmds += [f"write -P {i + 1} {i * 65536} 64k", "flush"]
         qemu_io(a.nbd_uri("datafslv"), *cmds)  # all acknowledged at local speed
-        wait_for(lambda: a.json("rpvstat", "-A")[0]["sent_writes"] >= 2,
-                 "the sender to deliver some writes")
+        wait_until(lambda: a.json("rpvstat", "-A")[0]["sent_writes"] >= 2, 30,
+                   "the sender to deliver some writes")
         a.kill()  # the production site dies with most of the writes still cached
     fail_over(b)
     assert b.json("lsmp", "-m", "PoolB", "datavg")["pools"][0]["async"]["state"] == "inactive"
@@ -155,7 +149,7 @@ def test_failback_discards_what_never_reached_the_other_site(geo, tmp_path):
     a, b = geo.a, geo.b
     with async_link(a, b, tmp_path) as proxy:
         qemu_io(a.nbd_uri("datafslv"), "write -P 7 0 1M", "flush")  # reaches B
-        wait_for(lambda: pool_b(a)["cache_empty"], "the first write to reach B")
+        wait_until(lambda: pool_b(a)["cache_empty"], 30, "the first write to reach B")
         proxy.set(mode="blackhole")
         qemu_io(a.nbd_uri("datafslv"), "write -P 9 0 512k", "write -P 9 2M 256k", "flush")
         assert pool_b(a)["pending_writes"] == 2

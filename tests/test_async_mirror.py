@@ -14,6 +14,7 @@ from lvm.aiocache import BLOCK
 from lvm.layout import pp_offset
 from tests.helpers.disks import MemDisk, MiB
 from tests.helpers.memsite import MemSite
+from tests.helpers.waits import until
 
 LPS = 8
 
@@ -65,13 +66,6 @@ def copy_bytes(site, mgr, copy: int, offset: int, n: int) -> bytes:
 
 def async_state(mgr) -> dict:
     return mgr.pool.lsmp("datavg", "PoolB")["pools"][0]["async"]
-
-
-async def until(cond, timeout: float = 10.0) -> None:
-    async def wait():
-        while not cond():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(wait(), timeout)
 
 
 def test_writes_complete_at_local_speed_and_the_remote_copy_follows():
