@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/async_latency.py --rtt 0 10 50
 
 SOAK_FAULTS ?= 200
 SOAK_SEED ?= 1

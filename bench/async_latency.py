@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Asynchronous vs synchronous mirroring over a slow link (issue 14), side by side with a
+local-only LV, at several round-trip times through glvm-faultproxy:
+
+    .venv/bin/python bench/async_latency.py [--rtt 10 50] [--runtime 5]
+
+Site A has a local disk (PoolA) and an RPV client of site B's disk behind the proxy (PoolB);
+``synclv`` and ``asynclv`` have one copy in each pool, ``sololv`` only the local one. The
+pools are switched between runs with ``chmp -A`` / ``chmp -S``. fio (nbd engine) measures 4 KiB
+random writes at QD1 (p50/p99 latency) and QD16 (IOPS). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rpv.faultproxy.client import start_proxy  # noqa: E402
+from tests.sites import Site  # noqa: E402
+
+SIZE = "512M"
+WORKLOADS = {"qd1": {"rw": "randwrite", "bs": "4k", "iodepth": 1},
+             "qd16": {"rw": "randwrite", "bs": "4k", "iodepth": 16}}
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def fio(uri: str, opts: dict, runtime: float, size: str = "256M") -> dict:
+    argv = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
+            "--output-format=json", "--time_based", f"--runtime={runtime}", "--ramp_time=1",
+            "--norandommap", "--randrepeat=0", *[f"--{k}={v}" for k, v in opts.items()]]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=runtime + 120, check=True)
+    w = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]["write"]
+    pct = w["clat_ns"].get("percentile", {})
+    return {"iops": round(w["iops"]), "p50_us": round(pct.get("50.000000", 0) / 1000),
+            "p99_us": round(pct.get("99.000000", 0) / 1000)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rtt", type=float, nargs="+", default=[10.0, 50.0],
+                    help="round-trip times to measure, ms")
+    ap.add_argument("--runtime", type=float, default=5.0, help="seconds per fio run")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="glvm-async-bench-"))
+    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=free_port("127.0.0.2"))
+    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=free_port("127.0.0.1"))
+    rows = []
+    try:
+        for s in (b, a):
+            s.start()
+            s.ctl("rpvserver", "site", s.name)
+        a.make_disk("hdisk1", SIZE)
+        pvid = b.make_disk("hdisk1", SIZE)
+        b.serve(pvid, a.addr)
+        with start_proxy("127.0.0.3:0", f"{b.addr}:{b.port}", source=a.addr,
+                         control=str(tmp / "proxy.sock")) as (_, proxy):
+            host, port = proxy.listen_addr()
+            a.ctl("mkdev", "-c", "disk", "-t", "rpvclient", "-a", f"pvid={pvid}",
+                  "-a", f"server_addr={host}", "-a", f"server_port={port}",
+                  "-a", f"local_addr={a.addr}", "-a", "io_timeout=60", "-l", "hdisk2")
+            a.ctl("mkvg", "-p", "PoolA", "-y", "benchvg", "hdisk1")
+            a.ctl("extendvg", "-p", "PoolB", "benchvg", "hdisk2")
+            a.ctl("chvg", "-Q", "n", "-M", "s", "benchvg")
+            a.ctl("mklv", "-y", "mirlv", "-c", "2", "-p", "copy1=PoolA", "-p", "copy2=PoolB",
+                  "benchvg", "64")
+            a.ctl("mklv", "-y", "aiocache", "-t", "aio_cache", "-p", "copy1=PoolA",
+                  "benchvg", "16")
+            a.make_disk("hdisk3", SIZE)
+            a.ctl("mkvg", "-y", "solovg", "hdisk3")
+            a.ctl("mklv", "-y", "sololv", "solovg", "64")
+            for rtt in args.rtt:
+                proxy.set(latency_ms=rtt / 2)
+                for mode in ("local", "sync", "async"):
+                    if mode == "async":
+                        a.ctl("chmp", "-A", "-c", "aiocache", "-h", "90", "-m", "PoolB",
+                              "benchvg")
+                    uri = a.nbd_uri("sololv" if mode == "local" else "mirlv")
+                    row = {"rtt_ms": rtt, "mode": mode}
+                    for w, opts in WORKLOADS.items():
+                        res = fio(uri, opts, args.runtime)
+                        row[w] = res
+                        print(f"rtt {rtt:g} ms {mode:5} {w}: {res}", file=sys.stderr)
+                    if mode == "async":
+                        a.ctl("chmp", "-S", "-m", "PoolB", "benchvg", timeout=600)
+                    rows.append(row)
+            vg = a.json("lsvg", "benchvg")
+            assert vg["stale_pps"] == 0, vg
+    finally:
+        for s in (a, b):
+            s.stop()
+    print("| RTT | LV | QD1 p50 µs | QD1 p99 µs | QD1 IOPS | QD16 IOPS |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rtt_ms']:g} ms | {r['mode']} | {r['qd1']['p50_us']} | "
+              f"{r['qd1']['p99_us']} | {r['qd1']['iops']} | {r['qd16']['iops']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
