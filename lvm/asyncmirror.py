@@ -289,6 +289,12 @@ class AsyncPool:
                 except TimeoutError:
                     pass
 
+    @property
+    def consistent(self) -> bool:
+        """The remote copy is a point in time of the local one (not falling back, nothing
+        stale on it)."""
+        return self.state != FALLBACK and not self._remote_stale()
+
     def _remote_stale(self) -> bool:
         return any(loc[0] in self.members for loc in self.group.vgsa.stale)
 
@@ -491,7 +497,7 @@ class AsyncPool:
             "pending_writes": len(pending),
             "pending_bytes": sum(r.length for r in pending),
             "lag_seconds": round(self.now() - oldest, 3) if oldest is not None else 0.0,
-            "consistent": self.state != FALLBACK and stale == 0,
+            "consistent": self.consistent,
             "stale_pps": stale,
             **self.stats}
 
@@ -609,9 +615,10 @@ class AsyncMirrors:
             cache, _ = await CacheLogDevice.open(dev)
         except ValueError:
             cache = await CacheLogDevice.format(dev)
-        stale = any(loc[0] in pools.pool_members(group.vgda, name) for loc in group.vgsa.stale)
-        pool = AsyncPool(group, name, cache, FALLBACK if stale else ACTIVE,
+        pool = AsyncPool(group, name, cache,
                          resync=lambda: self.core.resyncs.start_background(group))
+        if pool._remote_stale():  # a resync must catch the remote copy up first
+            pool.state = FALLBACK
         records = cache.log.pending()
         other = cfg.pop("superseded_by", None)
         if records and other:

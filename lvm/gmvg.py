@@ -110,7 +110,7 @@ class GMVG:
                     f"in time: " + ("it is being resynchronized after the I/O cache "
                                     "overflowed" if p.state == "fallback" else
                                     "it has stale partitions")
-                    for p in group.async_pools.values() if not p.describe()["consistent"]]
+                    for p in group.async_pools.values() if not p.consistent]
         return {"vg": vg, "copies": table, "lvs": checks, "warnings": warnings,
                 "ok": all(not c["problems"] for c in checks)}
 
