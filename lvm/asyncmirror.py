@@ -30,11 +30,12 @@ import errno
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import groupby
 
 import structlog
 
 from lvm import pools
-from lvm.aiocache import Appended, RecordInfo, batches
+from lvm.aiocache import HEADER_BLOCK, Appended, RecordInfo
 from lvm.aiocache_io import CacheLogDevice
 from lvm.layout import pp_offset
 from lvm.metadata import LVEntry, chunks_of
@@ -55,6 +56,8 @@ TRANSITIONS = {
     (FALLBACK, "drain"): INACTIVE,  # nothing is cached in fallback: sync at once
 }
 
+SEND_WINDOW = 32 << 20  # bytes the sender keeps in flight to the remote site, at most
+KEEP_PAYLOADS = 64 << 20  # recent payloads kept in memory for the sender (else read back)
 RETRY_SECONDS = 1.0  # how often a sender whose remote PVs are missing looks again
 REPLAY_TRIES = 3  # sends a varyon replay tries before it turns the cache into stale marks
 
@@ -105,6 +108,9 @@ class AsyncPool:
         self.sending = asyncio.Lock()  # one sender pass, or one fallback, at a time
         self.broken = False  # an append failed: the log is reformatted before reuse
         self.appended_at: deque[tuple[int, float]] = deque()  # (seq, when) of pending records
+        self.payloads: dict[int, memoryview] = {}  # seq -> payload, within KEEP_PAYLOADS
+        self.kept = 0  # bytes in ``payloads``
+        self.kept_seqs: deque[int] = deque()  # their seqs, in the order they were kept
         self.stats = {"writes": 0, "bytes": 0, "sent_writes": 0, "sent_bytes": 0,
                       "hwm_hits": 0, "waits": 0, "fallbacks": 0}
         self.at_hwm = False
@@ -222,6 +228,11 @@ class AsyncPool:
             raise
         log_.write_done(result.seq)
         self.appended_at.append((result.seq, self.now()))
+        if self.kept + len(data) <= KEEP_PAYLOADS:  # the sender need not read it back
+            image = result.writes[-1].data
+            self.payloads[result.seq] = memoryview(image)[HEADER_BLOCK:HEADER_BLOCK + len(data)]
+            self.kept += len(data)
+            self.kept_seqs.append(result.seq)
         self.appended.set()
         return result.seq
 
@@ -327,49 +338,98 @@ class AsyncPool:
             return False
         restarts = self.restarts
         released = False
-        for epoch_batches in _by_epoch(batches(records)):
-            for batch in epoch_batches:
-                if not self._caching() or not await self._send_batch(batch):
-                    return released
+        for epoch in _by_epoch(records):
+            if not await self._stream(epoch):
+                return released
             if not await self._flush_remote() or self.restarts != restarts:
                 return released  # a server restarted: resend from the tail
-            last = epoch_batches[-1][-1].seq
-            await self.cache.release(last)
-            self._released(last)
+            await self.cache.release(epoch[-1].seq)
+            self._released(epoch[-1].seq)
             released = True
         return released
 
-    async def _send_batch(self, batch: list[RecordInfo]) -> bool:
-        results = await asyncio.gather(*(self._send(r) for r in batch), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, OSError):
-                raise r
-        return not any(isinstance(r, OSError) for r in results)
+    async def _stream(self, records: list[RecordInfo]) -> bool:
+        """Send one epoch's records in seq order with many in flight; False on a failure.
 
-    async def _send(self, rec: RecordInfo) -> None:
+        A server applies one connection's writes in arrival order, so the remote copy holds
+        a prefix of this stream at every instant. What would break that waits until the
+        writes in flight are confirmed: a record for another remote PV than theirs, one that
+        overlaps one of them, one that spans partitions (sent alone), a full window."""
+        flight: deque[tuple[list, set, RecordInfo]] = deque()  # oldest first
+        busy: set[tuple[int, int]] = set()  # (PV, 4 KiB block) written by records in flight
+        nbytes = 0
+        try:
+            for rec in records:
+                if not self._caching():
+                    return False
+                writes = await self._targets(rec)
+                if not writes:
+                    continue  # the LV (or its copy in this pool) was removed since
+                keys = {(i, b) for i, pos, view in writes
+                        for b in range(pos >> 12, ((pos + len(view) - 1) >> 12) + 1)}
+                solo = len(writes) > 1
+                while flight and (solo or flight[0][0][0][0] != writes[0][0]
+                                  or nbytes >= SEND_WINDOW or not busy.isdisjoint(keys)):
+                    futs, done_keys, done = flight.popleft()
+                    if not await self._confirmed(futs, done):
+                        return False
+                    busy -= done_keys
+                    nbytes -= done.length
+                futs = [(i, self._submit(i, pos, view)) for i, pos, view in writes]
+                if solo and not await self._confirmed(futs, rec):
+                    return False
+                if not solo:
+                    flight.append((futs, keys, rec))
+                    busy |= keys
+                    nbytes += rec.length
+            while flight:
+                futs, _, done = flight.popleft()
+                if not await self._confirmed(futs, done):
+                    return False
+            return True
+        finally:
+            for futs, _, _ in flight:  # abandoned on a failure: their outcome is not needed
+                for _, fut in futs:
+                    fut.add_done_callback(_consume)
+
+    async def _targets(self, rec: RecordInfo) -> list[tuple[int, int, memoryview]] | None:
+        """Where the remote copy of a record goes: (PV index, byte position, payload)."""
         group = self.group
         vol = _lv_by_id(group, rec.lvid)
-        if vol is None:
-            return  # the LV was removed since: nothing to mirror
-        copy = self.copy_of(vol.entry)
+        copy = self.copy_of(vol.entry) if vol is not None else None
         if copy is None:
-            return
-        data = await self.cache.read_payload(rec)
-        view = memoryview(data)
-        pp_size = group.vgda.pp_size
+            return None
+        view = self.payloads.get(rec.seq)
+        if view is None:
+            view = memoryview(await self.cache.read_payload(rec))
+        out = []
         for lp, within, start, n in vol.segments(rec.offset, rec.length):
             index, pp = vol.entry.maps[copy][lp]
-            dev = group.devices.get(index)
-            if dev is None or not group.usable(index):
+            if group.devices.get(index) is None or not group.usable(index):
                 raise OSError(errno.EIO, f"{group.pv_name(index)} is not usable")
+            out.append((index, pp_offset(pp, group.vgda.pp_size) + within, view[start:start + n]))
+        return out
+
+    def _submit(self, index: int, pos: int, view) -> asyncio.Future:
+        """Start one write now (in call order): RPV clients queue it without a task."""
+        dev = self.group.devices[index]
+        submit = getattr(dev, "submit_write", None)
+        return submit(pos, view) if submit is not None else asyncio.ensure_future(
+            dev.write(pos, view))
+
+    async def _confirmed(self, futs: list, rec: RecordInfo) -> bool:
+        ok = True
+        for index, fut in futs:
             try:
-                await dev.write(pp_offset(pp, pp_size) + within, view[start:start + n])
+                await fut
             except OSError as e:
-                group.pv_failed(index, f"asynchronous mirror write failed: {e}")
-                raise
-        self.stats["sent_writes"] += 1
-        self.stats["sent_bytes"] += rec.length
-        self.last_contact = self.now()
+                self.group.pv_failed(index, f"asynchronous mirror write failed: {e}")
+                ok = False
+        if ok:
+            self.stats["sent_writes"] += 1
+            self.stats["sent_bytes"] += rec.length
+            self.last_contact = self.now()
+        return ok
 
     async def _flush_remote(self) -> bool:
         ok = await asyncio.gather(*(self.group.flush_pv(i) for i in self.members
@@ -380,6 +440,8 @@ class AsyncPool:
     def _released(self, seq: int) -> None:
         while self.appended_at and self.appended_at[0][0] <= seq:
             self.appended_at.popleft()
+        while self.kept_seqs and self.kept_seqs[0] <= seq:
+            self.kept -= len(self.payloads.pop(self.kept_seqs.popleft()))
         self.space.set()
 
     # -- falling back, catching up, draining ---------------------------------------------------
@@ -449,6 +511,9 @@ class AsyncPool:
                 return
             self.broken = False
             self.appended_at.clear()
+            self.payloads.clear()  # the new log numbers its records from the start again
+            self.kept_seqs.clear()
+            self.kept = 0
         self.event("caught_up")
 
     async def drain(self, force: bool) -> None:
@@ -502,15 +567,14 @@ class AsyncPool:
             **self.stats}
 
 
-def _by_epoch(groups) -> list[list[list[RecordInfo]]]:
-    """Batches grouped by epoch, in order (each batch holds one epoch only)."""
-    out: list[list[list[RecordInfo]]] = []
-    for batch in groups:
-        if out and out[-1][0][0].epoch == batch[0].epoch:
-            out[-1].append(batch)
-        else:
-            out.append([batch])
-    return out
+def _by_epoch(records: list[RecordInfo]) -> list[list[RecordInfo]]:
+    """Records (in seq order) cut into epochs, in order."""
+    return [list(g) for _, g in groupby(records, key=lambda r: r.epoch)]
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class AsyncMirrors:

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from tests.helpers.mounts import Mounts
 from tests.sites import Site, start_together
 
 # A dedicated port keeps test daemons away from a real rpvd on 6192.
@@ -116,3 +117,11 @@ class Geo:
 @pytest.fixture
 def geo(site_a, site_b):
     return Geo(site_a, site_b, "256M")
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """Attached LVs mounted under tmp_path, undone at teardown (see tests/helpers/mounts)."""
+    m = Mounts(tmp_path)
+    yield m
+    m.cleanup()

@@ -500,43 +500,6 @@ def test_runbook6_six_disks_quorum_and_stale_data(geo, quorum):
 # -- a mounted filesystem through failover and failback -------------------------------------
 
 
-class Mounts:
-    """Attached LVs mounted under tmp_path; teardown undoes whatever a killed site left
-    (a lazy umount, the loop device, the FUSE mount, its nbdfuse)."""
-
-    def __init__(self, tmp_path):
-        self.root = tmp_path
-        self.points: list[Path] = []
-        self.devices: list[str] = []
-
-    def mount(self, site, lv: str, name: str) -> tuple[str, Path]:
-        dev = site.ctl("attach", lv).strip()
-        assert dev.startswith("/dev/"), dev
-        self.devices.append(dev)
-        point = self.root / name
-        point.mkdir()
-        self.points.append(point)
-        return dev, point
-
-    def cleanup(self) -> None:
-        for point in self.points:
-            subprocess.run(["umount", "-l", str(point)], capture_output=True)
-        for dev in self.devices:  # a killed site's loop device outlives its FUSE file
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            target = line.split()[4]
-            if target.startswith(str(self.root)) and "fuse" in line:
-                subprocess.run(["fusermount3", "-uz", target], capture_output=True)
-        subprocess.run(["pkill", "-f", f"nbdfuse .*{self.root}"], capture_output=True)
-
-
-@pytest.fixture
-def mounts(tmp_path):
-    m = Mounts(tmp_path)
-    yield m
-    m.cleanup()
-
-
 def write_files(point: Path, n: int, seed: int) -> dict[str, bytes]:
     files = {f"f{seed}_{i}.bin": os.urandom(100_000 + 997 * i) for i in range(n)}
     for name, data in files.items():
