@@ -7,22 +7,27 @@ local-only LV, at several round-trip times through glvm-faultproxy:
 Site A has a local disk (PoolA) and an RPV client of site B's disk behind the proxy (PoolB);
 ``synclv`` and ``asynclv`` have one copy in each pool, ``sololv`` only the local one. The
 pools are switched between runs with ``chmp -A`` / ``chmp -S``. fio (nbd engine) measures 4 KiB
-random writes at QD1 (p50/p99 latency) and QD16 (IOPS). Prints a markdown table.
+random writes at QD1 (p50/p99 latency) and QD16 (IOPS), next to qemu-nbd quorum (a local file
+plus an nbdkit child behind a proxy with the same latency). Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.run import quorum_argv  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
 from tests.sites import Site  # noqa: E402
 
@@ -48,6 +53,45 @@ def fio(uri: str, opts: dict, runtime: float, size: str = "256M") -> dict:
             "p99_us": round(pct.get("99.000000", 0) / 1000)}
 
 
+def qemu_quorum(stack: contextlib.ExitStack, tmp: Path, a_addr: str, b_addr: str):
+    """The reference: qemu-nbd quorum of a local file and an nbdkit file at site B reached
+    through a fault proxy of its own. Returns (NBD URI, the proxy's control)."""
+    files = []
+    for name in ("qemu-local.img", "qemu-remote.img"):
+        files.append(str(tmp / name))
+        with open(files[-1], "wb") as f:
+            f.truncate(int(SIZE[:-1]) << 20)
+    port = free_port(b_addr)
+    nbdkit = subprocess.Popen(["nbdkit", "-f", "-i", b_addr, "-p", str(port), "file",
+                               files[1]], stderr=subprocess.DEVNULL)
+    stack.callback(nbdkit.wait)
+    stack.callback(nbdkit.terminate)
+    _wait(lambda: _connects(b_addr, port), "nbdkit")
+    _, ctl = stack.enter_context(start_proxy("127.0.0.4:0", f"{b_addr}:{port}", source=a_addr,
+                                             control=str(tmp / "qemu-proxy.sock")))
+    host, pport = ctl.listen_addr()
+    sock = str(tmp / "qemu.sock")
+    qemu = subprocess.Popen(quorum_argv(sock, files[0], host, pport), stderr=subprocess.DEVNULL)
+    stack.callback(qemu.wait)
+    stack.callback(qemu.terminate)
+    _wait(lambda: os.path.exists(sock), "qemu-nbd")
+    return f"nbd+unix:///?socket={sock}", ctl
+
+
+def _connects(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+        return True
+    return False
+
+
+def _wait(ready, what: str, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > end:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rtt", type=float, nargs="+", default=[10.0, 50.0],
@@ -65,8 +109,11 @@ def main() -> int:
         a.make_disk("hdisk1", SIZE)
         pvid = b.make_disk("hdisk1", SIZE)
         b.serve(pvid, a.addr)
-        with start_proxy("127.0.0.3:0", f"{b.addr}:{b.port}", source=a.addr,
-                         control=str(tmp / "proxy.sock")) as (_, proxy):
+        with contextlib.ExitStack() as stack:
+            _, proxy = stack.enter_context(start_proxy(
+                "127.0.0.3:0", f"{b.addr}:{b.port}", source=a.addr,
+                control=str(tmp / "proxy.sock")))
+            qemu_uri, qemu_proxy = qemu_quorum(stack, tmp, a.addr, b.addr)
             host, port = proxy.listen_addr()
             a.ctl("mkdev", "-c", "disk", "-t", "rpvclient", "-a", f"pvid={pvid}",
                   "-a", f"server_addr={host}", "-a", f"server_port={port}",
@@ -75,25 +122,33 @@ def main() -> int:
             a.ctl("extendvg", "-p", "PoolB", "benchvg", "hdisk2")
             a.ctl("chvg", "-Q", "n", "-M", "s", "benchvg")
             a.ctl("mklv", "-y", "mirlv", "-c", "2", "-p", "copy1=PoolA", "-p", "copy2=PoolB",
-                  "benchvg", "64")
+                  "benchvg", "64", "hdisk1", "hdisk2")
+            # the I/O cache on a local disk of its own, as AIX advises: its group commits
+            # then flush only the cache, not the data copy's dirty pages as well
+            a.make_disk("hdisk4", SIZE)
+            a.ctl("extendvg", "-p", "PoolA", "benchvg", "hdisk4")
             a.ctl("mklv", "-y", "aiocache", "-t", "aio_cache", "-p", "copy1=PoolA",
-                  "benchvg", "16")
+                  "benchvg", "16", "hdisk4")
             a.make_disk("hdisk3", SIZE)
             a.ctl("mkvg", "-y", "solovg", "hdisk3")
             a.ctl("mklv", "-y", "sololv", "solovg", "64")
             for rtt in args.rtt:
                 proxy.set(latency_ms=rtt / 2)
-                for mode in ("local", "sync", "async"):
+                qemu_proxy.set(latency_ms=rtt / 2)
+                for mode in ("local", "sync", "async", "qemu quorum"):
                     if mode == "async":
                         a.ctl("chmp", "-A", "-c", "aiocache", "-h", "90", "-m", "PoolB",
                               "benchvg")
-                    uri = a.nbd_uri("sololv" if mode == "local" else "mirlv")
+                    uri = {"local": a.nbd_uri("sololv"),
+                           "qemu quorum": qemu_uri}.get(mode, a.nbd_uri("mirlv"))
                     row = {"rtt_ms": rtt, "mode": mode}
                     for w, opts in WORKLOADS.items():
                         res = fio(uri, opts, args.runtime)
                         row[w] = res
                         print(f"rtt {rtt:g} ms {mode:5} {w}: {res}", file=sys.stderr)
                     if mode == "async":
+                        print(f"rtt {rtt:g} ms async pool: {a.json('rpvstat', '-A')[0]}",
+                              file=sys.stderr)
                         a.ctl("chmp", "-S", "-m", "PoolB", "benchvg", timeout=600)
                     rows.append(row)
             vg = a.json("lsvg", "benchvg")

@@ -98,6 +98,21 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+
+def quorum_argv(sock: str, local: str, host: str, port: int) -> list[str]:
+    """qemu-nbd serving on ``sock`` a quorum of a local raw file and a remote NBD child."""
+    opts = ("driver=quorum,vote-threshold=1,read-pattern=fifo,"
+            f"children.0.driver=raw,children.0.file.driver=file,"
+            f"children.0.file.filename={local},"
+            "children.1.driver=raw,children.1.file.driver=nbd,"
+            "children.1.file.server.type=inet,"
+            f"children.1.file.server.host={host},children.1.file.server.port={port}")
+    # writeback cache (qemu-nbd's default, like nbdkit file and glvm: page cache, flush on
+    # NBD FLUSH), thread-pool AIO (native AIO needs O_DIRECT), -t keeps serving between runs.
+    return ["qemu-nbd", "-k", sock, "-t", "--cache=writeback", "--aio=threads",
+            "--image-opts", opts]
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -302,17 +317,7 @@ class Bench:
 
     def qemu_quorum(self, name: str, local: str, host: str, port: int) -> str:
         sock = str(self.tmp / f"{name}.sock")
-        opts = ("driver=quorum,vote-threshold=1,read-pattern=fifo,"
-                f"children.0.driver=raw,children.0.file.driver=file,"
-                f"children.0.file.filename={local},"
-                "children.1.driver=raw,children.1.file.driver=nbd,"
-                "children.1.file.server.type=inet,"
-                f"children.1.file.server.host={host},children.1.file.server.port={port}")
-        # writeback cache (qemu-nbd's default, like nbdkit file and glvm: page cache, flush
-        # on NBD FLUSH), thread-pool AIO (native AIO needs O_DIRECT), -t keeps serving between
-        # fio runs.
-        argv = ["qemu-nbd", "-k", sock, "-t", "--cache=writeback", "--aio=threads",
-                "--image-opts", opts]
+        argv = quorum_argv(sock, local, host, port)
         self.commands[name] = argv
         self.wait_listening(name, self.spawn(name, argv), unix=sock)
         return sock

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +59,7 @@ TRANSITIONS = {
 
 SEND_WINDOW = 32 << 20  # bytes the sender keeps in flight to the remote site, at most
 KEEP_PAYLOADS = 64 << 20  # recent payloads kept in memory for the sender (else read back)
+CHECKPOINT_SECONDS = 1.0  # how often the sender persists the cache's tail, at most
 RETRY_SECONDS = 1.0  # how often a sender whose remote PVs are missing looks again
 REPLAY_TRIES = 3  # sends a varyon replay tries before it turns the cache into stale marks
 
@@ -78,7 +80,31 @@ class CacheLV:
         return await self.lv.read(offset, length)
 
     async def write(self, offset: int, data, fua: bool = False) -> None:
+        if not fua and self._write_now(offset, data):
+            return
         await self.lv.write(offset, bytes(data), fua)
+
+    def _write_now(self, offset: int, data) -> bool:
+        """The common case without the LV write path: one LP, whose only copy is fresh on a
+        usable local PV (cache records never overlap, so no range lock is needed). False when
+        the LV path must take the write."""
+        lv, group = self.lv, self.group
+        where = lv._one_lp(offset, len(data))
+        if where is None or len(lv.entry.maps) != 1:
+            return False
+        lp, within = where
+        loc = lv.entry.maps[0][lp]
+        dev = group.devices.get(loc[0])
+        if loc in group.vgsa.stale or not group.usable(loc[0]) or \
+                not hasattr(dev, "write_now"):
+            return False
+        try:
+            dev.write_now(pp_offset(loc[1], group.vgda.pp_size) + within, data)
+        except OSError as e:
+            group.pv_failed(loc[0], f"write failed: {e}")
+            raise
+        group.note_written(loc, within, len(data))
+        return True
 
     async def flush(self) -> None:
         pvs = {pv for m in self.lv.entry.maps for pv, _ in m if self.group.usable(pv)}
@@ -100,7 +126,9 @@ class AsyncPool:
         self.resync = resync  # starts the VG's background resync (after a fallback)
         self.wake = asyncio.Event()  # new records, a flush, a PV back
         self.space = asyncio.Event()  # records released, or the state changed
-        self.appended = asyncio.Event()  # an append completed (in-order acknowledgement)
+        self.ordered: list[tuple[int, int, asyncio.Future]] = []  # heap: writers waiting for
+        # every append up to a seq to be complete (in-order acknowledgement)
+        self.checkpointed_at = 0.0  # when the cache's tail was last persisted by the sender
         self.restarts = 0  # a member's server answered as a new instance
         self.writers = 0  # writes between "defer" and "appended"
         self.idle = asyncio.Event()
@@ -180,11 +208,12 @@ class AsyncPool:
                 if seq is None:
                     return False
                 last = seq
-            while self.cache.log.flush_mark() < last:  # earlier appends still being written
+            if self.cache.log.flush_mark() < last:  # earlier appends still being written
+                fut = asyncio.get_running_loop().create_future()
+                heapq.heappush(self.ordered, (last, id(fut), fut))
+                await fut
                 if self.broken:
                     return False
-                self.appended.clear()
-                await self.appended.wait()
             if fua:
                 await self.cache.flush()
             self.stats["writes"] += 1
@@ -221,24 +250,37 @@ class AsyncPool:
                 await self.cache.dev.write(off, buf)
         except BaseException as e:  # the reserved record may be torn: never send it
             self.broken = True
-            self.appended.set()  # writers waiting for this record's completion give up
+            self._wake_ordered()  # writers waiting for this record's completion give up
             log.error("lvm_async_cache_write_failed", vg=self.group.name, pool=self.name,
                       error=repr(e))
             self.overflow_soon(f"the I/O cache cannot be written: {e!r}")
             raise
         log_.write_done(result.seq)
         self.appended_at.append((result.seq, self.now()))
+        if self.ordered:
+            self._wake_ordered()
         if self.kept + len(data) <= KEEP_PAYLOADS:  # the sender need not read it back
             image = result.writes[-1].data
             self.payloads[result.seq] = memoryview(image)[HEADER_BLOCK:HEADER_BLOCK + len(data)]
             self.kept += len(data)
             self.kept_seqs.append(result.seq)
-        self.appended.set()
         return result.seq
+
+    def _wake_ordered(self) -> None:
+        """Writers whose appends, and every earlier one, are complete go on (all of them
+        when the cache broke)."""
+        mark = self.cache.log.flush_mark()
+        while self.ordered and (self.ordered[0][0] <= mark or self.broken):
+            fut = heapq.heappop(self.ordered)[2]
+            if not fut.done():
+                fut.set_result(None)
 
     async def _below_hwm(self) -> bool:
         log_ = self.cache.log
         while log_.above_hwm(self.hwm) and self._caching():
+            if log_.reclaimable_bytes:  # released space the sender has not yet checkpointed
+                await self.cache.checkpoint()
+                continue
             if not self.at_hwm:
                 self.at_hwm = True
                 self.stats["hwm_hits"] += 1
@@ -325,6 +367,7 @@ class AsyncPool:
                 await self.cache.flush()  # make appended records sendable (group commit)
                 return log_.durable_seq > before
             if self.state == DRAINING and not log_.pending():
+                await self.cache.checkpoint()  # leave an empty log behind
                 self.event("drained")
             return False
         if not self.remote_usable():
@@ -343,10 +386,22 @@ class AsyncPool:
                 return released
             if not await self._flush_remote() or self.restarts != restarts:
                 return released  # a server restarted: resend from the tail
-            await self.cache.release(epoch[-1].seq)
+            await self.cache.release(epoch[-1].seq, persist=self._checkpoint_due())
             self._released(epoch[-1].seq)
             released = True
         return released
+
+    def _checkpoint_due(self) -> bool:
+        """Persist the cache's tail after a release only now and then: a lost checkpoint
+        costs only a resend of records the remote site already has (in order, so it ends
+        where it was). Space that waits for a checkpoint is reclaimed when writers need it."""
+        log_ = self.cache.log
+        now = self.now()
+        if now - self.checkpointed_at < CHECKPOINT_SECONDS and \
+                log_.reclaimable_bytes < log_.area_size // 4:
+            return False
+        self.checkpointed_at = now
+        return True
 
     async def _stream(self, records: list[RecordInfo]) -> bool:
         """Send one epoch's records in seq order with many in flight; False on a failure.
