@@ -225,3 +225,40 @@ def test_failback_discards_what_never_reached_the_other_site(geo, tmp_path):
         assert data[2 << 20:(2 << 20) + 262144] == bytes(262144)
         assert data[3 << 20:(3 << 20) + 65536] == bytes([11]) * 65536
         assert pool_b(a)["state"] == "active" and pool_b(a)["cache_empty"]
+
+
+def test_high_water_mark_then_back_to_synchronous(geo, tmp_path):
+    """A slow link: writes beyond the high-water mark wait for the sender, none is dropped
+    or made stale; chmp -S drains the cache and mirrors synchronously again; with the link
+    down a switch is refused unless -f, which makes the cached writes stale partitions."""
+    a, b = geo.a, geo.b
+    with async_link(a, b, tmp_path) as proxy:
+        a.ctl("chmp", "-h", "10", "-m", "PoolB", "datavg")  # about 800 KiB of the cache
+        proxy.set(bandwidth_bps=1 << 20)
+        qemu_io(a.nbd_uri("datafslv"), *writes(48), "flush")  # 3 MiB over 1 MiB/s
+        state = pool_b(a)
+        assert state["hwm"] == 10 and state["hwm_hits"] >= 1 and state["waits"] >= 1, state
+        assert state["state"] == "active" and a.json("lsvg", "datavg")["stale_pps"] == 0
+        wait_until(lambda: pool_b(a)["cache_empty"], 30, "the cache to drain")
+        assert copies_equal(geo, "datafslv") == []
+
+        proxy.set(bandwidth_bps=0, latency_ms=50)
+        qemu_io(a.nbd_uri("datafslv"), *writes(16, base=8 << 20))
+        assert "sync" in a.ctl("chmp", "-S", "-m", "PoolB", "datavg")  # drains first
+        assert [p["mode"] for p in a.json("lsmp", "datavg")["pools"]] == ["sync", "sync"]
+        assert copies_equal(geo, "datafslv") == []
+
+        a.ctl("chmp", "-A", "-c", "aiocache", "-m", "PoolB", "datavg")
+        proxy.set(mode="blackhole")
+        qemu_io(a.nbd_uri("datafslv"), *writes(4, base=12 << 20), "flush")
+        assert "-f" in a.fails("chmp", "-S", "-m", "PoolB", "datavg")
+        assert pool_b(a)["state"] == "active" and pool_b(a)["pending_writes"] == 4
+        a.ctl("chmp", "-S", "-f", "-m", "PoolB", "datavg")
+        assert a.json("lsvg", "datavg")["stale_pps"] > 0  # the cached writes, now stale
+        proxy.set(mode="pass", latency_ms=0)
+        for d in RPV_CLIENTS:
+            a.ctl("chdev", "-l", d, "-a", "resume=yes")
+        a.ctl("varyonvg", "datavg")
+        a.ctl("syncvg", "-v", "datavg")
+        assert a.json("lsvg", "datavg")["stale_pps"] == 0
+        assert copies_equal(geo, "datafslv") == []
