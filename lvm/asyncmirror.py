@@ -41,6 +41,7 @@ from lvm.aiocache_io import CacheLogDevice
 from lvm.layout import pp_offset
 from lvm.metadata import LVEntry, chunks_of
 from lvm.vg import VolumeGroup
+from rpv.client.device import ignore_outcome
 from rpv.errors import CommandError
 
 log = structlog.get_logger("lvm")
@@ -445,7 +446,7 @@ class AsyncPool:
         finally:
             for futs, _, _ in flight:  # abandoned on a failure: their outcome is not needed
                 for _, fut in futs:
-                    fut.add_done_callback(_consume)
+                    fut.add_done_callback(ignore_outcome)
 
     async def _targets(self, rec: RecordInfo) -> list[tuple[int, int, memoryview]] | None:
         """Where the remote copy of a record goes: (PV index, byte position, payload)."""
@@ -625,11 +626,6 @@ class AsyncPool:
 def _by_epoch(records: list[RecordInfo]) -> list[list[RecordInfo]]:
     """Records (in seq order) cut into epochs, in order."""
     return [list(g) for _, g in groupby(records, key=lambda r: r.epoch)]
-
-
-def _consume(fut: asyncio.Future) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 class AsyncMirrors:

@@ -87,6 +87,8 @@ class RPVClient:
         self._max_payload = 1024 * 1024
         self.stats = IOStats()
         self.instance: bytes | None = None  # the server instance that answered last HELLO
+        self.heard_at = 0.0  # loop time of the last reply or HELLO from the server
+        self._checking = False  # a path check is running
 
     # -- what the request table keeps ----------------------------------------------------------
     @property
@@ -290,11 +292,14 @@ class RPVClient:
             bufs = conn.send_read(req.rid, req.offset, req.length, remaining)
         elif req.opcode is Opcode.CHECKSUM:
             bufs = conn.send_checksum(req.rid, req.offset, req.length, remaining)
-        else:
+        elif req.opcode is Opcode.FLUSH:
             bufs = conn.send_flush(req.rid, remaining)
+        else:
+            bufs = conn.send_ping(req.rid, remaining)
         link.queue(bufs)
 
     def _on_reply(self, link: _Link, ev) -> None:
+        self.heard_at = self._loop.time()
         req = self._table.reply(ev)
         if req is None:
             return
@@ -325,15 +330,39 @@ class RPVClient:
         if expired is None:
             self._arm_timer()
             return
-        self.stats.timeouts += 1
-        self._failed(expired.failed)
-        self._leave_online(expired.reason)
         log.error("rpvc_io_timeout", device=self.name, server=self.server_addr,
                   io_timeout=self.io_timeout)
+        self._timed_out(expired.reason, expired.failed)
+
+    def _timed_out(self, reason: str, failed: list[Request]) -> None:
+        self.stats.timeouts += 1
+        self._failed(failed)
+        self._leave_online(reason)
         if self._on_timeout:
-            self._on_timeout(self, expired.reason)
+            self._on_timeout(self, reason)
         if self.auto_resume:
             self.start_probe()
+
+    def check_path(self, seconds: float, why: str) -> None:
+        """Another device on the same network path timed out (``why``): unless this one
+        hears from its server within ``seconds`` (the answer to a PING sent now, or any
+        other reply), it fails as at its own io_timeout, so one outage is detected once."""
+        if self.state is not ClientState.ONLINE or self._checking:
+            return
+        self._checking = True
+        since = self._loop.time()
+        self._submit(Opcode.PING, 0, 0, None, False).add_done_callback(ignore_outcome)
+        self._loop.call_later(seconds, self._path_verdict, since, seconds, why)
+
+    def _path_verdict(self, since: float, seconds: float, why: str) -> None:
+        self._checking = False
+        if self.state is not ClientState.ONLINE or self.heard_at >= since:
+            return
+        reason = (f"no response from RPV server {self.server_addr} within {seconds:g} s of "
+                  f"a path check ({why})")
+        log.error("rpvc_path_check_failed", device=self.name, server=self.server_addr,
+                  local_addr=self.local_addr, seconds=seconds, after=why)
+        self._timed_out(reason, self._table.fail(Event.EXPIRE, reason))
 
     def _fail(self, reason: str, event: Event) -> None:
         """Leave the online state by ``event``: fail every outstanding request with EIO."""
@@ -418,6 +447,7 @@ class RPVClient:
     def _adopt(self, link: _Link) -> None:
         """Use ``link`` from now on. Requests sent on a link it replaces are sent again on
         this one at once (the server closed the old session when this one said HELLO)."""
+        self.heard_at = self._loop.time()
         old = self._link
         if old is not None and old is not link:
             old.close()
@@ -590,3 +620,9 @@ async def discover(server_addr: str, local_addr: str, port: int, timeout: float,
             transport.close()
 
     return await asyncio.wait_for(run(), timeout)
+
+
+def ignore_outcome(fut: asyncio.Future) -> None:
+    """A done callback for a future whose outcome nobody awaits (no "never retrieved")."""
+    if not fut.cancelled():
+        fut.exception()

@@ -41,6 +41,8 @@ TRANSITIONS = {
 }
 
 CONNECT_TIMEOUT_MAX = 10.0
+PATH_CHECK_SECONDS = 0.5  # how long a device may stay silent after another on its path timed
+# out (any reply within it, or the answer to a PING, shows its path is up)
 
 
 def new_pvid() -> str:
@@ -459,6 +461,12 @@ class DeviceManager:
 
     def _client_timed_out(self, client: RPVClient, reason: str) -> None:
         self.errlog.log("RPVC_IO_TIMEOUT", client.name, "disk", "rpvclient", reason)
+        path = (client.server_addr, client.server_port, client.local_addr)
+        for other in self.disks.values():  # the same network path is probably down for all
+            if isinstance(other, RPVClient) and other is not client and \
+                    (other.server_addr, other.server_port, other.local_addr) == path:
+                other.check_path(min(PATH_CHECK_SECONDS, other.io_timeout),
+                                 f"{client.name} on the same path timed out")
 
     async def _unconfigure(self, dev: Device) -> None:
         if dev.dev_class == "disk":
