@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/async_latency.py --rtt 0 10 50
+	$(PY) bench/outage_detect.py --pvs 2 4
 
 SOAK_FAULTS ?= 200
 SOAK_SEED ?= 1
