@@ -36,7 +36,7 @@ class Assembler:
         self.pvs = pvs
         self.errlog = errors
         # run at varyon before dirty-region recovery (lvm.asyncmirror.AsyncMirrors.prepare)
-        self.prepare: Callable[[VolumeGroup], Awaitable[None]] | None = None
+        self.prepare: Callable[[VolumeGroup, dict], Awaitable[None]] | None = None
 
     def build(self, vgda: VGDA, vgsa: VGSA, devmap: dict, seqs: dict, quorum: bool,
               maintenance: bool = False) -> VolumeGroup:
@@ -143,7 +143,8 @@ class Assembler:
             await group.commit_vgsa()
             await group.write_vgda()
             if self.prepare is not None:  # asynchronous pools: the cache first
-                await self.prepare(group)
+                await self.prepare(group, {pvid: f[1].drl for pvid, f in found.items()
+                                           if f[1].drl})
             await recover_dirty_regions(group, drl_rec[1])
         except (OSError, CommandError) as e:
             raise CommandError(f"varyonvg {name} failed: {e}") from None

@@ -39,7 +39,7 @@ from lvm import pools
 from lvm.aiocache import HEADER_BLOCK, Appended, RecordInfo
 from lvm.aiocache_io import CacheLogDevice
 from lvm.layout import pp_offset
-from lvm.metadata import LVEntry, chunks_of
+from lvm.metadata import DRL_REGION, LVEntry, chunks_of
 from lvm.vg import VolumeGroup
 from rpv.client.device import ignore_outcome
 from rpv.errors import CommandError
@@ -81,31 +81,7 @@ class CacheLV:
         return await self.lv.read(offset, length)
 
     async def write(self, offset: int, data, fua: bool = False) -> None:
-        if not fua and self._write_now(offset, data):
-            return
         await self.lv.write(offset, bytes(data), fua)
-
-    def _write_now(self, offset: int, data) -> bool:
-        """The common case without the LV write path: one LP, whose only copy is fresh on a
-        usable local PV (cache records never overlap, so no range lock is needed). False when
-        the LV path must take the write."""
-        lv, group = self.lv, self.group
-        where = lv._one_lp(offset, len(data))
-        if where is None or len(lv.entry.maps) != 1:
-            return False
-        lp, within = where
-        loc = lv.entry.maps[0][lp]
-        dev = group.devices.get(loc[0])
-        if loc in group.vgsa.stale or not group.usable(loc[0]) or \
-                not hasattr(dev, "write_now"):
-            return False
-        try:
-            dev.write_now(pp_offset(loc[1], group.vgda.pp_size) + within, data)
-        except OSError as e:
-            group.pv_failed(loc[0], f"write failed: {e}")
-            raise
-        group.note_written(loc, within, len(data))
-        return True
 
     async def flush(self) -> None:
         pvs = {pv for m in self.lv.entry.maps for pv, _ in m if self.group.usable(pv)}
@@ -162,9 +138,16 @@ class AsyncPool:
         """Copies on PV ``index`` are written by the sender, not by the write path."""
         return self.state in (ACTIVE, DRAINING) and index in self.members
 
-    def lags(self, index: int) -> bool:
-        """Copies on PV ``index`` miss writes the cache still holds (not a read source)."""
-        return self.defers(index) and self.cache is not None and self.cache.log.pending_bytes > 0
+    def lags(self, index: int, lvid: int, lp: int) -> bool:
+        """The copy of LP ``lp`` of LV ``lvid`` on PV ``index`` misses writes the cache still
+        holds (not a read source). The records are looked at only when the cache is not
+        empty, which matters only when no local copy can serve the read."""
+        if not self.defers(index) or self.cache is None or not self.cache.log.pending_bytes:
+            return False
+        pp = self.group.vgda.pp_size
+        start, end = lp * pp, (lp + 1) * pp
+        return self.writers > 0 or any(
+            r.lvid == lvid and r.offset < end and r.end > start for r in self.cache.log.pending())
 
     @property
     def hwm(self) -> int:
@@ -636,16 +619,18 @@ class AsyncMirrors:
     def __init__(self, core):
         self.core = core  # lvm.manager.LVMManager
 
-    async def prepare(self, group: VolumeGroup) -> None:
+    async def prepare(self, group: VolumeGroup, drls: dict | None = None) -> None:
         """At varyon, before dirty-region recovery: open each pool's cache. Records left by
         a crash are applied again to the local copies and sent to the remote copy (or, with
         the remote site down, become stale partitions). A varyon at another site than the
         cache's (a failover) records in the VGDA that the cache is superseded; the cache's
         site then discards what it still held and resynchronizes those ranges from the
-        other site's copy, never merging them."""
+        other site's copy, never merging them. ``drls``: the dirty-region log each PV holds
+        (pvid -> (seq, log)), for the writes that were in flight when the cache's site
+        stopped."""
         changed = False
         for name in list(group.vgda.async_pools):
-            pool, flagged = await self._open(group, name)
+            pool, flagged = await self._open(group, name, drls or {})
             group.async_pools[name] = pool
             changed |= flagged
         if changed:
@@ -710,7 +695,8 @@ class AsyncMirrors:
             return {"state": INACTIVE, "cache_valid": False}
         return pool.describe()
 
-    async def _open(self, group: VolumeGroup, name: str) -> tuple[AsyncPool, bool]:
+    async def _open(self, group: VolumeGroup, name: str, drls: dict | None = None
+                    ) -> tuple[AsyncPool, bool]:
         """The pool, and whether its VGDA entry changed (superseded here, or cleared)."""
         cfg = group.vgda.async_pools[name]
         vol = group.lvs.get(cfg.get("cache_lv", ""))
@@ -736,8 +722,14 @@ class AsyncMirrors:
             pool.state = FALLBACK
         records = cache.log.pending()
         other = cfg.pop("superseded_by", None)
-        if records and other:
-            await self._discard(pool, records, other)
+        if other:
+            # this site's own last dirty-region log (on the cache's PVs): the writes in
+            # flight when it stopped, whose cache records may be torn
+            own = [d for pvid, d in (drls or {}).items()
+                   if (pv := group.vgda.pv_by_pvid(pvid)) is not None
+                   and any(pv.index == i for m in vol.entry.maps for i, _ in m)]
+            regions = max(own, key=lambda r: r[0])[1].get("regions", []) if own else []
+            await self._discard(pool, records, regions, other)
         elif records:
             await self._replay(pool, records)
         return pool, other is not None
@@ -765,26 +757,37 @@ class AsyncMirrors:
             else:
                 await asyncio.sleep(RETRY_SECONDS)
 
-    async def _discard(self, pool: AsyncPool, records: list[RecordInfo], other: str) -> None:
+    async def _discard(self, pool: AsyncPool, records: list[RecordInfo], regions: list,
+                       other: str) -> None:
+        """Another site ran the VG since: what this site's copies hold beyond the remote
+        copy (the cached writes, and the dirty regions of the writes in flight when it
+        stopped) is marked stale here, to be copied back from the other site's copy."""
         group = pool.group
         nbytes = sum(r.length for r in records)
-        for rec in records:
-            vol = _lv_by_id(group, rec.lvid)
-            if vol is None:
+        ranges = [(r.lvid, r.offset, r.length) for r in records]
+        ranges += [(lvid, region * DRL_REGION, DRL_REGION) for lvid, region in regions]
+        if not ranges:
+            return
+        for lvid, offset, length in ranges:
+            vol = _lv_by_id(group, lvid)
+            if vol is None or pool.copy_of(vol.entry) is None:
                 continue
+            length = max(0, min(length, vol.size - offset))
             for c, m in enumerate(vol.entry.maps):
                 if c == pool.copy_of(vol.entry):
                     continue
-                for lp, within, _, n in vol.segments(rec.offset, rec.length):
+                for lp, within, _, n in vol.segments(offset, length):
                     group.mark_stale(m[lp], chunks_of(within, n))
         await group.settle()
-        await pool.cache.release(records[-1].seq)
+        if records:
+            await pool.cache.release(records[-1].seq)
         log.error("lvm_async_discarded", vg=group.name, pool=pool.name, writes=len(records),
-                  bytes=nbytes, site=other)
+                  bytes=nbytes, regions=len(regions), site=other)
         group._log("LVM_AIO_DISCARD", group.name,
                    f"mirror pool {pool.name}: {len(records)} writes ({nbytes} bytes) never "
-                   f"reached site {other}, which ran the volume group since; they are "
-                   f"discarded here and resynchronized from {other}")
+                   f"reached site {other}, which ran the volume group since, and "
+                   f"{len(regions)} dirty regions had writes in flight; they are discarded "
+                   f"here and resynchronized from {other}")
 
 
 async def _send_all(pool: AsyncPool) -> None:

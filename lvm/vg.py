@@ -225,9 +225,10 @@ class VolumeGroup:
         path, reads, resync sources and the dirty-region log leave it alone."""
         return any(p.defers(index) for p in self.async_pools.values())
 
-    def lagging(self, index: int) -> bool:
-        """PV ``index`` holds a copy that the I/O cache is still ahead of."""
-        return any(p.lags(index) for p in self.async_pools.values())
+    def lagging(self, index: int, lvid: int, lp: int) -> bool:
+        """The copy of LP ``lp`` of LV ``lvid`` on PV ``index`` misses writes the I/O cache
+        still holds."""
+        return any(p.lags(index, lvid, lp) for p in self.async_pools.values())
 
     def async_pool_for(self, entry):
         """The asynchronous pool (not inactive) holding a copy of LV ``entry``, or None."""
@@ -503,17 +504,16 @@ class VolumeGroup:
         for loc in (m[lp] for m in lv.entry.maps):
             if loc in exclude or loc in self.vgsa.stale or not self.usable(loc[0]):
                 continue
-            if self.async_pools and self.lagging(loc[0]):
-                continue  # behind the local copies by what the cache holds
             dev = self.devices[loc[0]]
             rank = (loc[0] in avoid, not self.is_local(dev))
-            if rank == (False, False):
+            if rank == (False, False) and not (self.async_pools and
+                                               self.lagging(loc[0], lv.entry.lvid, lp)):
                 return loc, dev
             ranked.append((rank, loc, dev))
-        if not ranked:
-            return None
-        _, loc, dev = min(ranked, key=lambda r: r[0])
-        return loc, dev
+        for _, loc, dev in sorted(ranked, key=lambda r: r[0]):
+            if not (self.async_pools and self.lagging(loc[0], lv.entry.lvid, lp)):
+                return loc, dev  # (not behind the local copies by what the cache holds)
+        return None
 
     # -- which hosts rebooted ----------------------------------------------------------------
     def host_boot(self, index: int) -> str | None:
