@@ -36,6 +36,9 @@ SOAK_SEED ?= 1
 soak: $(STAMP)
 	$(PY) -m tests.soak --faults $(SOAK_FAULTS) --seed $(SOAK_SEED)
 
+soak-async: $(STAMP)
+	$(PY) -m tests.soak --async --faults $(SOAK_FAULTS) --seed $(SOAK_SEED)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
 

@@ -46,6 +46,34 @@ survives a power loss while the other site's copy was good; when A held the only
 (``ONLY_COPY_LOST``), every write followed by a completed FLUSH (or written with FUA)
 survives.
 
+With ``--async`` copy 2 is in an asynchronous mirror pool (README "Asynchronous mirroring"):
+datavg's local PVs in PoolA, the RPV clients in PoolB, super strict pools, datafslv with
+copy1=PoolA and copy2=PoolB, an ``aio_cache`` LV ``aiocache`` in PoolA (``--cache-lps``; by
+default large for most seeds, small -- 2 partitions, so the high-water mark and the fallback
+are reached -- when ``seed % 3 == 1``) and ``chmp -A -c aiocache -h 90 -m PoolB``. The
+expectations change with the semantics (lvm/asyncmirror.py):
+
+* a link or remote-site outage does not make writes wait for io_timeout or fail while the
+  cache has room: B's copy is not marked stale (the cache holds what it misses) unless the
+  pool fell back (``lvm_async_fallback``, errpt LVM_AIO_CACHE_FULL), and after the repair the
+  cache drains (``lsmp -A``: active, cache empty, consistent) before the copies are compared;
+* kill -9 of A loses no acknowledged write (the cache is replayed at the next varyon); a
+  power loss of A may take what was not flushed (A held the only copy of what the cache had
+  not sent), never what a FLUSH or FUA made durable;
+* a failover after kill -9 of A finds at B a prefix of A's writes, not all of them: every
+  block must hold a write of its own history (since the copies were last equal), and no
+  write present at B may have been submitted after a write B lacks was acknowledged (the
+  real-time order the cache keeps; "a cut in the write order"). The writes B lacks are
+  counted as *at risk*, not lost; at the failback A discards them (LVM_AIO_DISCARD, whose
+  byte count must cover them) and B's content is the truth from then on. A planned
+  failover (varyoffvg sends the cache first) must find every write at B;
+* power_a_mirrorvg (unmirrorvg/mirrorvg of the remote copy) is not run: it is about adding a
+  synchronous copy, not about the asynchronous one.
+
+The report then also says how many fallbacks happened, how many writes were at risk at the
+failovers, the highest cache fill ``lsmp -A`` showed and the slowest write while the remote
+site was out.
+
 The schedule (kinds and their parameters) is derived from ``--seed`` only; the first faults
 are a seeded permutation of every kind, so short runs cover as many kinds as they can. The
 workload's exact interleaving depends on timing and is not part of the replay.
@@ -65,6 +93,7 @@ import itertools
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -77,6 +106,7 @@ import threading
 import time
 from pathlib import Path
 
+from glvmctl.client import call
 from rpv.faultproxy.client import FaultProxyControl, start_proxy
 from tests.helpers.lvmtools import diff_blocks, read_copy
 from tests.sites import GLVMCTL, CommandFailed, Site
@@ -124,6 +154,19 @@ WEIGHTS = {"blackhole": 3, "stall_up": 2, "stall_down": 2, "reset": 2, "sigstop_
 # kinds where the application's I/O fails (A's daemon goes away): not an error there
 IO_FAILS = A_DOWN_KINDS + ("kill_a_resync", "failover", "power_a", "power_a_stale",
                            "power_a_resync", "power_a_mirrorvg")
+
+# --async: copy 2 in an asynchronous mirror pool with its I/O cache in PoolA
+POOL_A, POOL_B, CACHE_LV = "PoolA", "PoolB", "aiocache"
+CACHE_HWM = 90  # percent
+ASYNC_LOCAL_DISK_SIZE = "512M"  # A's disks hold the cache too
+CACHE_LPS_LARGE, CACHE_LPS_SMALL = 96, 2  # 384 MiB (~20 s of the workload), 8 MiB
+ASYNC_SKIP = ("power_a_mirrorvg",)  # a synchronous copy added back: not an async fault
+# known product failures with --async, left out of the default kinds (run them with --kinds):
+# disk_a -- a failed local disk that holds part of the aio_cache LV leaves partitions of
+# datafslv with no fresh copy at all (LVM_IO_FAIL "no readable copy", syncvg "no good copy")
+ASYNC_KNOWN_BAD = ("disk_a",)
+ASYNC_KINDS = tuple(k for k in KINDS if k not in ASYNC_SKIP + ASYNC_KNOWN_BAD)
+DRAIN_TIMEOUT = 120.0  # the cache must be empty (and the pool active) this soon after repair
 
 
 class SoakAbort(Exception):
@@ -354,11 +397,13 @@ class Model:
         self._unflushed: list[WriteRec] = []  # acknowledged since the last FLUSH was sent
         self.lock = threading.Lock()
         self.acked = self.unknown = 0
+        self.last_seq = 0  # the highest sequence number handed out
 
     def new_write(self, offset: int, length: int, fua: bool, site: str) -> tuple[WriteRec,
                                                                                   bytes]:
         with self.lock:
             seq = next(self._seq)
+            self.last_seq = seq
         first = offset // BLOCK
         data = b"".join(block_content(self.seed, seq, first + i) for i in range(length // BLOCK))
         rec = WriteRec(seq, offset, length, hashlib.blake2b(data, digest_size=16).hexdigest(),
@@ -441,6 +486,68 @@ class Model:
             got = identify(self.seed, first + i, data[i * BLOCK:(i + 1) * BLOCK])
             if isinstance(got, int):
                 self.possible[first + i] = frozenset({got})
+
+    def rebase(self, offset: int, data: bytes) -> None:
+        """Another copy became the truth (a failover to a copy that lags, as an asynchronous
+        one does): what was read is what each block holds from now on, durably; writes it
+        lacks are forgotten, and no later FLUSH can make them durable."""
+        self._unflushed = []
+        first = offset // BLOCK
+        for i in range(len(data) // BLOCK):
+            got = identify(self.seed, first + i, data[i * BLOCK:(i + 1) * BLOCK])
+            if isinstance(got, int):
+                b = first + i
+                self.possible[b] = frozenset({got})
+                self.durable[b], self.after[b] = got, ()
+
+    def prefix_check(self, base_seq: int, base: list[frozenset[int]], data: bytes) -> dict:
+        """Is ``data`` (the whole LV, read from a copy that lags) the content after a prefix
+        of the writes made since the copies were last equal (``base``: what each block held
+        then; ``base_seq``: the last write issued before)?
+
+        Per block, the writes since then that touched it are ordered (the client's range
+        lock), so the block must hold one of them (or its base content): the ones after it
+        are missing. The cache sends in the order the writes were made, and a write
+        acknowledged before another was submitted was made before it; so no write present
+        may have been submitted after a missing write was acknowledged. Writes whose outcome
+        is unknown may be missing anywhere. Returns bad blocks (not in their history), the
+        order violation if any, and the acknowledged writes missing ("at risk")."""
+        hist: dict[int, list[WriteRec]] = collections.defaultdict(list)
+        with self.lock:
+            recs = sorted((r for s, r in self.writes.items() if s > base_seq
+                           and r.state in ("acked", "unknown")), key=lambda r: r.seq)
+        for r in recs:
+            for b in self._blocks(r):
+                hist[b].append(r)
+        bad: list[tuple[int, int | str, list[int]]] = []
+        at_risk: dict[int, WriteRec] = {}
+        latest_present: WriteRec | None = None  # the present write submitted last
+        first_missing: WriteRec | None = None  # the missing acknowledged write acked first
+        missing = 0  # (acknowledged write, block) pairs B lacks
+        for b in range(self.nblocks):
+            got = identify(self.seed, b, data[b * BLOCK:(b + 1) * BLOCK])
+            chain = hist.get(b, [])
+            if got in base[b]:
+                j = 0
+            else:
+                j = next((i + 1 for i, r in enumerate(chain) if r.seq == got), None)
+                if j is None:
+                    bad.append((b, got, sorted(base[b]) + [r.seq for r in chain]))
+                    continue
+                r = chain[j - 1]
+                if latest_present is None or r.t_submit > latest_present.t_submit:
+                    latest_present = r
+            for r in chain[j:]:
+                if r.state == "acked":
+                    at_risk[r.seq] = r
+                    missing += 1
+                    if first_missing is None or r.t_done < first_missing.t_done:
+                        first_missing = r
+        order = None
+        if latest_present is not None and first_missing is not None and \
+                first_missing.t_done < latest_present.t_submit:
+            order = (first_missing, latest_present)
+        return {"bad": bad, "order": order, "at_risk": at_risk, "missing_blocks": missing}
 
     def prune(self) -> None:
         """Forget writes no block may hold any more (the journal keeps them)."""
@@ -782,6 +889,20 @@ class Report:
     violations: list = dataclasses.field(default_factory=list)
     elapsed: float = 0.0
     aborted: str = ""
+    # --async only
+    async_mode: bool = False
+    cache_mib: int = 0
+    fallbacks: int = 0  # lvm_async_fallback events at A
+    fallback_faults: list = dataclasses.field(default_factory=list)
+    kill_failovers: int = 0
+    at_risk: int = 0  # acknowledged writes B lacked at failovers after kill -9 of A
+    at_risk_kib: int = 0
+    discarded: list = dataclasses.field(default_factory=list)  # LVM_AIO_DISCARD (writes, bytes)
+    max_fill: float = 0.0  # lsmp -A cache_fill_percent, highest seen
+    max_pending: int = 0  # lsmp -A pending_writes, highest seen
+    hwm_episodes: int = 0  # lvm_async_hwm events at A
+    replayed: int = 0  # writes replayed from the cache at varyons (lvm_async_replay)
+    outage_latency: float = 0.0  # slowest acknowledged write while the remote copy was out
 
     @property
     def worst_detection(self) -> tuple[float, str]:
@@ -799,7 +920,7 @@ class Report:
         worst, kind = self.worst_detection
         lines = [
             f"soak: seed {self.seed}, io_timeout {self.io_timeout:g} s, "
-            f"{self.elapsed:.1f} s",
+            f"{self.elapsed:.1f} s" + (", asynchronous mirroring" if self.async_mode else ""),
             f"  faults injected        {sum(self.faults.values())}: "
             + ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())),
             f"  acknowledged writes    {self.acked} (plus {self.unknown} with unknown outcome, "
@@ -809,6 +930,24 @@ class Report:
             f"  promised writes lost   {len(self.lost)}",
             f"  corrupt blocks         {self.corrupt_blocks}",
             f"  diverged copies        {self.diverged_blocks} blocks",
+        ]
+        if self.async_mode:
+            lines += [
+                f"  async mirror pool      PoolB, cache {self.cache_mib} MiB, hwm {CACHE_HWM}%",
+                f"  async fallbacks        {self.fallbacks}"
+                + (f" (faults {', '.join(self.fallback_faults)})" if self.fallback_faults
+                   else ""),
+                f"  writes at risk         {self.at_risk} ({self.at_risk_kib} KiB) at "
+                f"{self.kill_failovers} failovers after kill -9 of A; discarded at failback: "
+                + (", ".join(f"{w} writes/{b // KiB} KiB" for w, b in self.discarded)
+                   or "none"),
+                f"  max cache fill seen    {self.max_fill:.1f}% ({self.max_pending} writes not "
+                f"at remote), {self.hwm_episodes} high-water-mark episodes",
+                f"  cache replayed         {self.replayed} writes at varyons after a crash",
+                f"  slowest write, remote out {self.outage_latency:.2f} s (io_timeout "
+                f"{self.io_timeout:g} s)",
+            ]
+        lines += [
             f"  worst detection        {worst:.2f} s ({kind}); bound "
             f"{self.io_timeout + DETECT_SLACK:g} s",
         ]
@@ -850,16 +989,28 @@ def free_port() -> int:
 class Soak:
     def __init__(self, seed: int = 1, faults: int = 200, duration: float = 0.0,
                  io_timeout: float = 2.0, port: int | None = None, root: str | None = None,
-                 keep: bool = False, kinds: tuple[str, ...] = KINDS, out=None):
+                 keep: bool = False, kinds: tuple[str, ...] | None = None, out=None,
+                 async_mode: bool = False, cache_lps: int | None = None):
         self.seed, self.nfaults, self.duration = seed, faults, duration
+        self.async_mode = async_mode
+        if kinds is None:
+            kinds = ASYNC_KINDS if async_mode else KINDS
+        elif async_mode and set(kinds) & set(ASYNC_SKIP):
+            raise ValueError(f"not run with --async: {', '.join(ASYNC_SKIP)}")
+        self.cache_lps = cache_lps or (CACHE_LPS_SMALL if seed % 3 == 1 else CACHE_LPS_LARGE)
         self.io_timeout = io_timeout
         self.port = port or int(os.environ.get("GLVM_TEST_PORT") or 0) or free_port()
         self.given_root = root
         self.keep = keep
         self.kinds = kinds
         self.out = out or sys.stdout
-        self.report = Report(seed, io_timeout)
+        self.report = Report(seed, io_timeout, async_mode=async_mode)
         self.cmdlog: list[str] = []  # commands of the current round
+        # --async: the base of the prefix check (the copies were last equal after write
+        # base_seq, each block then held base[b]); lsmp -A sampled in a thread
+        self.base_seq = 0
+        self.base: list[frozenset[int]] = []
+        self._sampling = threading.Event()
 
     # -- output ----------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -925,7 +1076,7 @@ class Soak:
         self.log_a, self.log_b = LogFollower(self.a), LogFollower(self.b)
         a, b = self.a, self.b
         for n in LOCAL_PVS:
-            a.make_disk(n, DISK_SIZE)
+            a.make_disk(n, ASYNC_LOCAL_DISK_SIZE if self.async_mode else DISK_SIZE)
         remote = [b.make_disk(n, DISK_SIZE) for n in ("hdisk2", "hdisk3")]
         for p in remote:
             b.serve(p, A_ADDR)
@@ -936,14 +1087,17 @@ class Soak:
                       "hdisk3": (b, "hdisk2.img"), "hdisk4": (b, "hdisk3.img")}
         self.files = {pv: site.disk_path(name[:-4]) + ".img"
                       for pv, (site, name) in self.disks.items()}
-        self.ctl(a, "mkvg", "-y", VG, *LOCAL_PVS)
-        self.ctl(a, "mklv", "-y", LV, VG, str(LPS))
-        self.ctl(a, "chlv", "-s", "s", "-u", "2", LV)
-        self.ctl(a, "extendvg", VG, *RPV_CLIENTS)
-        out = self.ctl(a, "mirrorvg", "-c", "2", VG, *RPV_CLIENTS)
-        assert "Quorum requirement turned off" in out, out
-        self.ctl(a, "varyoffvg", VG)
-        self.ctl(a, "varyonvg", VG)
+        if self.async_mode:
+            self.setup_async_pools()
+        else:
+            self.ctl(a, "mkvg", "-y", VG, *LOCAL_PVS)
+            self.ctl(a, "mklv", "-y", LV, VG, str(LPS))
+            self.ctl(a, "chlv", "-s", "s", "-u", "2", LV)
+            self.ctl(a, "extendvg", VG, *RPV_CLIENTS)
+            out = self.ctl(a, "mirrorvg", "-c", "2", VG, *RPV_CLIENTS)
+            assert "Quorum requirement turned off" in out, out
+            self.ctl(a, "varyoffvg", VG)
+            self.ctl(a, "varyonvg", VG)
         vg = self.json(a, "lsvg", VG)
         assert (vg["quorum"], vg["quorum_active"], vg["stale_pps"]) == (False, False, 0), vg
         self.lv_map = self.json(a, "lslv", "-m", LV)
@@ -956,9 +1110,79 @@ class Soak:
         stack.callback(self.workload.close)
         self.workload.start()
         self.workload.new_hot_zone()
+        if self.async_mode:
+            self.base = list(self.model.possible)
+            sampler = threading.Thread(target=self._sample_pool, name="soak-lsmp", daemon=True)
+            stack.callback(sampler.join, 5)
+            stack.callback(self._sampling.set)
+            sampler.start()
         self.workload.attach(a)
         self.serving = a
         self.cmdlog = []
+
+    def setup_async_pools(self) -> None:
+        """tests/test_async_link.py's async_pools(): PoolA (local) and PoolB (RPV clients),
+        quorum off, super strict pools, datafslv copy1=PoolA copy2=PoolB, the aio_cache LV
+        in PoolA, PoolB asynchronous."""
+        a = self.a
+        self.ctl(a, "mkvg", "-p", POOL_A, "-y", VG, *LOCAL_PVS)
+        self.ctl(a, "extendvg", "-p", POOL_B, VG, *RPV_CLIENTS)
+        self.ctl(a, "chvg", "-a", "n", "-Q", "n", VG)
+        self.ctl(a, "varyoffvg", VG)
+        self.ctl(a, "varyonvg", VG)  # quorum off takes effect
+        self.ctl(a, "chvg", "-M", "s", VG)
+        self.ctl(a, "mklv", "-y", LV, "-c", "2", "-s", "s", "-p", f"copy1={POOL_A}",
+                 "-p", f"copy2={POOL_B}", VG, str(LPS))
+        self.ctl(a, "mklv", "-y", CACHE_LV, "-t", "aio_cache", "-p", f"copy1={POOL_A}", VG,
+                 str(self.cache_lps))
+        out = self.ctl(a, "chmp", "-A", "-c", CACHE_LV, "-h", str(CACHE_HWM), "-m", POOL_B, VG)
+        assert f"{POOL_B} of {VG}: async" in out, out
+        pool = self.pool_state()
+        assert pool["state"] == "active" and pool["cache_empty"], pool
+        self.report.cache_mib = pool["cache_size"] // MiB
+
+    # -- --async: the pool's state ---------------------------------------------------------------
+    def pool_state(self, site: Site | None = None) -> dict:
+        """``lsmp -A -m PoolB`` (--json): the asynchronous state of PoolB."""
+        pool = self.json(site or self.a, "lsmp", "-A", "-m", POOL_B, VG)["pools"][0]
+        state = pool.get("async") or {"state": "inactive"}
+        self._saw(state)
+        return state
+
+    def _saw(self, state: dict) -> None:
+        r = self.report
+        r.max_fill = max(r.max_fill, float(state.get("cache_fill_percent") or 0.0))
+        r.max_pending = max(r.max_pending, int(state.get("pending_writes") or 0))
+
+    def _sample_pool(self) -> None:
+        """lsmp -A straight through A's control socket every 0.25 s, for the highest cache
+        fill (failures while A is down are expected and ignored)."""
+        while not self._sampling.wait(0.25):
+            try:
+                r = call(self.a.socket, "lsmp", timeout=2, vg=VG, pool=POOL_B)
+                state = r["pools"][0].get("async") or {}
+            except Exception:  # noqa: BLE001 - A down, VG varied off, a reply in between
+                continue
+            self._saw(state)
+
+    def wait_pool_drained(self, fault: Fault, since: float) -> dict | None:
+        """After the repair: PoolB active, consistent, its cache empty (the sender caught up
+        or the resync after a fallback finished) within DRAIN_TIMEOUT."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while True:
+            st = self.pool_state()
+            if st["state"] == "active" and st.get("cache_empty") and st.get("consistent"):
+                return st
+            if time.monotonic() > deadline:
+                self.violation(fault, "lsmp -A after the repair",
+                               f"PoolB active, consistent, cache empty within "
+                               f"{DRAIN_TIMEOUT:g} s",
+                               f"state {st['state']}, consistent {st.get('consistent')}, "
+                               f"{st.get('pending_writes')} writes / "
+                               f"{st.get('pending_bytes')} bytes not at remote, stale_pps "
+                               f"{st.get('stale_pps')}", since=since)
+                return None
+            select.select([], [], [], 0.2)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -1052,6 +1276,9 @@ class Soak:
     def during(self, fault: Fault, t_inject: float, bad_pvs: set[str], timeout_expected: bool,
                info: dict) -> None:
         """While one copy is out: writes go on, lsvg/lspv/errpt tell the same story."""
+        if self.async_mode:
+            self._during_async(fault, t_inject, bad_pvs, timeout_expected, info)
+            return
         if not self.workload.wait_acks(AFTER_ACKS, 4 * self.io_timeout + 20):
             self.violation(fault, "writes during the fault",
                            f"{AFTER_ACKS} more acknowledged writes on the surviving copy",
@@ -1076,24 +1303,86 @@ class Soak:
                                                 " and no RPVC_IO_TIMEOUT"),
                            f"{sorted(set(labels))}", since=t_inject)
         if timeout_expected:
-            # the clients that logged RPVC_IO_TIMEOUT are failed, and only those (errpt is
-            # read before and after lspv: a client may time out in between)
-            before = {e["resource"] for e in entries if e["label"] == "RPVC_IO_TIMEOUT"}
-            failed = {p["name"] for p in self.json(self.a, "lspv") if p["state"] == "failed"}
-            after = {e["resource"] for e in self.errpt_since(self.a, t_inject)
-                     if e["label"] == "RPVC_IO_TIMEOUT"}
-            if not failed or not before <= failed <= after:
-                self.violation(fault, "lspv during the fault",
-                               f"the RPV clients that logged RPVC_IO_TIMEOUT "
-                               f"({sorted(after)}) in state failed",
-                               f"failed: {sorted(failed)}", since=t_inject)
-            first = min((e["timestamp"] for e in entries if e["label"] == "RPVC_IO_TIMEOUT"),
-                        default=None)
-            bound = self.io_timeout + DETECT_SLACK
-            if first is not None and first - t_inject > bound:
-                self.violation(fault, "errpt RPVC_IO_TIMEOUT timestamp",
-                               f"within {bound:g} s of injection",
-                               f"{first - t_inject:.2f} s", since=t_inject)
+            self._failed_clients(fault, t_inject, entries)
+        info["pvmiss"] = sorted(missing)
+
+    def _failed_clients(self, fault: Fault, t_inject: float, entries: list[dict]) -> None:
+        # the clients that logged RPVC_IO_TIMEOUT are failed, and only those (errpt is
+        # read before and after lspv: a client may time out in between)
+        before = {e["resource"] for e in entries if e["label"] == "RPVC_IO_TIMEOUT"}
+        failed = {p["name"] for p in self.json(self.a, "lspv") if p["state"] == "failed"}
+        after = {e["resource"] for e in self.errpt_since(self.a, t_inject)
+                 if e["label"] == "RPVC_IO_TIMEOUT"}
+        if not failed or not before <= failed <= after:
+            self.violation(fault, "lspv during the fault",
+                           f"the RPV clients that logged RPVC_IO_TIMEOUT "
+                           f"({sorted(after)}) in state failed",
+                           f"failed: {sorted(failed)}", since=t_inject)
+        first = min((e["timestamp"] for e in entries if e["label"] == "RPVC_IO_TIMEOUT"),
+                    default=None)
+        bound = self.io_timeout + DETECT_SLACK
+        if first is not None and first - t_inject > bound:
+            self.violation(fault, "errpt RPVC_IO_TIMEOUT timestamp",
+                           f"within {bound:g} s of injection",
+                           f"{first - t_inject:.2f} s", since=t_inject)
+
+    def _during_async(self, fault: Fault, t_inject: float, bad_pvs: set[str],
+                      timeout_expected: bool, info: dict) -> None:
+        """--async: while a copy is out, writes go on at local speed. When the remote copy
+        is what went out, it is not marked stale: the cache holds what it misses, unless
+        the pool fell back (the cache reached its high-water mark while the remote site was
+        unreachable). A local disk that fails is marked stale as in synchronous mode."""
+        if not self.workload.wait_acks(AFTER_ACKS, 4 * self.io_timeout + 20):
+            self.violation(fault, "writes during the fault",
+                           f"{AFTER_ACKS} more acknowledged writes (cached for the remote copy)",
+                           f"stalled or failed: {self.workload.failures[-1:]}", since=t_inject)
+        vg = self.json(self.a, "lsvg", VG)
+        entries = self.errpt_since(self.a, t_inject)
+        st = self.pool_state()  # after lsvg and errpt: "active" here means it was then too
+        fell = st["state"] == "fallback" or bool(
+            self.log_a.since(t_inject, ("lvm_async_fallback",)))
+        states = {p["name"]: p["state"] for p in vg["pvs"]}
+        missing = {n for n, s in states.items() if s != "active"}
+        labels = {e["label"] for e in entries}
+        local = bad_pvs <= set(LOCAL_PVS)
+        info.update(stale=vg["stale_pps"], pool=st["state"], fill=st.get("cache_fill_percent"))
+        if vg["state"] != "active" or not missing & bad_pvs or missing - bad_pvs or \
+                (local and vg["stale_pps"] == 0):
+            self.violation(fault, "lsvg during the fault",
+                           f"VG active, missing PVs among {sorted(bad_pvs)}"
+                           + (", stale_pps > 0" if local else ""),
+                           f"state {vg['state']}, stale_pps {vg['stale_pps']}, PVs {states}",
+                           since=t_inject)
+        if not local and not fell and (vg["stale_pps"] or "LVM_SA_STALEPP" in labels):
+            self.violation(fault, "remote copy during the fault (pool active, no fallback)",
+                           "cached, not stale: stale_pps 0, no LVM_SA_STALEPP",
+                           f"stale_pps {vg['stale_pps']}, errpt {sorted(labels)}, lsmp -A "
+                           f"{st}", since=t_inject)
+        want = {"LVM_SA_PVMISS"} | ({"RPVC_IO_TIMEOUT"} if timeout_expected else set()) | (
+            {"LVM_SA_STALEPP"} if local else set())
+        if not want <= labels or (not timeout_expected and "RPVC_IO_TIMEOUT" in labels):
+            self.violation(fault, "errpt during the fault",
+                           f"{sorted(want)}" + ("" if timeout_expected else
+                                                " and no RPVC_IO_TIMEOUT"),
+                           f"{sorted(labels)}", since=t_inject)
+        if timeout_expected:
+            self._failed_clients(fault, t_inject, entries)
+        # writes went on at local speed: none waited for the deadline, unless the cache
+        # reached its high-water mark (writes wait for room while the remote site still
+        # counts as reachable, i.e. until io_timeout) or the pool fell back
+        with self.model.lock:
+            took = [r.t_done - r.t_submit for r in self.model.writes.values()
+                    if r.state == "acked" and r.t_submit >= t_inject]
+        slowest = max(took, default=0.0)
+        info["slowest"] = slowest
+        hwm = bool(self.log_a.since(t_inject, ("lvm_async_hwm",)))
+        if not local:
+            self.report.outage_latency = max(self.report.outage_latency, slowest)
+            bound = max(1.0, 0.75 * self.io_timeout)
+            if slowest > bound and not hwm and not fell:
+                self.violation(fault, "write latency while the remote copy is out",
+                               f"local speed (no write over {bound:g} s; the cache had room)",
+                               f"a write took {slowest:.2f} s; lsmp -A {st}", since=t_inject)
         info["pvmiss"] = sorted(missing)
 
     # -- repair (the administrator) --------------------------------------------------------------
@@ -1283,15 +1572,18 @@ class Soak:
 
     def fault_failover(self, f: Fault) -> dict:
         a, b = self.a, self.b
+        lagging = self.async_mode and f.params["how"] == "kill"  # B may lack recent writes
+        info: dict = {}
+        if lagging:  # what A's cache held just before (writes go on until the kill)
+            info["pending_before"] = self.pool_state()["pending_writes"]
         if f.params["how"] == "kill":
             t = self._inject(lambda: _kill9(a), "kill -9 A (site disaster)")
-            info = {"detect": self.detect(f, t, "disconnect")}
+            info["detect"] = self.detect(f, t, "disconnect")
             self.workload.detach()
         else:
             t = time.time()
             self.workload.detach()
             self.ctl(a, "varyoffvg", VG)
-            info = {}
         # at B: the seed's "Moving Workload to Disaster Recovery Site"
         for s in RPV_SERVERS:
             self.ctl(b, "rmdev", "-l", s)
@@ -1302,8 +1594,17 @@ class Soak:
             # the seed's next step: importvg turned auto-varyon and quorum on; A may come back
             self.ctl(b, "chvg", "-a", "n", "-Q", "n", VG)
         self.serving = b
-        # every write A acknowledged is here; B's copy is the only one from now on
-        self.verify_lv(f, b, "at B after the failover", collapse=True, since=t)
+        if lagging:
+            # an asynchronous copy: a prefix of A's writes is here, not necessarily all
+            self.verify_prefix(f, b, t, info)
+        else:
+            # every write A acknowledged is here; B's copy is the only one from now on
+            self.verify_lv(f, b, "at B after the failover", collapse=True, since=t)
+        if self.async_mode:
+            st = self.pool_state(b)  # no cache at B: PoolB's copies are synchronous there
+            if st["state"] != "inactive":
+                self.violation(f, "lsmp -A at B after the failover", "PoolB inactive",
+                               f"{st}", since=t)
         self.workload.attach(b)
         if not self.workload.wait_acks(HOLD_ACKS, 30):
             self.violation(f, "production at B", f"{HOLD_ACKS} acknowledged writes",
@@ -1331,7 +1632,62 @@ class Soak:
         self.serving = a
         self.lv_map = self.json(a, "lslv", "-m", LV)
         info["varyon"] = True
+        if lagging:
+            self._check_discard(f, t, info)
         return info
+
+    def verify_prefix(self, f: Fault, site: Site, since: float, info: dict) -> None:
+        """--async, failover after kill -9 of A: B's copy must be A's content after a prefix
+        of the writes (Model.prefix_check); the acknowledged writes it lacks are at risk,
+        not lost. From then on what B holds is the truth."""
+        try:
+            data = asyncio.run(read_all(site.nbd_socket, self.size))
+        except (OSError, ConnectionError, TimeoutError, AssertionError) as e:
+            raise SoakAbort(f"reading {LV} at {site.name} after the failover: {_what(e)}") \
+                from None
+        res = self.model.prefix_check(self.base_seq, self.base, data)
+        if res["bad"]:
+            self.report.corrupt_blocks += sum(1 for _, got, _ in res["bad"]
+                                              if isinstance(got, str))
+            sample = "\n".join(
+                f"LV offset {b * BLOCK}: holds {self.model.describe(got)}; its writes since "
+                f"the copies were equal: {may[-6:]}" for b, got, may in res["bad"][:5])
+            self.violation(f, "prefix at B after the failover",
+                           "every block holds a write of its history (or its old content)",
+                           f"{len(res['bad'])} blocks hold something else:\n{sample}",
+                           since=since)
+        if res["order"] is not None:
+            missing, present = res["order"]
+            self.violation(f, "write order at B after the failover",
+                           "a prefix: no write present that was submitted after a missing "
+                           "one was acknowledged",
+                           f"missing {self.model.describe(missing.seq)}; present "
+                           f"{self.model.describe(present.seq)}", since=since)
+        risk = res["at_risk"]
+        info["at_risk"] = len(risk)
+        info["at_risk_blocks"] = res["missing_blocks"]
+        self.report.kill_failovers += 1
+        self.report.at_risk += len(risk)
+        self.report.at_risk_kib += sum(r.length for r in risk.values()) // KiB
+        self.model.rebase(0, data)
+
+    def _check_discard(self, f: Fault, since: float, info: dict) -> None:
+        """After the failback: A discarded what its cache held (LVM_AIO_DISCARD), at least
+        every block of the writes B lacked at the failover."""
+        found = [e for e in self.json(self.a, "errpt", "-a") if e["timestamp"] >= since - 0.001
+                 and e["label"] == "LVM_AIO_DISCARD"]
+        got = [re.search(r"(\d+) writes \((\d+) bytes\)", e["description"] + " " +
+                         json.dumps(e, default=str)) for e in found]
+        pairs = [(int(m[1]), int(m[2])) for m in got if m]
+        if pairs:
+            info["discarded"] = (sum(w for w, _ in pairs), sum(b for _, b in pairs))
+            self.report.discarded.append(info["discarded"])
+        need = info.get("at_risk_blocks", 0) * BLOCK
+        if need and (not pairs or info["discarded"][1] < need):
+            self.violation(f, "LVM_AIO_DISCARD at A after the failback",
+                           f"cached writes discarded, at least {need} bytes (the blocks B "
+                           f"lacked)", f"{pairs or [e['description'] for e in found]}",
+                           since=since)
 
     # -- power losses ----------------------------------------------------------------------------
     def _power_a(self, f: Fault, what: str) -> float:
@@ -1377,6 +1733,8 @@ class Soak:
         t = self._power_a(f, "power loss A")
         info = {"detect": self.detect(f, t, "disconnect")}
         self.workload.detach()
+        if self.async_mode:  # A held the only copy of what the cache had not sent yet
+            info["widened"] = self.model.allow_unflushed_loss()
         self.restart_a_and_varyon()
         info["drl"] = sum(e.get("regions", 0) for e in self.log_a.since(
             t, ("lvm_drl_recovered",)))
@@ -1480,6 +1838,12 @@ class Soak:
         self.note(f"proxy pass, latency {f.params['latency_ms']} ms")
         t_sync = time.time()
         self.take_back()
+        if self.async_mode:  # the sender catching up over the slow link (a resync only
+            # after a fallback): the fault hits while the cache still holds writes
+            info["mid_catchup"] = self.pool_state()["pending_writes"]
+            info["mid_resync"] = bool(self.log_a.since(t_sync, ("lvm_resync_start",)) and
+                                      not self.log_a.since(t_sync, ("lvm_resync_done",)))
+            return info
         started = self.log_a.wait(t_sync, ("lvm_resync_start",), 5)
         done = self.log_a.since(t_sync, ("lvm_resync_done",))
         info["mid_resync"] = bool(started and not done)
@@ -1526,6 +1890,13 @@ class Soak:
         if result.get("failed"):
             self.violation(fault, "syncvg -v", "no failed partitions", str(result["failed"]),
                            since=since)
+        if self.async_mode:
+            # the remote copy lags until the sender has caught up (or the resync after a
+            # fallback is done): only then may the copies be compared
+            st = self.wait_pool_drained(fault, since)
+            if st is not None:
+                info["drain"] = round(time.time() - since, 1)
+            self._async_round_events(fault, info, since)
         m = self.lv_map
         copies = [read_copy(m, c, self.files, m["pp_size_mb"]) for c in range(2)]
         diff = diff_blocks(copies[0], copies[1])
@@ -1546,7 +1917,22 @@ class Soak:
         self.model.prune()
         self.check_errpt(fault, info, set(e["label"] for e in self.errpt_since(a, since)))
         info["summary"] = self._summary(info)
+        if self.async_mode:  # the copies are equal here: the base of the next prefix check
+            self.base_seq, self.base = self.model.last_seq, list(self.model.possible)
         self.workload.attach(a)
+
+    def _async_round_events(self, fault: Fault, info: dict, since: float) -> None:
+        """Fallbacks, high-water-mark episodes and cache replays of the round (A's log)."""
+        r = self.report
+        fell = self.log_a.since(since, ("lvm_async_fallback",))
+        info["fell"] = len(fell)
+        if fell:
+            r.fallbacks += len(fell)
+            r.fallback_faults.append(f"{fault.index} {fault.kind}")
+        r.hwm_episodes += len(self.log_a.since(since, ("lvm_async_hwm",)))
+        replays = self.log_a.since(since, ("lvm_async_replay",))
+        info["replayed"] = sum(e.get("writes", 0) for e in replays)
+        r.replayed += info["replayed"]
 
     def check_errpt(self, fault: Fault, info: dict, labels: set[str]) -> None:
         kind, want, unwanted = fault.kind, set(), set()
@@ -1570,6 +1956,19 @@ class Soak:
             want = {"RPVC_IO_TIMEOUT", "LVM_SA_PVMISS", "LVM_SA_STALEPP"}
         elif kind == "failover":
             want = {"LVM_MISSPVADDED"}
+        if self.async_mode:
+            want, unwanted = set(want), set(unwanted)
+            if info.get("fell"):  # the cached ranges became stale partitions of B's copy
+                want.add("LVM_AIO_CACHE_FULL")
+                unwanted.discard("LVM_SA_STALEPP")
+            else:
+                unwanted.add("LVM_AIO_CACHE_FULL")
+                if kind != "disk_a":  # B's copy was out: cached, never stale
+                    want.discard("LVM_SA_STALEPP")
+            if info.get("at_risk"):  # A's cache held writes B lacked: discarded at failback
+                want.add("LVM_AIO_DISCARD")
+            elif not (kind == "failover" and fault.params["how"] == "kill"):
+                unwanted.add("LVM_AIO_DISCARD")
         if not want <= labels or labels & unwanted:
             self.violation(fault, "errpt after the repair",
                            f"labels {sorted(want)}" + (f", none of {sorted(unwanted)}"
@@ -1600,6 +1999,20 @@ class Soak:
                                       "after the resync"))
         if info.get("varyon"):
             parts.append("varyonvg")
+        if info.get("mid_catchup"):
+            parts.append(f"hit mid-catch-up ({info['mid_catchup']} writes cached)")
+        if "at_risk" in info:
+            parts.append(f"{info['at_risk']} writes at risk at B")
+        if info.get("discarded"):
+            parts.append(f"{info['discarded'][0]} writes discarded at failback")
+        if info.get("replayed"):
+            parts.append(f"{info['replayed']} cached writes replayed")
+        if info.get("fell"):
+            parts.append("FALLBACK")
+        if info.get("slowest") is not None:
+            parts.append(f"slowest write {info['slowest']:.2f} s")
+        if info.get("drain") is not None:
+            parts.append(f"drained {info['drain']:.1f} s")
         return ", ".join(parts) or "ridden through"
 
 
@@ -1623,15 +2036,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="RPV port (default: $GLVM_TEST_PORT, else a free one)")
     ap.add_argument("--root", default=None, help="state directory (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the state directory")
-    ap.add_argument("--kinds", default=",".join(KINDS),
-                    help=f"comma-separated fault kinds (default: all of {','.join(KINDS)})")
+    ap.add_argument("--kinds", default=None,
+                    help=f"comma-separated fault kinds (default: all of {','.join(KINDS)}; "
+                         f"with --async all but {','.join(ASYNC_SKIP + ASYNC_KNOWN_BAD)})")
+    ap.add_argument("--async", dest="async_mode", action="store_true",
+                    help="copy 2 in an asynchronous mirror pool (PoolB, I/O cache aiocache)")
+    ap.add_argument("--cache-lps", type=int, default=None,
+                    help=f"with --async: partitions of the aio_cache LV (default "
+                         f"{CACHE_LPS_SMALL} when seed %% 3 == 1, else {CACHE_LPS_LARGE})")
     args = ap.parse_args(argv)
-    kinds = tuple(k for k in args.kinds.split(",") if k)
-    unknown = set(kinds) - set(KINDS)
+    allowed = ASYNC_KINDS + ASYNC_KNOWN_BAD if args.async_mode else KINDS
+    kinds = None if args.kinds is None else tuple(k for k in args.kinds.split(",") if k)
+    unknown = set(kinds or ()) - set(allowed)
     if unknown:
-        ap.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+        ap.error(f"unknown fault kinds{' with --async' if args.async_mode else ''}: "
+                 f"{', '.join(sorted(unknown))}")
+    if args.cache_lps is not None and not args.async_mode:
+        ap.error("--cache-lps needs --async")
     report = run_soak(args.seed, args.faults, args.duration, io_timeout=args.io_timeout,
-                      port=args.port, root=args.root, keep=args.keep, kinds=kinds)
+                      port=args.port, root=args.root, keep=args.keep, kinds=kinds,
+                      async_mode=args.async_mode, cache_lps=args.cache_lps)
     print(report.summary(), flush=True)
     return 0 if report.ok else 1
 
