@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps install test demo lint clean bench soak fuzz
+.PHONY: deps install test demo lint clean bench soak soak-async fuzz
 
 deps:
 	@bash .ci/deps.sh
