@@ -1,0 +1,69 @@
+"""The resync rate controller (lvm/throttle.py), with time given: it grows while PINGs to the
+destination come back as fast as the link allows, halves when they queue behind the resync,
+never leaves [floor, ceiling], and its token bucket spaces the copies out at the rate."""
+
+from __future__ import annotations
+
+import pytest
+
+from lvm.throttle import INTERVAL, MiB, AdaptiveRate, RateSettings
+
+
+def run(ctl: AdaptiveRate, t: float, delays: list[float]) -> float:
+    """One PING per interval with the given delays; returns the time after them."""
+    for d in delays:
+        ctl.ping_sent(t)
+        t += d
+        ctl.delay_seen(t, d)
+        t += INTERVAL
+    return t
+
+
+def test_grows_on_a_quick_link_up_to_the_ceiling():
+    ctl = AdaptiveRate(RateSettings(floor=4 * MiB, ceiling=64 * MiB), 0.0)
+    assert ctl.rate == 4 * MiB
+    run(ctl, 0.0, [0.010] * 40)
+    assert ctl.rate == 64 * MiB
+
+
+def test_backs_off_to_the_floor_while_pings_queue_and_grows_again():
+    ctl = AdaptiveRate(RateSettings(floor=4 * MiB, ceiling=512 * MiB, impact=0.5), 0.0)
+    t = run(ctl, 0.0, [0.010] * 20)
+    fast = ctl.rate
+    assert fast > 50 * MiB
+    t = run(ctl, t, [0.050] * 3)  # five times the link's own round trip
+    assert ctl.rate < fast / 4
+    t = run(ctl, t, [0.050] * 20)
+    assert ctl.rate == 4 * MiB  # never below the floor
+    run(ctl, t, [0.014] * 5)  # within 1.5x: it grows again
+    assert ctl.rate > 4 * MiB
+
+
+def test_a_ping_still_out_counts_as_a_long_delay():
+    ctl = AdaptiveRate(RateSettings(floor=1 * MiB, ceiling=512 * MiB), 0.0)
+    t = run(ctl, 0.0, [0.010] * 10)
+    before = ctl.rate
+    ctl.ping_sent(t)
+    ctl.wait(t + 0.5, 4096)  # no answer for 0.5 s: queued behind the resync
+    assert ctl.rate < before
+
+
+def test_a_local_destination_grows_without_pings():
+    ctl = AdaptiveRate(RateSettings(floor=1 * MiB, ceiling=8 * MiB), 0.0)
+    for i in range(30):
+        ctl.wait(i * INTERVAL, 0)
+    assert ctl.rate == 8 * MiB
+
+
+def test_the_bucket_spaces_copies_at_the_rate():
+    ctl = AdaptiveRate(RateSettings(floor=1 * MiB, ceiling=1 * MiB), 0.0)
+    assert ctl.wait(0.0, MiB) == 0.0  # the first copy goes at once
+    assert ctl.wait(0.0, MiB) == pytest.approx(1.0)
+    assert ctl.wait(0.5, MiB) == pytest.approx(1.5)
+    assert ctl.wait(10.0, MiB) == 0.0  # idle time is not saved up
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError):
+        RateSettings(floor=0)
+    assert RateSettings(floor=8 * MiB, ceiling=2 * MiB).floor == 2 * MiB
