@@ -80,13 +80,15 @@ def client_add(
     port: int = typer.Option(None, "--port", help="RPV server TCP port (default: rpv/tcp "
                                                   "in /etc/services, else 6192)"),
     define_only: bool = typer.Option(False, "-d", help="leave the new clients Defined"),
+    compress: str = typer.Option("none", "--compress", help="compress data payloads: none, "
+                                 "zstd or lz4 (the server must accept it)"),
 ) -> None:
     """Add one RPV client per PVID (like SMIT 'Add Remote Physical Volume Clients').
     Without --local-addr, the first local address that reaches the server is used."""
     local = local_addr or rpc("discover", server_addr=server_addr, port=port)["local_addr"]
     for pvid in pvids:
         attrs = {"pvid": pvid, "server_addr": server_addr, "local_addr": local,
-                 "io_timeout": str(io_timeout)}
+                 "io_timeout": str(io_timeout), "compress": compress}
         if port is not None:
             attrs["server_port"] = str(port)
         r = rpc("mkdev", dev_class="disk", dev_type="rpvclient", define_only=define_only,

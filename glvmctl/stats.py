@@ -72,7 +72,16 @@ def _print_rpvstat(rows: list[dict], by_path: bool) -> None:
     head = ["Network Path"] if by_path else ["RPV Client", "Server", "State"]
     columns([first(r) + [r["reads"], r["writes"], r["kb_read"], r["kb_written"],
                          r["pend_reads"], r["pend_writes"], r["errors"], r["timeouts"]]
-             + ([] if by_path else [r["avg_ms"]]) + [r["max_ms"]] for r in rows],
+             + ([] if by_path else [r["avg_ms"]]) + [r["max_ms"]]
+             + ([] if by_path else [r.get("compress", "none")]) + _payload_kb(r) for r in rows],
             header=head + ["Comp Rd", "Comp Wr", "KB Read", "KB Written", "Pend Rd",
                            "Pend Wr", "Errors", "Timeouts"]
-            + ([] if by_path else ["Avg ms"]) + ["Max ms"])
+            + ([] if by_path else ["Avg ms"]) + ["Max ms"]
+            + ([] if by_path else ["Compress"]) + ["Data KB", "Wire KB"])
+
+
+def _payload_kb(r: dict) -> list:
+    """Data payload KB (reads + writes) on the link before and after compression."""
+    raw = r.get("raw_bytes_read", 0) + r.get("raw_bytes_written", 0)
+    wire = r.get("wire_bytes_read", 0) + r.get("wire_bytes_written", 0)
+    return [raw // 1024, wire // 1024]

@@ -117,7 +117,13 @@ def test_construct_frame_schema_rejects():
         b"XRPV" + good[4:],  # magic
         good[:4] + b"\x02" + good[5:],  # version
         good[:5] + b"\x09" + good[6:],  # opcode
-        good[:6] + b"\x00\x04" + good[8:],  # unknown flag
+        good[:6] + b"\x00\x08" + good[8:],  # unknown flag
+        raw_request(Opcode.WRITE, 1, b"abcde", length=4, flags=4),  # compressed > length
+        raw_request(Opcode.WRITE, 1, b"", length=4, flags=4),  # compressed and empty
+        raw_request(Opcode.READ, 1, length=4, flags=4),  # COMPRESSED on a READ request
+        raw_reply(Opcode.WRITE, 1, 0, flags=5),  # COMPRESSED on a WRITE reply
+        raw_reply(Opcode.READ, 1, 5, b"err", flags=5),  # compressed error reply
+        raw_reply(Opcode.READ, 1, 0, flags=5),  # compressed READ reply without payload
         VECTORS["read_req"][:6] + b"\x00\x02" + VECTORS["read_req"][8:],  # FUA on READ
         good[:-1],  # short payload
         raw_request(Opcode.WRITE, 1, b"abcd", length=5),  # length != payload_len

@@ -54,7 +54,8 @@ def test_walkthrough_bytes_land_at_the_other_site(linked, tmp_path):
     assert f"#   {site_a.addr:<15} reaches it (1 disks offered)" in human.splitlines()
     assert f"asked from {site_a.addr})" in human
     attrs = {a["attribute"]: a["value"] for a in site_a.json("lsattr", "-E", "-l", "hdisk3")}
-    assert attrs == {"auto_resume": "n", "io_timeout": "3", "local_addr": "127.0.0.1",
+    assert attrs == {"auto_resume": "n", "compress": "none", "io_timeout": "3",
+                     "local_addr": "127.0.0.1",
                      "pvid": pvid,
                      "server_addr": "127.0.0.2", "server_port": str(site_b.port),
                      "site": "Poughkeepsie", "size": str(64 * MiB)}

@@ -64,9 +64,10 @@ class RPVClient:
                  auto_resume: bool = False,
                  on_resumed: Callable[[RPVClient], None] | None = None,
                  on_new_instance: Callable[[RPVClient, bool], bool] | None = None,
-                 ssl: ssl_module.SSLContext | None = None):
+                 ssl: ssl_module.SSLContext | None = None, compress: str = "none"):
         self.name = name
         self.pvid = pvid_to_bytes(pvid)
+        self.compress = compress  # codec asked for in HELLO; a server refusing it is an error
         self._table = RequestTable(name, server_addr, io_timeout)
         self.server_port = server_port
         self.local_addr = local_addr
@@ -343,6 +344,10 @@ class RPVClient:
         if self.auto_resume:
             self.start_probe()
 
+    async def ping(self) -> None:
+        """A PING: it waits behind everything queued on the connection (EIO as any request)."""
+        await self._submit(Opcode.PING, 0, 0, None, False)
+
     def check_path(self, seconds: float, why: str) -> None:
         """Another device on the same network path timed out (``why``): unless this one
         hears from its server within ``seconds`` (the answer to a PING sent now, or any
@@ -487,7 +492,9 @@ class _Link(asyncio.BufferedProtocol):
     def __init__(self, client: RPVClient):
         self.client = client
         self.conn = pc.Connection(pc.Role.CLIENT, max_payload=8 * 1024 * 1024,
-                                  max_outstanding=1024)
+                                  max_outstanding=1024, compress=client.compress,
+                                  on_payload=lambda w, raw, wire: client.stats.payload(
+                                      w, raw, wire))
         self.transport: asyncio.Transport | None = None
         self._hello: asyncio.Future | None = None
         self.closed = False
@@ -516,7 +523,12 @@ class _Link(asyncio.BufferedProtocol):
     async def hello(self, pvid: bytes, site: str, node: str) -> HelloInfo:
         self._hello = asyncio.get_running_loop().create_future()
         self.transport.writelines(self.conn.send_hello(0, pvid, site, node))
-        return await self._hello
+        info = await self._hello
+        want = self.conn.compress
+        if want != "none" and self.conn.codec != want:  # refused: no silent fallback
+            raise OSError(errno.EPROTONOSUPPORT, f"RPV server {self.client.server_addr} "
+                                                 f"does not support compress={want}")
+        return info
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conn.get_buffer(sizehint)  # large READ replies land in place

@@ -20,6 +20,21 @@ class IOStats:
     io_seconds: float = 0.0
     max_seconds: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    # READ/WRITE data payloads on the link (re-sends included): before and after compression
+    raw_bytes_read: int = 0
+    wire_bytes_read: int = 0
+    raw_bytes_written: int = 0
+    wire_bytes_written: int = 0
+
+    def payload(self, is_write: bool, raw: int, wire: int) -> None:
+        """A data payload sent (write) or received (read): ``raw`` bytes, ``wire`` on the
+        link (the sans-IO connection's ``on_payload``)."""
+        if is_write:
+            self.raw_bytes_written += raw
+            self.wire_bytes_written += wire
+        else:
+            self.raw_bytes_read += raw
+            self.wire_bytes_read += wire
 
     def completed(self, is_write: bool, nbytes: int, seconds: float) -> None:
         if is_write:
@@ -39,4 +54,7 @@ class IOStats:
                 "kb_read": self.bytes_read // 1024, "kb_written": self.bytes_written // 1024,
                 "errors": self.errors, "timeouts": self.timeouts,
                 "avg_ms": round(1000 * self.io_seconds / n, 3) if n else 0.0,
-                "max_ms": round(1000 * self.max_seconds, 3)}
+                "max_ms": round(1000 * self.max_seconds, 3),
+                "raw_bytes_read": self.raw_bytes_read, "wire_bytes_read": self.wire_bytes_read,
+                "raw_bytes_written": self.raw_bytes_written,
+                "wire_bytes_written": self.wire_bytes_written}

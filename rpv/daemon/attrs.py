@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rpv.protocol import compress as codecs
 from rpv.protocol import pvid_to_bytes, pvid_to_str
 
 IO_TIMEOUT_MIN, IO_TIMEOUT_MAX = 1, 3600
@@ -71,6 +72,16 @@ def io_timeout(value: str) -> str:
     if not IO_TIMEOUT_MIN <= n <= IO_TIMEOUT_MAX:
         raise ValueError(f"io_timeout {n} is outside {IO_TIMEOUT_MIN}..{IO_TIMEOUT_MAX} seconds")
     return str(n)
+
+
+def compress(value: str) -> str:
+    """rpvclient ``compress``: none, zstd or lz4 (negotiated with the server in HELLO)."""
+    v = value.strip().lower()
+    if v not in codecs.CODEC_NAMES:
+        raise ValueError(f"compress '{value}' must be one of {', '.join(codecs.CODEC_NAMES)}")
+    if v != codecs.NONE and v not in codecs.available():
+        raise ValueError(f"compress={v}: the Python package for it is not installed")
+    return v
 
 
 def port(value: str) -> str:
@@ -156,6 +167,7 @@ DEVTYPES: dict[tuple[str, str], DevType] = {
         "disk", "rpvclient", "Remote Physical Volume Client", "hdisk",
         (
             Attr("auto_resume", "Resume Automatically When the Server Answers", yes_no, "n"),
+            Attr("compress", "Compress Data Payloads (none, zstd, lz4)", compress, "none"),
             Attr("io_timeout", "I/O Timeout Interval", io_timeout, str(DEFAULT_IO_TIMEOUT)),
             Attr("local_addr", "Local IP Address", ip, required=True),
             Attr("pvid", "Physical Volume Identifier", pvid, required=True),

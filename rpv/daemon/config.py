@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import dataclass, fields
 
 from rpv.daemon.attrs import DEFAULT_RPV_PORT
+from rpv.protocol import compress as codecs
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,7 @@ class Config:
     max_payload: int = 4 * 1024 * 1024
     max_outstanding: int = 256
     handshake_timeout: float = 10.0
+    compress_accept: str = "zstd,lz4"  # codecs RPV clients may ask for ("none": no codec)
 
     def finish(self) -> Config:
         """Fill derived defaults and check values; raise ConfigError with one clear line."""
@@ -78,11 +80,23 @@ class Config:
                 raise ConfigError(f"TLS file {path} does not exist")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"log_format must be json or console, not {self.log_format!r}")
+        self.compress_codecs()
         for name in ("max_connections", "max_payload", "max_outstanding"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         return self
 
+
+    def compress_codecs(self) -> tuple[str, ...]:
+        """compress_accept as codec names (those installed; "none" or "" accepts none)."""
+        names = [n.strip().lower() for n in self.compress_accept.split(",") if n.strip()]
+        if names == ["none"]:
+            return ()
+        for n in names:
+            if n not in codecs.FEATURES:
+                raise ConfigError(f"compress_accept: unknown codec {n!r} "
+                                  f"(zstd, lz4 or none)")
+        return tuple(n for n in names if n in codecs.available())
 
     def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """nbd_allow as networks (a bare address is a /32 or /128)."""

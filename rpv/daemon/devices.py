@@ -158,6 +158,7 @@ class DeviceManager:
                    "local_addr": d.attrs["local_addr"],
                    "state": rt.state.value if isinstance(rt, RPVClient) else "defined",
                    "connected": isinstance(rt, RPVClient) and rt.connected}
+            row["compress"] = d.attrs.get("compress") or "none"
             if isinstance(rt, RPVClient):
                 row.update(rt.stats.as_dict(), **rt.pending())
                 if reset:
@@ -421,7 +422,8 @@ class DeviceManager:
             site=self.site(), node=self.node, size=0,
             on_timeout=self._client_timed_out, on_hello=self._client_hello,
             auto_resume=a.get("auto_resume") == "y", on_resumed=self._client_resumed,
-            on_new_instance=self._client_new_instance, ssl=self.client_ssl)
+            on_new_instance=self._client_new_instance, ssl=self.client_ssl,
+            compress=a.get("compress") or "none")
         if a["server_addr"] != "none":
             timeout = min(float(a["io_timeout"]), CONNECT_TIMEOUT_MAX)
             try:
@@ -558,6 +560,14 @@ class DeviceManager:
             rt.auto_resume = stored["auto_resume"] == "y"
             if rt.auto_resume:
                 rt.start_probe()
+        if "compress" in stored:  # asked for from the next HELLO on; online: HELLO now
+            previous, rt.compress = rt.compress, stored["compress"]
+            if rt.state is ClientState.ONLINE:
+                try:
+                    await rt.open(min(rt.io_timeout, CONNECT_TIMEOUT_MAX))
+                except (OSError, TimeoutError) as e:
+                    rt.compress = previous  # refused: keep the session as it was
+                    raise CommandError(f"{dev.name}: {_reason(e)}") from None
         if "local_addr" in stored or "server_port" in stored:
             rt.local_addr = stored.get("local_addr", rt.local_addr)
             rt.server_port = int(stored.get("server_port", rt.server_port))
@@ -624,7 +634,8 @@ def _by_path(rows: list[dict]) -> list[dict]:
     """rpvstat -N: the counters summed per network path (local address -> server)."""
     paths: dict[tuple[str, str], dict] = {}
     summed = ("reads", "writes", "kb_read", "kb_written", "errors", "timeouts", "pend_reads",
-              "pend_writes", "pend_kb_read", "pend_kb_written")
+              "pend_writes", "pend_kb_read", "pend_kb_written", "raw_bytes_read",
+              "wire_bytes_read", "raw_bytes_written", "wire_bytes_written")
     for r in rows:
         p = paths.setdefault((r["local_addr"], r["server_addr"]), {
             "local_addr": r["local_addr"], "server_addr": r["server_addr"], "devices": [],

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-ca", help="site CA certificate: enables mutual TLS on the RPV link")
     p.add_argument("--tls-cert", help="this site's certificate (glvmctl tls issue)")
     p.add_argument("--tls-key", help="this site's private key")
+    p.add_argument("--compress-accept", help="payload codecs RPV clients may ask for: "
+                   "zstd,lz4 (default), a subset, or none")
     p.add_argument("--node", help="node name reported to peers (default: host name)")
     p.add_argument("--log-format", choices=["json", "console"], help="log line format")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -97,7 +99,8 @@ class Daemon:
         self.errlog.locate = self.devices.locate
         self.rpv = RPVServer(self.devices.rpv_exports, self.devices.site, cfg.node, Limits(
             max_connections=cfg.max_connections, max_payload=cfg.max_payload,
-            max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout))
+            max_outstanding=cfg.max_outstanding, handshake_timeout=cfg.handshake_timeout,
+            compress=cfg.compress_codecs()))
         self.jobs = Jobs()
         self.lvm = LVMManager(pvs=self.devices, catalog=self.db, exports=self.devices,
                               errors=self.errlog, jobs=self.jobs)
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                  ("state_dir", "listen", "socket", "nbd_socket", "nbd_socket_group",
                   "nbd_listen", "nbd_allow", "nbd_insecure", "nbd_unsafe_raw_writes",
                   "metrics_listen", "node", "log_format", "log_level", "tls_ca", "tls_cert",
-                  "tls_key")}
+                  "tls_key", "compress_accept")}
     try:
         cfg = cfgmod.load(args.config, overrides)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)

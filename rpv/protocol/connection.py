@@ -8,14 +8,16 @@ any payload is buffered. Misuse by the local caller raises :class:`LocalProtocol
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from errno import EBUSY, EMSGSIZE, EPROTO
 from types import MappingProxyType
 
+from . import compress as _z
 from . import frames as _f
 from .constants import (
     DEFAULT_FEATURES,
+    FLAG_COMPRESSED,
     FLAG_FUA,
     FLAG_REPLY,
     KNOWN_FLAGS,
@@ -142,10 +144,22 @@ class Connection:
     ``max_payload`` bounds any received payload (and the caller's own reads/writes), at
     least ``MIN_PAYLOAD_LIMIT`` (1024) so control frames always fit;
     ``max_outstanding`` bounds requests in flight (received by a server, sent by a client).
+
+    ``compress`` (client): the codec to ask for in HELLO ("none", "zstd", "lz4"). The session
+    compresses only if the server's HELLO reply accepts it (:attr:`codec`); the caller
+    decides what a refusal means. A server uses the codec its HELLO reply accepts.
+    ``on_payload(is_write, raw, wire)`` is called for every WRITE and READ data payload this
+    end sends or receives: its size before and after compression (counters only).
     """
 
     def __init__(
-        self, role: Role, max_payload: int = 4 * 1024 * 1024, max_outstanding: int = 256
+        self,
+        role: Role,
+        max_payload: int = 4 * 1024 * 1024,
+        max_outstanding: int = 256,
+        *,
+        compress: str = _z.NONE,
+        on_payload: Callable[[bool, int, int], None] | None = None,
     ) -> None:
         if not isinstance(role, Role):
             raise TypeError(f"role must be a Role, not {role!r}")
@@ -153,6 +167,14 @@ class Connection:
             raise ValueError(f"max_payload must be in {MIN_PAYLOAD_LIMIT}..{_U32}")
         if max_outstanding < 1:
             raise ValueError("max_outstanding must be positive")
+        if compress not in _z.CODEC_NAMES:
+            raise ValueError(f"compress must be one of {', '.join(_z.CODEC_NAMES)}")
+        if compress != _z.NONE and compress not in _z.available():
+            raise ValueError(f"compress={compress}: the library is not installed")
+        self.compress = compress
+        self.on_payload = on_payload
+        self._codec: _z.Codec | None = None  # negotiated in HELLO
+        self._hello_features = 0  # the features the HELLO request asked for
         self.role = role
         self.max_payload = max_payload
         self.max_outstanding = max_outstanding
@@ -171,6 +193,11 @@ class Connection:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def codec(self) -> str | None:
+        """The compression codec of the session ("zstd", "lz4"), None when uncompressed."""
+        return None if self._codec is None else self._codec.name
 
     @property
     def outstanding(self) -> Mapping[int, tuple[Opcode, int]]:
@@ -351,7 +378,9 @@ class Connection:
             raise _Fail(EPROTO, f"{op.name} request with offset/length", rid, op)
         request = spec.request
         size = request.size
-        if (
+        if flags & FLAG_COMPRESSED:
+            self._check_compressed(spec.compress_request, op, rid, plen, length)
+        elif (
             plen != size(length)
             if size is not None
             else plen < request.min_size or plen > request.max_size
@@ -375,7 +404,11 @@ class Connection:
         kind = Kind.ERROR if status else Kind.OK
         if (Role.CLIENT, self._state, op, kind) not in TRANSITIONS:
             raise _Fail(EPROTO, f"{op.name} reply not allowed in state {self._state.name}", rid, op)
-        if status:
+        if flags & FLAG_COMPRESSED:
+            if status:
+                raise _Fail(EPROTO, f"compressed {op.name} error reply", rid, op)
+            self._check_compressed(spec.compress_reply, op, rid, plen, entry[1])
+        elif status:
             if plen > MAX_MESSAGE:
                 raise _Fail(EMSGSIZE, f"error message of {plen} bytes", rid, op)
         else:
@@ -387,7 +420,27 @@ class Connection:
                 else plen < reply.min_size or plen > reply.max_size
             ):
                 raise _Fail(EPROTO, _size_error(op, reply, plen, entry[1], True), rid, op)
-        return (kind, spec, rid, plen, status)
+        return (kind, spec, rid, plen, status, flags)
+
+    def _check_compressed(self, allowed: bool, op, rid, plen, length) -> None:
+        """Header rules of a COMPRESSED payload that decodes to ``length`` bytes."""
+        if not allowed:
+            raise _Fail(EPROTO, f"COMPRESSED flag on a {op.name} frame", rid, op)
+        if self._codec is None:
+            raise _Fail(EPROTO, f"compressed {op.name} without negotiated compression", rid, op)
+        if length > self.max_payload:
+            raise _Fail(
+                EMSGSIZE, f"{op.name} of {length} bytes exceeds limit {self.max_payload}", rid, op
+            )
+        if not 0 < plen <= length:
+            raise _Fail(EPROTO, f"compressed {op.name} payload of {plen} bytes for {length}",
+                        rid, op)
+
+    def _inflate(self, payload: bytes, length: int, rid, op) -> bytes:
+        try:
+            return self._codec.decompress(payload, length)
+        except _z.CodecError as exc:
+            raise _Fail(EPROTO, f"bad compressed {op.name} payload: {exc}", rid, op) from None
 
     def _complete(self, frame: tuple, payload: bytes) -> Event:
         kind, spec, rid = frame[0], frame[1], frame[2]
@@ -397,10 +450,17 @@ class Connection:
             raise _Fail(EPROTO, f"{op.name} not allowed in state {self._state.name}", rid, op)
         try:
             if kind is Kind.REQUEST:
-                _, _, _, _, offset, length, deadline, flags = frame
+                _, _, _, plen, offset, length, deadline, flags = frame
+                if spec.compress_request:  # WRITE: count (and decompress) its data
+                    if flags & FLAG_COMPRESSED:
+                        payload = self._inflate(payload, length, rid, op)
+                    if self.on_payload is not None:
+                        self.on_payload(True, length, plen)
                 decode = spec.request.decode
                 body = None if decode is None else decode(payload)
                 event = spec.request_event(rid, offset, length, deadline, flags, body)
+                if op is Opcode.HELLO:
+                    self._hello_features = body["features"]
                 self._outstanding[rid] = (op, length)
             elif frame[4]:
                 try:
@@ -410,11 +470,20 @@ class Connection:
                 event = spec.reply_event(rid, frame[4], message, *spec.error_body)
                 del self._outstanding[rid]
             else:
+                if spec.compress_reply:  # READ: count (and decompress) its data
+                    plen = frame[3]
+                    length = self._outstanding[rid][1]
+                    if frame[5] & FLAG_COMPRESSED:
+                        payload = self._inflate(payload, length, rid, op)
+                    if self.on_payload is not None:
+                        self.on_payload(False, length, plen)
                 decode = spec.reply.decode
                 if decode is None:
                     event = spec.reply_event(rid, 0, "")
                 else:
                     event = spec.reply_event(rid, 0, "", decode(payload))
+                if op is Opcode.HELLO:
+                    self._codec = self._negotiated(event.info.features)
                 del self._outstanding[rid]
         except _f.PAYLOAD_ERRORS as exc:
             raise _Fail(EPROTO, f"malformed {op.name} payload: {exc}", rid, op) from None
@@ -443,6 +512,8 @@ class Connection:
                 raise LocalProtocolError(str(exc)) from None
         if len(pvid) != PVID_SIZE:
             raise LocalProtocolError(f"PVID must be {PVID_SIZE} bytes")
+        if self.compress != _z.NONE:
+            features |= _z.FEATURES[self.compress]
         payload = self._encode(
             _f.encode_hello_request,
             min_version,
@@ -452,9 +523,9 @@ class Connection:
             client_site,
             client_node,
         )
-        return [
-            self._request(Opcode.HELLO, 0, request_id, len(payload), 0, 0, deadline_ms) + payload
-        ]
+        head = self._request(Opcode.HELLO, 0, request_id, len(payload), 0, 0, deadline_ms)
+        self._hello_features = features
+        return [head + payload]
 
     def send_discover(self, request_id: int, deadline_ms: int = 0) -> list[Buffer]:
         return [self._request(Opcode.DISCOVER, 0, request_id, 0, 0, 0, deadline_ms)]
@@ -473,11 +544,22 @@ class Connection:
     def send_write(
         self, request_id: int, offset: int, data: Buffer, deadline_ms: int, fua: bool = False
     ) -> list[Buffer]:
-        """WRITE: returns [header, data]; ``data`` is not copied."""
+        """WRITE: returns [header, data]; ``data`` is not copied (unless it is compressed,
+        which the session's codec does when that pays)."""
         size = data.nbytes if isinstance(data, memoryview) else len(data)
         flags = FLAG_FUA if fua else 0
-        head = self._request(Opcode.WRITE, flags, request_id, size, offset, size, deadline_ms)
-        return [head, data] if size else [head]
+        if size > self.max_payload:
+            raise LocalProtocolError(f"WRITE of {size} bytes exceeds limit {self.max_payload}")
+        wire = data
+        if self._codec is not None and size:
+            packed = self._codec.compress(data)
+            if packed is not None:
+                wire, flags = packed, flags | FLAG_COMPRESSED
+        plen = size if wire is data else len(wire)
+        head = self._request(Opcode.WRITE, flags, request_id, plen, offset, size, deadline_ms)
+        if self.on_payload is not None:
+            self.on_payload(True, size, plen)
+        return [head, wire] if size else [head]
 
     def send_flush(self, request_id: int, deadline_ms: int) -> list[Buffer]:
         return [self._request(Opcode.FLUSH, 0, request_id, 0, 0, 0, deadline_ms)]
@@ -512,19 +594,31 @@ class Connection:
     # --- sending: server -------------------------------------------------------------
 
     def send_hello_reply(self, request_id: int, info: HelloInfo) -> list[Buffer]:
-        """Successful HELLO reply; the session becomes READY."""
+        """Successful HELLO reply; the session becomes READY. It compresses with the codec
+        whose feature bit both the request and ``info.features`` carry."""
         payload = self._encode(_f.encode_hello_reply, info)
-        return [self._reply(Opcode.HELLO, request_id, 0, len(payload)) + payload]
+        head = self._reply(Opcode.HELLO, request_id, 0, len(payload))
+        self._codec = self._negotiated(info.features)
+        return [head + payload]
 
     def send_discover_reply(self, request_id: int, info: DiscoverInfo) -> list[Buffer]:
         payload = self._encode(_f.encode_discover_reply, info)
         return [self._reply(Opcode.DISCOVER, request_id, 0, len(payload)) + payload]
 
     def send_read_reply(self, request_id: int, data: Buffer) -> list[Buffer]:
-        """Successful READ reply: returns [header, data]; ``data`` is not copied."""
+        """Successful READ reply: returns [header, data]; ``data`` is not copied (unless it
+        is compressed, which the session's codec does when that pays)."""
         size = data.nbytes if isinstance(data, memoryview) else len(data)
-        head = self._reply(Opcode.READ, request_id, 0, size)
-        return [head, data] if size else [head]
+        wire, flags = data, FLAG_REPLY
+        if self._codec is not None and size:
+            packed = self._codec.compress(data)
+            if packed is not None:
+                wire, flags = packed, FLAG_REPLY | FLAG_COMPRESSED
+        plen = size if wire is data else len(wire)
+        head = self._reply(Opcode.READ, request_id, 0, plen, size, flags)
+        if self.on_payload is not None:
+            self.on_payload(False, size, plen)
+        return [head, wire] if size else [head]
 
     def send_checksum_reply(self, request_id: int, digests: Buffer) -> list[Buffer]:
         """Successful CHECKSUM reply: returns [header, digests]; one digest per chunk."""
@@ -550,8 +644,10 @@ class Connection:
         msg = _f.encode_message(message)
         return [self._reply(Opcode(opcode), request_id, status, len(msg)) + msg]
 
-    def _reply(self, op, rid, status, plen) -> bytes:
-        if plen > self.max_payload:
+    def _reply(self, op, rid, status, plen, raw=None, flags=FLAG_REPLY) -> bytes:
+        """Header of a reply with ``plen`` payload bytes (``raw`` before compression)."""
+        raw = plen if raw is None else raw
+        if raw > self.max_payload:
             raise LocalProtocolError(f"{op.name} reply of {plen} bytes is too large")
         if self.role is not Role.SERVER:
             raise LocalProtocolError(f"only a server sends replies ({op.name})")
@@ -563,16 +659,22 @@ class Connection:
         if entry[0] is not op:
             raise LocalProtocolError(f"request {rid} is a {entry[0].name}, not {op.name}")
         size = OPCODES[op].reply.size
-        if size is not None and not status and plen != size(entry[1]):
-            raise LocalProtocolError(f"{op.name} reply of {plen} bytes, not {size(entry[1])}")
+        if size is not None and not status and raw != size(entry[1]):
+            raise LocalProtocolError(f"{op.name} reply of {raw} bytes, not {size(entry[1])}")
         kind = Kind.ERROR if status else Kind.OK
         next_state = TRANSITIONS.get((Role.SERVER, self._state, op, kind))
         if next_state is None:
             raise LocalProtocolError(f"cannot reply to {op.name} in state {self._state.name}")
-        head = _f.pack_reply_head(op, rid, status, plen)
+        head = _f.pack_reply_head(op, rid, status, plen, flags)
         del self._outstanding[rid]
         self._state = next_state
         return head
+
+    def _negotiated(self, features: int) -> _z.Codec | None:
+        """The codec a HELLO exchange agreed on: the one whose bit both the request and the
+        reply's ``features`` carry (zstd first), if this process has it; else None."""
+        name = _z.feature_codec(features & self._hello_features)
+        return _z.Codec(name) if name in _z.available() else None
 
     @staticmethod
     def _encode(encoder, *args) -> bytes:

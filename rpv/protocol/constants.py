@@ -32,14 +32,18 @@ class Flag(IntFlag):
 
     REPLY = 0x0001
     FUA = 0x0002
+    COMPRESSED = 0x0004  # payload compressed with the session's codec (WRITE, READ reply)
 
 
 FLAG_REPLY = int(Flag.REPLY)
 FLAG_FUA = int(Flag.FUA)
-KNOWN_FLAGS = FLAG_REPLY | FLAG_FUA
+FLAG_COMPRESSED = int(Flag.COMPRESSED)
+KNOWN_FLAGS = FLAG_REPLY | FLAG_FUA | FLAG_COMPRESSED
 
 FEATURE_FUA = 1
 FEATURE_FLUSH = 2
+FEATURE_ZSTD = 4  # HELLO: the client asks for / the server accepts zstd payloads
+FEATURE_LZ4 = 8  # HELLO: the same for LZ4 (see rpv.protocol.compress)
 DEFAULT_FEATURES = FEATURE_FUA | FEATURE_FLUSH
 
 

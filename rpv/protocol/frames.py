@@ -42,6 +42,7 @@ from construct import (
 from rpv.checksum import digests_size
 
 from .constants import (
+    FLAG_COMPRESSED,
     FLAG_FUA,
     FLAG_REPLY,
     KNOWN_FLAGS,
@@ -166,10 +167,12 @@ def pack_request_head(
     )
 
 
-def pack_reply_head(opcode: int, request_id: int, status: int, payload_len: int) -> bytes:
+def pack_reply_head(
+    opcode: int, request_id: int, status: int, payload_len: int, flags: int = FLAG_REPLY
+) -> bytes:
     """Header + reply extension (raises struct.error on out-of-range fields)."""
     return REPLY_HEAD_STRUCT.pack(
-        MAGIC, VERSION, opcode, FLAG_REPLY, request_id, payload_len, status
+        MAGIC, VERSION, opcode, flags, request_id, payload_len, status
     )
 
 
@@ -354,6 +357,10 @@ class OpSpec:
     error_body: tuple = ()  # the reply event's payload field in an error reply
     ranged: bool = False  # offset and length are meaningful (else both must be 0)
     fua: bool = False  # the FUA flag is allowed
+    # the COMPRESSED flag is allowed on the request / on an OK reply (once negotiated):
+    # the payload then decodes to ``length`` bytes and is at most that long on the wire
+    compress_request: bool = False
+    compress_reply: bool = False
     length: tuple[int, int] = (0, 0xFFFFFFFF)  # bounds of the length field
 
 
@@ -388,6 +395,7 @@ OPCODES: dict[Opcode, OpSpec] = {
                           too_big="{op} of {length} bytes exceeds limit {limit}"),
             error_body=(b"",),
             ranged=True,
+            compress_reply=True,
         ),
         OpSpec(
             Opcode.WRITE, Scope.SESSION,
@@ -397,6 +405,7 @@ OPCODES: dict[Opcode, OpSpec] = {
             request=DATA,
             ranged=True,
             fua=True,
+            compress_request=True,
         ),
         OpSpec(
             Opcode.FLUSH, Scope.SESSION,
@@ -448,14 +457,21 @@ Frame = Struct(
     "opcode" / OneOf(Int8ub, {int(o) for o in OPCODES}),
     "flags" / Int16ub,
     Check(this.flags & ~KNOWN_FLAGS == 0),
-    Check(lambda c: not c.flags & FLAG_FUA or c.flags == FLAG_FUA and OPCODES[c.opcode].fua),
+    Check(lambda c: not c.flags & FLAG_FUA
+          or c.flags & ~FLAG_COMPRESSED == FLAG_FUA and OPCODES[c.opcode].fua),
     "request_id" / Int64ub,
     "payload_len" / Int32ub,
     "ext" / IfThenElse(this.flags & FLAG_REPLY, ReplyExt, RequestExt),
     _request_rule(lambda s, c: s.ranged or c.ext.offset == 0 and c.ext.length == 0),
     _request_rule(lambda s, c: s.length[0] <= c.ext.length <= s.length[1]),
-    _request_rule(lambda s, c: s.request.size is None
+    _request_rule(lambda s, c: s.request.size is None or c.flags & FLAG_COMPRESSED
                   or s.request.size(c.ext.length) == c.payload_len),
+    # a compressed payload: WRITE requests and OK READ replies only, never empty, never
+    # longer than what it decodes to (the request's length; a reply's is in its request)
+    Check(lambda c: not c.flags & FLAG_COMPRESSED or (
+        OPCODES[c.opcode].compress_reply and c.ext.status == 0 and c.payload_len > 0
+        if c.flags & FLAG_REPLY else
+        OPCODES[c.opcode].compress_request and 0 < c.payload_len <= c.ext.length)),
     Check(lambda c: not c.flags & FLAG_REPLY or c.ext.status == 0 or c.payload_len <= MAX_MESSAGE),
     "payload"
     / FixedSized(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -30,6 +30,7 @@ from rpv.protocol import (
     pvid_to_str,
 )
 from rpv.protocol import VERSION as PROTOCOL_VERSION
+from rpv.protocol import compress as codecs
 
 log = structlog.get_logger("rpv.server")
 
@@ -56,6 +57,8 @@ class Limits:
     max_payload: int = 4 * 1024 * 1024
     max_outstanding: int = 256
     handshake_timeout: float = 10.0
+    # payload compression codecs a client may ask for in HELLO (default: those installed)
+    compress: tuple[str, ...] = field(default_factory=codecs.available)
 
 
 class RPVServer:
@@ -287,13 +290,18 @@ class _ServerConnection(asyncio.BufferedProtocol):
         if self._handshake_timer:
             self._handshake_timer.cancel()
         lim = srv.limits
-        info = HelloInfo(version=PROTOCOL_VERSION, features=FEATURE_FUA | FEATURE_FLUSH,
+        features = FEATURE_FUA | FEATURE_FLUSH
+        asked = codecs.feature_codec(ev.features)
+        if asked in lim.compress and asked in codecs.available():
+            features |= codecs.FEATURES[asked]  # accepted; without the bit: refused
+        info = HelloInfo(version=PROTOCOL_VERSION, features=features,
                          server_site=srv.site(), server_node=srv.node, disk_name=exp.disk_name,
                          disk_size=exp.size, block_size=512, max_payload=lim.max_payload,
                          max_outstanding=lim.max_outstanding, instance=srv.instance)
         self._send(self.conn.send_hello_reply, ev.request_id, info)
         log.info("rpv_session", peer=self.peer, device=exp.server_name, disk=exp.disk_name,
-                 pvid=pvid, client_site=ev.client_site, client_node=ev.client_node)
+                 pvid=pvid, client_site=ev.client_site, client_node=ev.client_node,
+                 compress=self.conn.codec or "none")
 
     def on_discover(self, ev: pc.DiscoverRequest) -> None:
         srv = self.server
