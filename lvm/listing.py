@@ -45,6 +45,7 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
             "maintenance": group.maintenance,
             "mirror_pool_strict": vgda.mirror_pool_strict,
             "resyncing": bool(group.resync_task and not group.resync_task.done()),
+            "last_resync": dict(group.resync_progress),  # counters of the last resync pass
             "pvs": pvs, "lvs": lvs}
 
 

@@ -242,7 +242,9 @@ class LVCommands:
             await group.write_vgda()
         result = None
         if sync == "foreground":
-            result = await self.core.resyncs.run(group, None, 1, 0.0, progress)
+            # a new copy is copied whole, as syncvg -f does: no digest comparison
+            result = await self.core.resyncs.run(group, None, 1, 0.0, progress,
+                                                 checksum=False)
         elif sync == "background":
             self.core.resyncs.start_background(group)
         return {"messages": messages, "resync": result}
@@ -304,7 +306,9 @@ class LVCommands:
         if force:
             self.core.resyncs.force_stale(group, scope_lvs, want)
             await group.commit_vgsa()
-        return await self.core.resyncs.run(group, want, parallel, rate_mb * MiB, progress)
+        # -f recopies every partition as asked: no digest comparison (see lvm/resync.py)
+        return await self.core.resyncs.run(group, want, parallel, rate_mb * MiB, progress,
+                                           checksum=not force)
 
     async def verify(self, lv: str | None = None, vg: str | None = None, repair: bool = False,
                      progress: Callable[[dict], None] | None = None) -> dict:

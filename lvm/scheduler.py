@@ -27,9 +27,9 @@ class ResyncScheduler:
         return self._locks.setdefault(vg, asyncio.Lock())
 
     async def run(self, group: VolumeGroup, want, parallel: int, rate: float,
-                  progress) -> dict:
+                  progress, checksum: bool = True) -> dict:
         async with self.lock(group.name):
-            return await resync(group, want, parallel, rate, progress)
+            return await resync(group, want, parallel, rate, progress, checksum)
 
     def start_background(self, group: VolumeGroup) -> None:
         if group.resync_task and not group.resync_task.done():

@@ -23,7 +23,8 @@ MiB = 1 << 20
 VERIFY_REGION = 4 * MiB
 
 
-def _differing(a: bytes, b: bytes) -> list[int]:
+def differing(a: bytes, b: bytes) -> list[int]:
+    """Indexes of the chunks whose digests differ between two CHECKSUM-style digest strings."""
     return [i // DIGEST_SIZE for i in range(0, len(a), DIGEST_SIZE)
             if a[i:i + DIGEST_SIZE] != b[i:i + DIGEST_SIZE]]
 
@@ -67,7 +68,7 @@ async def _verify_lp(group: VolumeGroup, vol: LogicalVolume, lp: int, repair: bo
                 for loc in copies))
             report["regions"] += 1
             report["bytes"] += n * len(copies)
-            bad = sorted({c for d in sums[1:] for c in _differing(sums[0], d)})
+            bad = sorted({c for d in sums[1:] for c in differing(sums[0], d)})
             for c in bad:
                 off = c * CHUNK
                 report["mismatches"].append({
