@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) bench/async_latency.py --rtt 0 10 50
 	$(PY) bench/outage_detect.py --pvs 2 4
 	$(PY) bench/compress_resync.py
+	$(PY) bench/checksum_resync.py
+	$(PY) bench/resync_impact.py
 
 SOAK_FAULTS ?= 200
 SOAK_SEED ?= 1

@@ -265,13 +265,21 @@ def register(app: typer.Typer) -> None:
         pool_strict: Strictness = typer.Option(None, "-M", help="mirror pool strictness: "
                                                "n off, y every copy in a pool, s super strict "
                                                "(each copy in its own pool)"),
+        floor: float = typer.Option(None, "--resync-floor", min=0.1, help="MB/s every resync "
+                                    "gets, however busy the link (default 4)"),
+        impact: int = typer.Option(None, "--resync-impact", min=0, help="how much longer, in "
+                                   "percent, a resync may make I/O on the link take before it "
+                                   "slows down (default 50)"),
         vg: str = typer.Argument(..., help="volume group"),
     ) -> None:
-        """Change a volume group's auto-varyon, quorum or mirror pool strictness."""
-        if auto_on is None and quorum is None and pool_strict is None:
-            fail("give -a y|n, -Q y|n and/or -M n|y|s")
+        """Change a volume group's auto-varyon, quorum, mirror pool strictness or resync
+        limits."""
+        if auto_on is None and quorum is None and pool_strict is None and floor is None \
+                and impact is None:
+            fail("give -a y|n, -Q y|n, -M n|y|s, --resync-floor and/or --resync-impact")
         messages(rpc("chvg", vg=vg, auto_on=auto_on, quorum=quorum,
-                     mirror_pool_strict=pool_strict))
+                     mirror_pool_strict=pool_strict, resync_floor_mb=floor,
+                     resync_impact_pct=impact))
 
     @app.command()
     def chpv(
@@ -389,7 +397,12 @@ def register(app: typer.Typer) -> None:
                    ("USED PPs:", f"{r['used_pps']} ({r['used_pps'] * mb} megabytes)"),
                    ("STALE PVs:", r["stale_pvs"]), ("STALE PPs:", r["stale_pps"]),
                    ("ACTIVE PVs:", r["active_pvs"]), ("QUORUM:", on_off(r["quorum"])),
-                   ("AUTO ON:", yes_no(r["auto_on"]))])
+                   ("AUTO ON:", yes_no(r["auto_on"])),
+                   *((("RESYNC FLOOR:", f"{r['resync_floor_mb']:g} MB/s"),
+                      ("RESYNC IMPACT:", f"{r['resync_impact_pct']}%"))
+                     if "resync_floor_mb" in r else ()),
+                   *((("RESYNC RATE:", f"{r['resync_rate_mb']:g} MB/s"),)
+                     if r.get("resync_rate_mb") is not None else ())])
 
     # ---- logical volumes -------------------------------------------------------------------
 
@@ -473,8 +486,9 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "-f", help="resynchronize every partition, "
                                                      "stale or not"),
         parallel: int = typer.Option(1, "-P", min=1, help="partitions to copy at once"),
-        rate: float = typer.Option(0.0, "--rate", min=0, help="copy rate limit, MB/s "
-                                                              "(0: unlimited)"),
+        rate: float = typer.Option(0.0, "--rate", min=0, help="copy rate limit, MB/s (0: "
+                                   "none); below it the rate adapts to the link (chvg "
+                                   "--resync-floor/--resync-impact)"),
         lv: str = typer.Option(None, "-l", help="resynchronize this logical volume"),
         pv: str = typer.Option(None, "-p", help="resynchronize partitions on this PV"),
         vg: str = typer.Option(None, "-v", help="resynchronize this volume group"),

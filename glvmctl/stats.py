@@ -50,10 +50,11 @@ def register(app: typer.Typer) -> None:
             return
         columns([[r["vg"], r["pvs"], r["rpvs"], r["total_vols"], r["stale_vols"],
                   r["total_pps"], r["stale_pps"], f"{r['synced_pct']:.0f}%",
-                  f"{r.get('async_lag_bytes', 0) // 1024} KB/{r.get('async_lag_seconds', 0)} s"]
+                  f"{r.get('async_lag_bytes', 0) // 1024} KB/{r.get('async_lag_seconds', 0)} s",
+                  "-" if r.get("resync_rate_mb") is None else f"{r['resync_rate_mb']} MB/s"]
                  for r in rows],
                 header=["GMVG Name", "PVs", "RPVs", "Tot Vols", "St Vols", "Total PPs",
-                        "Stale PPs", "Sync", "Async Lag"])
+                        "Stale PPs", "Sync", "Async Lag", "Resync Rate"])
 
 
 def _print_async(rows: list[dict]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from lvm.assembly import is_local
 from lvm.manager import LVMManager
 from lvm.metadata import LVEntry
+from lvm.throttle import MiB
 from rpv.errors import CommandError
 
 LOCAL = "local"
@@ -169,7 +170,9 @@ class GMVG:
                         "stale_vols": len({pv for pv, _ in group.vgsa.stale}),
                         "total_pps": total, "stale_pps": stale,
                         "synced_pct": round(100.0 * (total - stale) / total, 2) if total
-                        else 100.0})
+                        else 100.0,
+                        "resync_rate_mb": round(group.resync_rate.rate / MiB, 1)
+                        if group.resync_rate else None})
         if vg is not None and not out:
             self.lvm.online(vg)
         return out

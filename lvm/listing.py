@@ -28,6 +28,7 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
                     "stale_pps": vgsa.stale_count(p.index),
                     "site": site_of(dev, directory), "pool": p.pool or None})
     total = sum(p.pp_count for p in vgda.pvs)
+    limits = group.resync_settings()
     lvs = [{"name": e.name, "type": e.type, "lps": e.lps, "pps": e.lps * e.copies,
             "pvs": len({pv for m in e.maps for pv, _ in m}), "copies": e.copies,
             "state": ("open" if group.online else "closed") + (
@@ -45,6 +46,10 @@ def describe_vg(group: VolumeGroup, directory: PVDirectory) -> dict:
             "maintenance": group.maintenance,
             "mirror_pool_strict": vgda.mirror_pool_strict,
             "resyncing": bool(group.resync_task and not group.resync_task.done()),
+            "resync_floor_mb": round(limits.floor / MiB, 1),
+            "resync_impact_pct": round(limits.impact * 100),
+            "resync_rate_mb": round(group.resync_rate.rate / MiB, 1) if group.resync_rate
+            else None,  # the pace of the resync running now
             "last_resync": dict(group.resync_progress),  # counters of the last resync pass
             "pvs": pvs, "lvs": lvs}
 

@@ -456,13 +456,22 @@ class LVMManager:
             return {"vg": vg}
 
     async def chvg(self, vg: str, auto_on: str | None = None, quorum: str | None = None,
-                   mirror_pool_strict: str | None = None) -> dict:
+                   mirror_pool_strict: str | None = None, resync_floor_mb: float | None = None,
+                   resync_impact_pct: int | None = None) -> dict:
         async with self.lock:
             group = self.online(vg)
-            if auto_on is None and quorum is None and mirror_pool_strict is None:
-                raise CommandError("chvg needs -a, -Q or -M")
+            if auto_on is None and quorum is None and mirror_pool_strict is None and \
+                    resync_floor_mb is None and resync_impact_pct is None:
+                raise CommandError("chvg needs -a, -Q, -M, --resync-floor or --resync-impact")
+            if resync_floor_mb is not None and not 0 < resync_floor_mb <= 100_000:
+                raise CommandError("chvg --resync-floor must be between 0 and 100000 MB/s")
+            if resync_impact_pct is not None and not 0 <= resync_impact_pct <= 10_000:
+                raise CommandError("chvg --resync-impact must be between 0 and 10000 %")
             if mirror_pool_strict is not None:
                 self.pool.set_strict(group.vgda, mirror_pool_strict)
+            for key, v in (("floor_mb", resync_floor_mb), ("impact_pct", resync_impact_pct)):
+                if v is not None:
+                    group.vgda.resync_limits[key] = v
             for flag, v in (("-a", auto_on), ("-Q", quorum)):
                 if v is not None and v not in ("y", "n"):
                     raise CommandError(f"chvg {flag} must be y or n")

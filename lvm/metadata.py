@@ -104,6 +104,8 @@ class VGDA:
     mirror_pool_strict: str = "n"  # chvg -M: n, y (every copy in a pool) or s (super strict)
     # asynchronous mirror pools: pool -> {"cache_lv": LV name, "hwm": percent}
     async_pools: dict[str, dict] = field(default_factory=dict)
+    # chvg --resync-floor/--resync-impact: {"floor_mb": MB/s, "impact_pct": percent}
+    resync_limits: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"vgid": self.vgid, "name": self.name, "pp_size": self.pp_size,
@@ -113,7 +115,8 @@ class VGDA:
                 "next_lvid": self.next_lvid, "created": self.created,
                 "modified": self.modified, "last_site": self.last_site,
                 "mirror_pool_strict": self.mirror_pool_strict,
-                **({"async_pools": self.async_pools} if self.async_pools else {})}
+                **({"async_pools": self.async_pools} if self.async_pools else {}),
+                **({"resync_limits": self.resync_limits} if self.resync_limits else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> VGDA:
@@ -121,7 +124,8 @@ class VGDA:
         return cls(d["vgid"], d["name"], d["pp_size"], d["quorum"], d["auto_on"],
                    [PVEntry(*p) for p in d["pvs"]], {lv.name: lv for lv in lvs},
                    d["next_lvid"], d["created"], d["modified"], d.get("last_site", ""),
-                   d.get("mirror_pool_strict", "n"), dict(d.get("async_pools", {})))
+                   d.get("mirror_pool_strict", "n"), dict(d.get("async_pools", {})),
+                   dict(d.get("resync_limits", {})))
 
     def pv(self, index: int) -> PVEntry:
         for p in self.pvs:  # a plain loop: this is on the I/O path (VolumeGroup.usable)

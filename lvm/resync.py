@@ -38,6 +38,7 @@ import structlog
 from lvm.copy import copy_range
 from lvm.layout import pp_offset
 from lvm.metadata import CHUNK, Loc
+from lvm.throttle import INTERVAL, START_REMOTE, AdaptiveRate, MiB
 from lvm.verify import differing
 from lvm.vg import VolumeGroup
 from rpv.blockdev import digests
@@ -111,7 +112,7 @@ async def resync(vg: VolumeGroup, want: Callable[[Loc], bool] | None = None, par
     locs = vg.stale_locs(want)
     stats = ResyncStats(len(locs))
     queue: deque[Loc] = deque(locs)
-    limiter = _RateLimiter(rate)
+    limiter = _Throttle(vg, locs, rate)
 
     async def worker() -> None:
         finishing: asyncio.Future | None = None
@@ -137,8 +138,13 @@ async def resync(vg: VolumeGroup, want: Callable[[Loc], bool] | None = None, par
             if finishing is not None and not finishing.done():
                 finishing.cancel()
 
-    log.info("lvm_resync_start", vg=vg.name, stale_pps=len(locs), parallel=parallel)
-    await asyncio.gather(*(worker() for _ in range(max(1, parallel))))
+    log.info("lvm_resync_start", vg=vg.name, stale_pps=len(locs), parallel=parallel,
+             floor_mb=round(limiter.ctl.settings.floor / MiB, 1),
+             impact_pct=round(limiter.ctl.settings.impact * 100))
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, parallel))))
+    finally:
+        limiter.close()
     done = stats.as_dict()
     vg.resync_progress = done  # lsvg shows the last resync's counters
     log.info("lvm_resync_done", vg=vg.name, **done)
@@ -232,6 +238,7 @@ async def _copy_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter,
     compare = checksum and compares(marked, pp_size // CHUNK)
 
     async def copy(start: int, length: int) -> None:
+        await limiter.take(length)  # paced before it goes: no burst on the link
         async with window, lv.lock.acquire(lp_base + start, lp_base + start + length):
             runs = [(start, length)]
             if compare:  # under the lock: no write lands between comparison and decision
@@ -247,7 +254,7 @@ async def _copy_pp(vg: VolumeGroup, loc: Loc, stats: ResyncStats, limiter,
                 moved += await copy_range(vg, lv, lp, loc, within, n)
             stats.bytes += moved
             stats.chunks_copied += -(-moved // CHUNK)
-        await limiter.take(moved)
+        limiter.ctl.refund(length - moved)  # identical chunks did not cross the link
 
     await asyncio.gather(*(copy(start, length) for start, length in _runs(chunks, CHUNK)))
     return True
@@ -291,19 +298,38 @@ async def _differing_runs(vg: VolumeGroup, lv, lp: int, dst: Loc, within: int,
     return runs
 
 
-class _RateLimiter:
-    """At most ``rate`` bytes per second (0: unlimited)."""
+class _Throttle:
+    """The resync's pace (lvm/throttle.py): a token bucket whose rate a PING prober steers
+    by the delay on the links to the remote destinations; ``syncvg --rate`` caps it."""
 
-    def __init__(self, rate: float):
-        self.rate = rate
-        self.start = time.monotonic()
-        self.sent = 0
+    def __init__(self, vg: VolumeGroup, locs: list[Loc], rate: float):
+        settings = vg.resync_settings(ceiling=rate)
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.vg = vg
+        self.remote = sorted({loc[0] for loc in locs
+                              if hasattr(vg.devices.get(loc[0]), "ping")})
+        # no link to protect: full speed at once; over a link, a brisk start that adapts
+        self.ctl = AdaptiveRate(settings, loop.time(),
+                                START_REMOTE if self.remote else settings.ceiling)
+        self.prober = loop.create_task(self._probe()) if self.remote else None
+        vg.resync_rate = self.ctl
 
     async def take(self, n: int) -> None:
-        if self.rate <= 0:
-            return
-        self.sent += n
-        due = self.start + self.sent / self.rate
-        delay = due - time.monotonic()
-        if delay > 0:
+        while (delay := self.ctl.wait(self.loop.time(), n)) > 0:
             await asyncio.sleep(delay)
+
+    async def _probe(self) -> None:
+        while True:
+            devs = [self.vg.devices[i] for i in self.remote if self.vg.usable(i)]
+            if devs:
+                start = self.loop.time()
+                self.ctl.ping_sent(start)
+                await asyncio.gather(*(d.ping() for d in devs), return_exceptions=True)
+                self.ctl.delay_seen(self.loop.time(), self.loop.time() - start)
+            await asyncio.sleep(INTERVAL)
+
+    def close(self) -> None:
+        if self.prober is not None:
+            self.prober.cancel()
+        self.vg.resync_rate = None

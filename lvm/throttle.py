@@ -5,7 +5,8 @@ controller steers by the delay its requests see).
 A PING waits behind everything queued on the connection, the application's writes included,
 so its round trip is the delay the resync adds to them. Its lowest value seen is the link's
 own round trip; while the delay stays within ``impact`` of it (0.5: at most half as long
-again) the rate grows, and when it goes beyond, the rate halves, never below the floor.
+again) the rate grows: by half while the delay is under half the target, then by a
+floor's worth at a time; beyond the target the rate halves, never below the floor.
 Application I/O keeps priority without the resync ever stopping.
 
 Sans-IO: the caller feeds PING delays and asks how long to wait before copying; every time
@@ -21,7 +22,8 @@ DEFAULT_FLOOR = 4 * MiB  # bytes/s a resync always gets
 DEFAULT_CEILING = 1024 * MiB  # bytes/s, when nothing limits it (syncvg --rate lowers it)
 DEFAULT_IMPACT = 0.5  # how much longer than the link's round trip the resync may make I/O
 INTERVAL = 0.1  # seconds between two adjustments
-GROWTH = 1.25  # rate factor per adjustment while the delay is within target
+GROWTH = 1.5  # rate factor per adjustment while the delay is within target
+START_REMOTE = 64 * MiB  # bytes/s a resync over a link starts at (then it adapts)
 BACKOFF = 0.5  # rate factor when it is beyond
 SLACK = 0.002  # seconds of delay always allowed (a fast link's round trip is noise)
 
@@ -41,9 +43,9 @@ class RateSettings:
 class AdaptiveRate:
     """One resync's rate controller and token bucket."""
 
-    def __init__(self, settings: RateSettings, now: float):
+    def __init__(self, settings: RateSettings, now: float, start: float | None = None):
         self.settings = settings
-        self.rate = settings.floor  # start gently, grow while the link stays quick
+        self.rate = max(settings.floor, min(settings.ceiling, start or settings.floor))
         self.base: float | None = None  # the lowest PING delay seen: the link itself
         self._delays: list[float] = []  # PING delays since the last adjustment
         self._adjusted = now
@@ -73,9 +75,11 @@ class AdaptiveRate:
         if self._delays and self.base is not None:
             delays = sorted(self._delays)
             typical = delays[len(delays) // 2]
-            limit = self.base * (1 + s.impact) + SLACK
-            if typical > limit:
+            added = typical - self.base - SLACK  # what the resync adds to every request
+            if added > self.base * s.impact:
                 self.rate = max(s.floor, self.rate * BACKOFF)
+            elif added > self.base * s.impact / 2:  # close to the target: carefully
+                self.rate = min(s.ceiling, self.rate + s.floor / 4)
             else:
                 self.rate = min(s.ceiling, self.rate * GROWTH)
         elif not self.measured:  # a local destination: no link to protect
@@ -84,9 +88,16 @@ class AdaptiveRate:
         self._adjusted = now
         self.adjustments += 1
 
+    def refund(self, nbytes: int) -> None:
+        """Bytes granted by :meth:`wait` that were not sent after all."""
+        self._allowed -= nbytes / self.rate
+
     def wait(self, now: float, nbytes: int) -> float:
-        """Seconds to wait before copying ``nbytes`` (0: now); the bytes count as sent."""
+        """0 when ``nbytes`` may be copied now (they count as sent), else the seconds to wait
+        before asking again: nothing is reserved ahead, so a change of rate applies to every
+        copy still waiting."""
         self._adjust(now)
-        start = max(now, self._allowed)
-        self._allowed = start + nbytes / self.rate
-        return start - now
+        if now < self._allowed:
+            return self._allowed - now
+        self._allowed = now + nbytes / self.rate
+        return 0.0

@@ -40,6 +40,14 @@ from lvm.metadata import (
 )
 from lvm.policy import has_quorum
 from lvm.records import write_record
+from lvm.throttle import (
+    DEFAULT_CEILING,
+    DEFAULT_FLOOR,
+    DEFAULT_IMPACT,
+    AdaptiveRate,
+    MiB,
+    RateSettings,
+)
 from rpv.blockdev import BlockDevice
 from rpv.instance import boot_hash, boot_of
 
@@ -87,6 +95,7 @@ class VolumeGroup:
         self.resync_task: asyncio.Task | None = None
         self.resync_wanted = False  # asked for while the background resync was running
         self.resync_progress: dict = {}
+        self.resync_rate: AdaptiveRate | None = None  # the pace of the resync running now
         self._vgsa_version = 0  # in-memory VGSA changes an acknowledgement may rely on
         self._vgsa_durable = 0  # the version the last completed VGSA commit wrote
         # per PV index: PP -> 64 KiB chunks written since the PV's last completed flush
@@ -224,6 +233,14 @@ class VolumeGroup:
         """PV ``index`` is in an asynchronous pool whose copies the sender writes: the write
         path, reads, resync sources and the dirty-region log leave it alone."""
         return any(p.defers(index) for p in self.async_pools.values())
+
+    def resync_settings(self, ceiling: float = 0.0) -> RateSettings:
+        """The limits of a resync: the VG's floor and impact (chvg), ``ceiling`` bytes/s
+        (syncvg --rate; 0: none)."""
+        lim = self.vgda.resync_limits
+        return RateSettings(floor=lim.get("floor_mb", DEFAULT_FLOOR / MiB) * MiB,
+                            ceiling=ceiling or DEFAULT_CEILING,
+                            impact=lim.get("impact_pct", DEFAULT_IMPACT * 100) / 100)
 
     def lagging(self, index: int, lvid: int, lp: int) -> bool:
         """The copy of LP ``lp`` of LV ``lvid`` on PV ``index`` misses writes the I/O cache

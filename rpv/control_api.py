@@ -239,6 +239,8 @@ class ChvgArgs:
     auto_on: str | None = None
     quorum: str | None = None
     mirror_pool_strict: str | None = None  # chvg -M n|y|s
+    resync_floor_mb: float | None = None  # chvg --resync-floor: MB/s a resync always gets
+    resync_impact_pct: int | None = None  # chvg --resync-impact: latency a resync may add, %
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,9 +105,14 @@ PV_STATUS = {"pv_status": [
     (["exportvg", "datavg"], "exportvg", {"vg": "datavg"}),
     (["chpv", "-v", "a", "hdisk1"], "chpv", {"pv": "hdisk1", "state": "a"}),
     (["chvg", "-a", "n", "-Q", "n", "datavg"], "chvg",
-     {"vg": "datavg", "auto_on": "n", "quorum": "n", "mirror_pool_strict": None}),
+     {"vg": "datavg", "auto_on": "n", "quorum": "n", "mirror_pool_strict": None,
+      "resync_floor_mb": None, "resync_impact_pct": None}),
     (["chvg", "-a", "y", "datavg"], "chvg", {"vg": "datavg", "auto_on": "y", "quorum": None,
-                                  "mirror_pool_strict": None}),
+                                  "mirror_pool_strict": None, "resync_floor_mb": None,
+                                  "resync_impact_pct": None}),
+    (["chvg", "--resync-floor", "8", "--resync-impact", "20", "datavg"], "chvg",
+     {"vg": "datavg", "auto_on": None, "quorum": None, "mirror_pool_strict": None,
+      "resync_floor_mb": 8.0, "resync_impact_pct": 20}),
     (["mirrorvg", "datavg", "hdisk3", "hdisk4"], "mirrorvg",
      {"vg": "datavg", "pvs": ["hdisk3", "hdisk4"], "copies": 2, "sync": "foreground",
       "keep_quorum": False, "mirror_pools": []}),
@@ -137,7 +142,8 @@ PV_STATUS = {"pv_status": [
      {"pvs": ["hdisk3", "hdisk4"], "pool": "PoolB"}),
     (["chpv", "-P", "hdisk3"], "chpv_pool", {"pvs": ["hdisk3"], "pool": None}),
     (["chvg", "-M", "s", "datavg"], "chvg",
-     {"vg": "datavg", "auto_on": None, "quorum": None, "mirror_pool_strict": "s"}),
+     {"vg": "datavg", "auto_on": None, "quorum": None, "mirror_pool_strict": "s",
+      "resync_floor_mb": None, "resync_impact_pct": None}),
     (["mklv", "-y", "datafslv", "-c", "2", "-p", "copy1=PoolA", "-p", "copy2=PoolB", "datavg",
       "10"], "mklv",
      {"lv": "datafslv", "vg": "datavg", "lps": 10, "copies": 2, "strictness": "y",
@@ -341,6 +347,7 @@ VG = {"name": "datavg", "vgid": "000dd31d00004c000000010b2c9a3c64", "state": "ac
       "quorum": False, "auto_on": False, "pp_size_mb": 4, "total_pps": 100, "free_pps": 40,
       "used_pps": 60, "stale_pps": 2, "stale_pvs": 1, "active_pvs": 4, "total_pvs": 4,
       "lvs_count": 2, "open_lvs": 1,
+      "resync_floor_mb": 4.0, "resync_impact_pct": 50, "resync_rate_mb": 12.5,
       "pvs": [{"name": "hdisk1", "pvid": "000dd31d714bfde20000000000000000",
                "state": "active", "total_pps": 25, "free_pps": 10, "stale_pps": 0,
                "site": None},
@@ -368,7 +375,8 @@ def test_lsvg_block(rpvd):
                  "VG STATE: active", "PP SIZE: 4 megabyte(s)", "TOTAL PPs: 100 (400 megabytes)",
                  "FREE PPs: 40 (160 megabytes)", "USED PPs: 60 (240 megabytes)",
                  "QUORUM: off", "STALE PVs: 1", "STALE PPs: 2", "ACTIVE PVs: 4",
-                 "TOTAL PVs: 4", "AUTO ON: no", "LVs: 2", "OPEN LVs: 1"]:
+                 "TOTAL PVs: 4", "AUTO ON: no", "LVs: 2", "OPEN LVs: 1",
+                 "RESYNC FLOOR: 4 MB/s", "RESYNC IMPACT: 50%", "RESYNC RATE: 12.5 MB/s"]:
         assert frag in flat, frag
 
 

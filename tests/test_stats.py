@@ -48,7 +48,7 @@ def test_gmvgstat(geo):
     rows = geo.a.json("gmvgstat")
     assert rows == [{"vg": "datavg", "pvs": 2, "rpvs": 2, "total_vols": 4, "stale_vols": 0,
                      "total_pps": 22, "stale_pps": 0, "synced_pct": 100.0,
-                     "async_lag_bytes": 0, "async_lag_seconds": 0.0}]
+                     "async_lag_bytes": 0, "async_lag_seconds": 0.0, "resync_rate_mb": None}]
     assert "datavg" in geo.a.ctl("gmvgstat", "datavg")
     assert "does not exist" in geo.a.fails("gmvgstat", "novg")
 

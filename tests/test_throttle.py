@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lvm.throttle import INTERVAL, MiB, AdaptiveRate, RateSettings
+from lvm.throttle import INTERVAL, AdaptiveRate, MiB, RateSettings
 
 
 def run(ctl: AdaptiveRate, t: float, delays: list[float]) -> float:
@@ -58,8 +58,10 @@ def test_a_local_destination_grows_without_pings():
 def test_the_bucket_spaces_copies_at_the_rate():
     ctl = AdaptiveRate(RateSettings(floor=1 * MiB, ceiling=1 * MiB), 0.0)
     assert ctl.wait(0.0, MiB) == 0.0  # the first copy goes at once
-    assert ctl.wait(0.0, MiB) == pytest.approx(1.0)
-    assert ctl.wait(0.5, MiB) == pytest.approx(1.5)
+    assert ctl.wait(0.0, MiB) == pytest.approx(1.0)  # the next one asks again in 1 s
+    assert ctl.wait(0.5, MiB) == pytest.approx(0.5)  # nothing was reserved meanwhile
+    assert ctl.wait(1.0, MiB) == 0.0
+    assert ctl.wait(1.5, MiB) == pytest.approx(0.5)
     assert ctl.wait(10.0, MiB) == 0.0  # idle time is not saved up
 
 
@@ -67,3 +69,10 @@ def test_settings_are_checked():
     with pytest.raises(ValueError):
         RateSettings(floor=0)
     assert RateSettings(floor=8 * MiB, ceiling=2 * MiB).floor == 2 * MiB
+
+
+def test_a_refund_gives_back_what_was_not_sent():
+    ctl = AdaptiveRate(RateSettings(floor=1 * MiB, ceiling=1 * MiB), 0.0)
+    assert ctl.wait(0.0, MiB) == 0.0
+    ctl.refund(MiB)  # all of it was identical: nothing crossed the link
+    assert ctl.wait(0.0, MiB) == 0.0
