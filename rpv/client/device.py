@@ -38,6 +38,27 @@ from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
 log = structlog.get_logger("rpv.client")
 
 CONNECT_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
+MAX_PATHS = 4  # network paths (server_addr/local_addr pairs) per RPV client
+PATH_PROBE = (0.5, 1.0, 2.0, 5.0)  # seconds between tries of a path that is down
+
+
+def paths_of(server_addr: str, local_addr: str) -> list[tuple[str, str]]:
+    """The (server, local) address pairs of comma-separated lists (one path each)."""
+    servers = [a.strip() for a in server_addr.split(",") if a.strip()]
+    locals_ = [a.strip() for a in local_addr.split(",") if a.strip()]
+    if len(servers) != len(locals_) or not 1 <= len(servers) <= MAX_PATHS:
+        raise ValueError(f"server_addr and local_addr must list the same number of addresses "
+                         f"(1 to {MAX_PATHS}, one path each), not {len(servers)} and "
+                         f"{len(locals_)}")
+    paths = list(zip(servers, locals_, strict=True))
+    if len(set(paths)) != len(paths):
+        raise ValueError("two paths with the same server and local address")
+    return paths
+
+
+def path_timeout(io_timeout: float) -> float:
+    """How long a path may leave requests unanswered before they go to another path."""
+    return min(max(1.0, io_timeout / 4), 10.0)
 SEND_BUFFER = 4 << 20  # SO_SNDBUF of the link (the kernel caps it at net.core.wmem_max)
 
 
@@ -90,6 +111,12 @@ class RPVClient:
         self.instance: bytes | None = None  # the server instance that answered last HELLO
         self.heard_at = 0.0  # loop time of the last reply or HELLO from the server
         self._checking = False  # a path check is running
+        self.path = 0  # the path in use, or to try first
+        self.paths_down: dict[int, str] = {}  # path -> why it is down
+        self.on_path: Callable[[RPVClient, int, str | None], None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._path_probe: asyncio.Task | None = None
+        self.paths = [] if server_addr == "none" else paths_of(server_addr, local_addr)
 
     # -- what the request table keeps ----------------------------------------------------------
     @property
@@ -184,9 +211,23 @@ class RPVClient:
         """Connect and HELLO now (mkdev, resume); raise OSError with the reason on failure."""
         if self.state is ClientState.DISABLED:
             raise OSError(errno.ENETUNREACH, f"{self.name}: server_addr is none")
-        link = await asyncio.wait_for(self._connect_once(), timeout)
+        link = await asyncio.wait_for(self._connect_any(), timeout)
         self._adopt(link)
         return self.server_info
+
+    async def _connect_any(self) -> _Link:
+        """Connect on the path in use, else on the others in turn; the first error if none
+        answers."""
+        first: BaseException | None = None
+        for _ in range(len(self.paths)):
+            try:
+                return await self._connect_once()
+            except (OSError, TimeoutError) as e:
+                if len(self.paths) == 1:
+                    raise
+                first = first or e
+                self._path_down(self.path, _reason(e))
+        raise first
 
     async def resume(self, timeout: float) -> HelloInfo:
         """``chdev -a resume=yes``: leave the failed state if the server answers."""
@@ -222,6 +263,8 @@ class RPVClient:
             return
 
     def set_server_addr(self, addr: str) -> None:
+        self.paths = [] if addr == "none" else paths_of(addr, self.local_addr)
+        self.path, self.paths_down = 0, {}
         self.server_addr = addr
         if addr == "none":
             self._fail(f"{self.name}: server_addr set to none", Event.DISABLE)
@@ -243,8 +286,11 @@ class RPVClient:
         self._arm_timer()
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._probe, self._path_probe):
+            if task is not None:
+                task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._fail(f"{self.name}: device unconfigured", Event.CLOSE)
 
     @property
@@ -421,7 +467,71 @@ class RPVClient:
             log.warning("rpvc_link_lost", device=self.name, server=self.server_addr,
                         reason=reason, outstanding=self._table.outstanding())
             self.last_error = reason
+            if len(self.paths) > 1:
+                self._path_down(link.path, reason)
             self._drop_link(reason)
+
+    # -- several paths -------------------------------------------------------------------------
+    def _path_down(self, index: int, reason: str) -> None:
+        """Path ``index`` failed: the next one that is up (else the next) is used from now on,
+        and the failed one is tried again in the background until it answers."""
+        if index not in self.paths_down:
+            self.paths_down[index] = reason
+            server, local = self.paths[index]
+            log.error("rpvc_path_down", device=self.name, path=index, server=server,
+                      local_addr=local, reason=reason)
+            if self.on_path:
+                self.on_path(self, index, reason)
+        if index == self.path:
+            order = [(index + k) % len(self.paths) for k in range(1, len(self.paths) + 1)]
+            self.path = next((i for i in order if i not in self.paths_down), order[0])
+        if self._path_probe is None or self._path_probe.done():
+            self._path_probe = self._loop.create_task(self._probe_paths())
+
+    def _path_up(self, index: int) -> None:
+        if self.paths_down.pop(index, None) is not None:
+            server, local = self.paths[index]
+            log.info("rpvc_path_up", device=self.name, path=index, server=server,
+                     local_addr=local)
+            if self.on_path:
+                self.on_path(self, index, None)
+
+    async def _probe_paths(self) -> None:
+        """Ask over each path that is down what the server offers (DISCOVER: no session is
+        opened, so the one in use stays) until it answers."""
+        for attempt in itertools.count():
+            if not self.paths_down or self.state is ClientState.CLOSED:
+                return
+            await asyncio.sleep(PATH_PROBE[min(attempt, len(PATH_PROBE) - 1)])
+            for index in list(self.paths_down):
+                if index >= len(self.paths):
+                    self.paths_down.pop(index, None)
+                    continue
+                server, local = self.paths[index]
+                try:
+                    await discover(server, local, self.server_port, 2.0, self.ssl)
+                except (OSError, TimeoutError):
+                    continue
+                self._path_up(index)
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None and len(self.paths) > 1:
+            self._watchdog = self._loop.call_later(
+                path_timeout(self.io_timeout) / 2, self._watch)
+
+    def _watch(self) -> None:
+        """Requests unanswered on the link for a path timeout: the path is down; they go to
+        another path now, long before their io_timeout."""
+        self._watchdog = None
+        link = self._link
+        if link is None or len(self.paths) < 2 or self.state is not ClientState.ONLINE:
+            return
+        oldest = next(iter(self._table.requests()), None)
+        limit = path_timeout(self.io_timeout)
+        now = self._loop.time()
+        if oldest is not None and now - max(self.heard_at, oldest.started) > limit:
+            self._link_lost(link, f"no answer within {limit:g} s on path {link.path}")
+        self._arm_watchdog()
 
     def _ensure_connecting(self) -> None:
         if self._connecting is None or self._connecting.done():
@@ -441,6 +551,11 @@ class RPVClient:
                 if attempt == 0:
                     log.warning("rpvc_connect_failed", device=self.name,
                                 server=self.server_addr, reason=self.last_error)
+                if len(self.paths) > 1 and self.path not in self.paths_down:
+                    self._path_down(self.path, self.last_error)
+                    continue  # another path at once
+                if len(self.paths) > 1:
+                    self._path_down(self.path, self.last_error)  # round the paths
                 await asyncio.sleep(CONNECT_BACKOFF[min(attempt, len(CONNECT_BACKOFF) - 1)])
                 continue
             if self.state is not ClientState.ONLINE or self._link is not None:
@@ -453,6 +568,7 @@ class RPVClient:
         """Use ``link`` from now on. Requests sent on a link it replaces are sent again on
         this one at once (the server closed the old session when this one said HELLO)."""
         self.heard_at = self._loop.time()
+        self._arm_watchdog()
         old = self._link
         if old is not None and old is not link:
             old.close()
@@ -461,9 +577,11 @@ class RPVClient:
 
     async def _connect_once(self) -> _Link:
         loop = self._loop
+        index = self.path
+        server, local = self.paths[index]
         _, link = await loop.create_connection(
-            lambda: _Link(self), self.server_addr, self.server_port,
-            local_addr=(self.local_addr, 0), ssl=self.ssl)
+            lambda: _Link(self), server, self.server_port, local_addr=(local, 0), ssl=self.ssl)
+        link.path = index
         try:
             info = await link.hello(self.pvid, self.site, self.node)
         except BaseException:
@@ -498,6 +616,7 @@ class _Link(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._hello: asyncio.Future | None = None
         self.closed = False
+        self.path = 0  # which of the client's paths it runs on
         self._out: list = []
 
     def connection_made(self, transport) -> None:

@@ -47,8 +47,19 @@ def ip(value: str) -> str:
         raise ValueError(f"'{value}' is not an IP address") from None
 
 
+MAX_ADDRS = 4  # addresses in a list: one network path each
+
+
+def ips(value: str) -> str:
+    """One IP address, or up to four separated by commas (several networks)."""
+    addrs = [a for a in value.split(",")]
+    if not 1 <= len(addrs) <= MAX_ADDRS:
+        raise ValueError(f"'{value}': give 1 to {MAX_ADDRS} IP addresses, separated by commas")
+    return ",".join(ip(a) for a in addrs)
+
+
 def ip_or_none(value: str) -> str:
-    return "none" if value.strip().lower() == "none" else ip(value)
+    return "none" if value.strip().lower() == "none" else ips(value)
 
 
 def yes_no(value: str) -> str:
@@ -169,9 +180,10 @@ DEVTYPES: dict[tuple[str, str], DevType] = {
             Attr("auto_resume", "Resume Automatically When the Server Answers", yes_no, "n"),
             Attr("compress", "Compress Data Payloads (none, zstd, lz4)", compress, "none"),
             Attr("io_timeout", "I/O Timeout Interval", io_timeout, str(DEFAULT_IO_TIMEOUT)),
-            Attr("local_addr", "Local IP Address", ip, required=True),
+            Attr("local_addr", "Local IP Addresses (one per path)", ips, required=True),
             Attr("pvid", "Physical Volume Identifier", pvid, required=True),
-            Attr("server_addr", "Server IP Address", ip_or_none, required=True),
+            Attr("server_addr", "Server IP Addresses (one per path)", ip_or_none,
+                 required=True),
             Attr("server_port", "Server TCP Port", port, str(DEFAULT_RPV_PORT)),
             Attr("site", "Server Site Name", fixed, "", user_settable=False),
             Attr("size", "Size in Bytes", fixed, "0", user_settable=False),
@@ -181,7 +193,7 @@ DEVTYPES: dict[tuple[str, str], DevType] = {
         "rpvserver", "rpvstype", "Remote Physical Volume Server", "rpvserver",
         (
             Attr("auto_online", "Configure at System Boot", yes_no, "n"),
-            Attr("client_addr", "Client IP Address", ip, required=True),
+            Attr("client_addr", "Client IP Addresses", ips, required=True),
             Attr("rpvs_pvid", "Physical Volume Identifier", pvid, required=True),
         ),
     ),

@@ -16,7 +16,7 @@ import structlog
 from lvm import layout
 from lvm.ports import DiskInfo
 from rpv.blockdev import BlockDevice, FileDisk, ReadOnlyView, create_sparse_file
-from rpv.client.device import ClientState, RPVClient, discover
+from rpv.client.device import ClientState, RPVClient, discover, paths_of
 from rpv.client.stats import IOStats
 from rpv.daemon import attrs as A
 from rpv.daemon.devdb import Device, DeviceDB
@@ -323,6 +323,7 @@ class DeviceManager:
         try:
             dt = A.devtype(dev_class, dev_type)
             values = A.validate_new(dt, given)
+            _check_paths(dev_type, values)
         except ValueError as e:
             raise CommandError(str(e)) from None
         if name is None:
@@ -424,6 +425,7 @@ class DeviceManager:
             auto_resume=a.get("auto_resume") == "y", on_resumed=self._client_resumed,
             on_new_instance=self._client_new_instance, ssl=self.client_ssl,
             compress=a.get("compress") or "none")
+        client.on_path = self._client_path
         if a["server_addr"] != "none":
             timeout = min(float(a["io_timeout"]), CONNECT_TIMEOUT_MAX)
             try:
@@ -460,6 +462,16 @@ class DeviceManager:
         """The server restarted: the LVM marks what it may have lost (True), if it uses
         the disk; otherwise the client fails what waits (see RPVClient)."""
         return self.lvm is not None and self.lvm.pv_server_restarted(client.name, rebooted)
+
+    def _client_path(self, client: RPVClient, index: int, down: str | None) -> None:
+        server, local = client.paths[index]
+        where = f"path {index} ({server} from {local})"
+        if down is not None:
+            self.errlog.log("RPVC_PATH_DOWN", client.name, "disk", "rpvclient",
+                            f"{where}: {down}")
+        else:
+            self.errlog.log("RPVC_PATH_UP", client.name, "disk", "rpvclient",
+                            f"{where} answers again")
 
     def _client_timed_out(self, client: RPVClient, reason: str) -> None:
         self.errlog.log("RPVC_IO_TIMEOUT", client.name, "disk", "rpvclient", reason)
@@ -521,6 +533,7 @@ class DeviceManager:
                 raise CommandError("chdev needs at least one -a attribute=value")
             try:
                 stored, actions = A.validate_change(dt, changes)
+                _check_paths(dev.dev_type, dict(dev.attrs, **stored))
             except ValueError as e:
                 raise CommandError(str(e)) from None
             rt = self.disks.get(name)
@@ -571,7 +584,7 @@ class DeviceManager:
         if "local_addr" in stored or "server_port" in stored:
             rt.local_addr = stored.get("local_addr", rt.local_addr)
             rt.server_port = int(stored.get("server_port", rt.server_port))
-            if rt.state is ClientState.ONLINE:
+            if rt.state is ClientState.ONLINE and "server_addr" not in stored:
                 rt.set_server_addr(rt.server_addr)  # reconnect from the new address
         if "server_addr" in stored:
             rt.set_server_addr(stored["server_addr"])
@@ -677,3 +690,9 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno and e.strerror:
         return f"{e.strerror}" if not e.filename else str(e)
     return str(e) or errno.errorcode.get(getattr(e, "errno", 0) or 0, type(e).__name__)
+
+
+def _check_paths(dev_type: str, values: dict[str, str]) -> None:
+    """An RPV client's server_addr and local_addr list one address per path each."""
+    if dev_type == "rpvclient" and values.get("server_addr", "none") != "none":
+        paths_of(values["server_addr"], values.get("local_addr", ""))

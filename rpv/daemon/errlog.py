@@ -54,6 +54,21 @@ TEMPLATES: dict[str, Template] = {t.label: t for t in (
         identifier="D034B795",
     ),
     Template(
+        "RPVC_PATH_DOWN", "U", "TEMP",
+        "One network path of an RPV client failed; I/O goes on over the others.",
+        ("A network interface, switch or WAN circuit of this path is down.",),
+        ("The path's connection failed or left requests unanswered for the path timeout.",),
+        ("Repair the path's network. The RPV client tries the path again by itself and",
+         "logs RPVC_PATH_UP when it answers."),
+    ),
+    Template(
+        "RPVC_PATH_UP", "U", "INFO",
+        "A network path of an RPV client that had failed answers again.",
+        ("The path's network was repaired.",),
+        ("None.",),
+        ("None.",),
+    ),
+    Template(
         "LVM_SA_STALEPP", "H", "PERM",
         "Physical partitions marked stale.",
         ("Physical volume failed or is not reachable.",),

@@ -92,7 +92,7 @@ class RPVServer:
         return next((e for e in self._exports() if e.pvid == pvid), None)
 
     def exports_for_peer(self, peer: str) -> list[Export]:
-        return [e for e in self._exports() if e.client_addr == peer]
+        return [e for e in self._exports() if peer in e.client_addr.split(",")]
 
     def drop_export(self, server_name: str, reason: str) -> int:
         """Close every connection bound to ``server_name`` (it went Defined or was deleted)."""
@@ -267,7 +267,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
         fail = None
         if exp is None:
             fail = (errno.ENOENT, f"no RPV server exports PVID {pvid}")
-        elif exp.client_addr != self.peer:
+        elif self.peer not in exp.client_addr.split(","):
             fail = (errno.EACCES, f"client {self.peer} is not allowed for {exp.server_name} "
                                   f"(client_addr {exp.client_addr})")
         elif not exp.available or exp.disk is None:
