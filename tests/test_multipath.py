@@ -62,6 +62,11 @@ def test_a_failed_path_moves_the_io_to_the_other_one(geo, tmp_path):
         print(f"32 writes with the first path blackholed: {moved:.2f} s "
               f"(io_timeout {IO_TIMEOUT})")
 
+        by_path = {r["server_addr"]: r for r in a.json("rpvstat", "-N")}
+        assert by_path["127.0.0.3"]["path_states"] == {"hdisk3": "down", "hdisk4": "down"}
+        assert by_path["127.0.0.4"]["path_states"] == {"hdisk3": "active", "hdisk4": "active"}
+        assert by_path["127.0.0.4"]["writes"] >= 32 // 2  # the second path took them
+
         first.set(mode="pass")  # repaired: probed and logged up again
         wait_until(lambda: ("RPVC_PATH_UP", "hdisk3") in labels(a), 30,
                    "the first path to be seen up again")

@@ -117,6 +117,7 @@ class RPVClient:
         self._watchdog: asyncio.TimerHandle | None = None
         self._path_probe: asyncio.Task | None = None
         self.paths = [] if server_addr == "none" else paths_of(server_addr, local_addr)
+        self.path_stats = [IOStats() for _ in self.paths]  # with several paths, per path
 
     # -- what the request table keeps ----------------------------------------------------------
     @property
@@ -264,6 +265,7 @@ class RPVClient:
 
     def set_server_addr(self, addr: str) -> None:
         self.paths = [] if addr == "none" else paths_of(addr, self.local_addr)
+        self.path_stats = [IOStats() for _ in self.paths]
         self.path, self.paths_down = 0, {}
         self.server_addr = addr
         if addr == "none":
@@ -299,6 +301,16 @@ class RPVClient:
 
     def reset_stats(self) -> None:
         self.stats = IOStats()
+        for ps in self.path_stats:
+            ps.__init__()
+
+    def path_rows(self) -> list[dict]:
+        """rpvstat -N of a client with several paths: each path's state and counters."""
+        return [{"server_addr": server, "local_addr": local,
+                 "path_state": "down" if i in self.paths_down else
+                 "active" if self._link is not None and i == self.path else "up",
+                 **self.path_stats[i].as_dict()}
+                for i, (server, local) in enumerate(self.paths)]
 
     def outstanding(self) -> int:
         return self._table.outstanding()
@@ -356,6 +368,9 @@ class RPVClient:
         elif req.opcode is Opcode.READ or req.opcode is Opcode.WRITE:  # not FLUSH, CHECKSUM
             self.stats.completed(req.opcode is Opcode.WRITE, req.length,
                                  self._loop.time() - req.started)
+            if link.stats is not None:  # several paths: also counted per path
+                link.stats.completed(req.opcode is Opcode.WRITE, req.length,
+                                     self._loop.time() - req.started)
         if req.callback is not None:
             req.callback(error)
         elif not req.future.done():
@@ -582,6 +597,7 @@ class RPVClient:
         _, link = await loop.create_connection(
             lambda: _Link(self), server, self.server_port, local_addr=(local, 0), ssl=self.ssl)
         link.path = index
+        link.stats = self.path_stats[index] if len(self.paths) > 1 else None
         try:
             info = await link.hello(self.pvid, self.site, self.node)
         except BaseException:
@@ -617,6 +633,7 @@ class _Link(asyncio.BufferedProtocol):
         self._hello: asyncio.Future | None = None
         self.closed = False
         self.path = 0  # which of the client's paths it runs on
+        self.stats: IOStats | None = None  # its own counters (when the client has several)
         self._out: list = []
 
     def connection_made(self, transport) -> None:

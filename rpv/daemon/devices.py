@@ -166,6 +166,13 @@ class DeviceManager:
             else:
                 row.update(IOStats().as_dict(), pend_reads=0, pend_writes=0, pend_kb_read=0,
                            pend_kb_written=0)
+            if by_path and isinstance(rt, RPVClient) and len(rt.paths) > 1:
+                pending = rt.pending()  # all on the path in use
+                for p in rt.path_rows():
+                    active = p["path_state"] == "active"
+                    rows.append({**row, **p, **{k: v if active else 0
+                                                for k, v in pending.items()}})
+                continue
             rows.append(row)
         return _by_path(rows) if by_path else rows
 
@@ -654,6 +661,8 @@ def _by_path(rows: list[dict]) -> list[dict]:
             "local_addr": r["local_addr"], "server_addr": r["server_addr"], "devices": [],
             "max_ms": 0.0, **dict.fromkeys(summed, 0)})
         p["devices"].append(r["name"])
+        if "path_state" in r:  # one path of a client with several
+            p.setdefault("path_states", {})[r["name"]] = r["path_state"]
         for k in summed:
             p[k] += r[k]
         p["max_ms"] = max(p["max_ms"], r["max_ms"])
