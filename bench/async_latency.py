@@ -28,18 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run import quorum_argv  # noqa: E402
+from bench.sites import free_port, proxied_client, start, two_sites  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
-from tests.sites import Site  # noqa: E402
 
 SIZE = "512M"
 WORKLOADS = {"qd1": {"rw": "randwrite", "bs": "4k", "iodepth": 1},
              "qd16": {"rw": "randwrite", "bs": "4k", "iodepth": 16}}
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def fio(uri: str, opts: dict, runtime: float, size: str = "256M") -> dict:
@@ -99,25 +94,14 @@ def main() -> int:
     ap.add_argument("--runtime", type=float, default=5.0, help="seconds per fio run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="glvm-async-bench-"))
-    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=free_port("127.0.0.2"))
-    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=free_port("127.0.0.1"))
+    a, b = two_sites(tmp)
     rows = []
     try:
-        for s in (b, a):
-            s.start()
-            s.ctl("rpvserver", "site", s.name)
+        start(b, a)
         a.make_disk("hdisk1", SIZE)
-        pvid = b.make_disk("hdisk1", SIZE)
-        b.serve(pvid, a.addr)
         with contextlib.ExitStack() as stack:
-            _, proxy = stack.enter_context(start_proxy(
-                "127.0.0.3:0", f"{b.addr}:{b.port}", source=a.addr,
-                control=str(tmp / "proxy.sock")))
+            proxy = proxied_client(stack, a, b, tmp, SIZE, 60)
             qemu_uri, qemu_proxy = qemu_quorum(stack, tmp, a.addr, b.addr)
-            host, port = proxy.listen_addr()
-            a.ctl("mkdev", "-c", "disk", "-t", "rpvclient", "-a", f"pvid={pvid}",
-                  "-a", f"server_addr={host}", "-a", f"server_port={port}",
-                  "-a", f"local_addr={a.addr}", "-a", "io_timeout=60", "-l", "hdisk2")
             a.ctl("mkvg", "-p", "PoolA", "-y", "benchvg", "hdisk1")
             a.ctl("extendvg", "-p", "PoolB", "benchvg", "hdisk2")
             a.ctl("chvg", "-Q", "n", "-M", "s", "benchvg")

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import hashlib
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rpv.faultproxy.client import start_proxy  # noqa: E402
+from bench.sites import proxied_client, start, two_sites  # noqa: E402
 from tests.helpers.lvmtools import read_copy  # noqa: E402
 from tests.sites import Site  # noqa: E402
 
@@ -41,11 +40,6 @@ CHUNK = 64 * 1024
 SYSTEM_PYTHON = "/usr/bin/python3"  # libnbd's Python binding (python3-libnbd)
 TARGET = 0.05
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def write_unflushed(uri: str, script: str) -> None:
@@ -88,25 +82,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=15)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="glvm-csum-bench-"))
-    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=free_port("127.0.0.2"))
-    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=free_port("127.0.0.1"))
+    a, b = two_sites(tmp)
     disk = f"{args.size_mb + 64}M"
     rows = []
     try:
-        for s in (b, a):
-            s.start()
-            s.ctl("rpvserver", "site", s.name)
+        start(b, a)
         a.make_disk("hdisk1", disk)
-        pvid = b.make_disk("hdisk1", disk)
-        b.serve(pvid, a.addr)
         with contextlib.ExitStack() as stack:
-            _, proxy = stack.enter_context(start_proxy(
-                "127.0.0.3:0", f"{b.addr}:{b.port}", source=a.addr,
-                control=str(tmp / "proxy.sock")))
-            host, port = proxy.listen_addr()
-            a.ctl("mkdev", "-c", "disk", "-t", "rpvclient", "-a", f"pvid={pvid}",
-                  "-a", f"server_addr={host}", "-a", f"server_port={port}",
-                  "-a", f"local_addr={a.addr}", "-a", "io_timeout=3", "-l", "hdisk2")
+            proxy = proxied_client(stack, a, b, tmp, disk, 3)
             a.ctl("mkvg", "-y", "benchvg", "hdisk1", "hdisk2")
             a.ctl("chvg", "-a", "n", "-Q", "n", "benchvg")
             a.ctl("varyoffvg", "benchvg")

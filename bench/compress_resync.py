@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rpv.faultproxy.client import start_proxy  # noqa: E402
-from tests.sites import Site  # noqa: E402
+from bench.sites import proxied_client, start, two_sites  # noqa: E402
 
 GOAL = 2.0
 MiB = 1 << 20
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def run(*argv: str, timeout: float = 600) -> None:
@@ -79,25 +72,14 @@ def main() -> int:
     full = fs_image(image, args.source, args.mb)
     noise = tmp / "noise.bin"
     noise.write_bytes(os.urandom(args.mb * MiB))
-    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=free_port("127.0.0.2"))
-    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=free_port("127.0.0.1"))
+    a, b = two_sites(tmp)
     rows = []
     try:
-        for s in (b, a):
-            s.start()
-            s.ctl("rpvserver", "site", s.name)
+        start(b, a)
         size = f"{args.mb * 2 + 64}M"
         a.make_disk("hdisk1", size)
-        pvid = b.make_disk("hdisk1", size)
-        b.serve(pvid, a.addr)
         with contextlib.ExitStack() as stack:
-            _, proxy = stack.enter_context(start_proxy(
-                "127.0.0.3:0", f"{b.addr}:{b.port}", source=a.addr,
-                control=str(tmp / "proxy.sock")))
-            host, port = proxy.listen_addr()
-            a.ctl("mkdev", "-c", "disk", "-t", "rpvclient", "-a", f"pvid={pvid}",
-                  "-a", f"server_addr={host}", "-a", f"server_port={port}",
-                  "-a", f"local_addr={a.addr}", "-a", "io_timeout=120", "-l", "hdisk2")
+            proxy = proxied_client(stack, a, b, tmp, size, 120)
             a.ctl("mkvg", "-s", "4", "-y", "benchvg", "hdisk1")
             a.ctl("extendvg", "benchvg", "hdisk2")
             a.ctl("chvg", "-Q", "n", "benchvg")

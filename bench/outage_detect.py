@@ -13,7 +13,6 @@ with qemu-io. Target: io_timeout + 1 s whatever N (before: one io_timeout per PV
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.sites import free_port  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
 from tests.sites import Site, start_together  # noqa: E402
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def qemu_write(uri: str, pattern: int, offset: int) -> str:

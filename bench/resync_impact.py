@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.sites import free_port  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
 from tests.sites import Site, start_together  # noqa: E402
 
 MiB = 1 << 20
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def fio_qd1(uri: str, runtime: float, offset_mb: int) -> dict:

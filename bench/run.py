@@ -43,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.sites import free_port  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
 from tests.sites import Site  # noqa: E402
 
@@ -112,11 +113,6 @@ def quorum_argv(sock: str, local: str, host: str, port: int) -> list[str]:
     return ["qemu-nbd", "-k", sock, "-t", "--cache=writeback", "--aio=threads",
             "--image-opts", opts]
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def first_line(*argv: str) -> str:

@@ -40,10 +40,7 @@ async def async_site(cache_lps: int = 1, hwm: int = 100):
     hdisk3), cachelv (aio_cache) in PoolA; PoolB asynchronous."""
     site = MemSite()
     site.add_disk("hdisk1")
-    remote = GatedDisk("hdisk3")
-    site.disk_objs["hdisk3"] = remote
-    site.pvids["hdisk3"] = f"{3:016x}" + "0" * 16
-    site.available.add("hdisk3")
+    remote = site.add_disk("hdisk3", disk=GatedDisk("hdisk3"))
     mgr = site.manager()
     await mgr.mkvg("datavg", ["hdisk1"], pool="PoolA")
     await mgr.extendvg("datavg", ["hdisk3"], pool="PoolB")

@@ -51,8 +51,7 @@ class ChecksumDisk(MemDisk):
 
 async def mirrored_vg(site: MemSite):
     site.add_disk("hdisk1")
-    site.add_disk("hdisk2")
-    site.disk_objs["hdisk2"] = ChecksumDisk("hdisk2")
+    site.add_disk("hdisk2", disk=ChecksumDisk("hdisk2"))
     mgr = site.manager()
     await mgr.mkvg("datavg", ["hdisk1", "hdisk2"])
     await mgr.lv.mklv("datalv", "datavg", LPS, copies=2)

@@ -24,8 +24,10 @@ class MemSite:
         self.withdrawn: list[str] = []
         self.opened: set[str] = set()  # exports a client holds open
 
-    def add_disk(self, name: str, size: int = 64 * MiB, local: bool = True) -> MemDisk:
-        disk = MemDisk(name, size, local)
+    def add_disk(self, name: str, size: int = 64 * MiB, local: bool = True,
+                 disk: MemDisk | None = None) -> MemDisk:
+        """A new disk (or ``disk``, a MemDisk of the test's own kind) with a PVID."""
+        disk = disk or MemDisk(name, size, local)
         self.disk_objs[name] = disk
         self.pvids[name] = f"{len(self.pvids) + 1:016x}" + "0" * 16
         self.available.add(name)
