@@ -42,10 +42,7 @@ class LinkDisk(MemDisk):
 async def site_with_link(bandwidth: float):
     site = MemSite()
     site.add_disk("hdisk1")
-    remote = LinkDisk("hdisk2")
-    site.disk_objs["hdisk2"] = remote
-    site.pvids["hdisk2"] = f"{2:016x}" + "0" * 16
-    site.available.add("hdisk2")
+    remote = site.add_disk("hdisk2", disk=LinkDisk("hdisk2"))
     mgr = site.manager()
     await mgr.mkvg("datavg", ["hdisk1", "hdisk2"])
     await mgr.lv.mklv("datalv", "datavg", LPS, copies=2)
