@@ -222,13 +222,8 @@ class AsyncPool:
             if result.reclaimable:
                 await self.cache.checkpoint()
                 continue
-            if not self.remote_usable():
-                self.overflow_soon("the I/O cache is full while the remote site is "
-                                   "unreachable")
+            if not await self._wait_for_space("is full"):
                 return None
-            self.stats["waits"] += 1
-            self.space.clear()
-            await self.space.wait()
         try:
             for off, buf in result.writes:
                 await self.cache.dev.write(off, buf)
@@ -270,15 +265,21 @@ class AsyncPool:
                 self.stats["hwm_hits"] += 1
                 log.warning("lvm_async_hwm", vg=self.group.name, pool=self.name,
                             fill=round(log_.fill_percent, 1), hwm=self.hwm)
-            if not self.remote_usable():
-                self.overflow_soon("the I/O cache reached its high-water mark while the "
-                                   "remote site is unreachable")
+            if not await self._wait_for_space("reached its high-water mark"):
                 return False
-            self.stats["waits"] += 1
-            self.space.clear()
-            await self.space.wait()
         self.at_hwm = False
         return self._caching()
+
+    async def _wait_for_space(self, why: str) -> bool:
+        """Back-pressure: wait until the sender frees space; False, falling back, when the
+        remote site is unreachable and nothing would free it."""
+        if not self.remote_usable():
+            self.overflow_soon(f"the I/O cache {why} while the remote site is unreachable")
+            return False
+        self.stats["waits"] += 1
+        self.space.clear()
+        await self.space.wait()
+        return True
 
     def barrier(self) -> int:
         """A FLUSH arrived: later appends join a new epoch. Returns the flush mark."""
