@@ -313,13 +313,28 @@ class _Throttle:
         self.ctl = AdaptiveRate(settings, loop.time(),
                                 START_REMOTE if self.remote else settings.ceiling)
         self.prober = loop.create_task(self._probe()) if self.remote else None
+        # the link's own round trip is measured before the resync adds to it
+        self.measured = asyncio.Event()
+        if self.prober is None:
+            self.measured.set()
         vg.resync_rate = self.ctl
 
     async def take(self, n: int) -> None:
-        while (delay := self.ctl.wait(self.loop.time(), n)) > 0:
+        await self.measured.wait()
+        # always yield once: a copy whose I/O completes at once must not starve the prober
+        delay = 0.0
+        while True:
             await asyncio.sleep(delay)
+            if (delay := self.ctl.wait(self.loop.time(), n)) <= 0:
+                return
 
     async def _probe(self) -> None:
+        try:
+            await self._probe_forever()
+        finally:
+            self.measured.set()  # never leaves a copy waiting
+
+    async def _probe_forever(self) -> None:
         while True:
             devs = [self.vg.devices[i] for i in self.remote if self.vg.usable(i)]
             if devs:
@@ -327,6 +342,7 @@ class _Throttle:
                 self.ctl.ping_sent(start)
                 await asyncio.gather(*(d.ping() for d in devs), return_exceptions=True)
                 self.ctl.delay_seen(self.loop.time(), self.loop.time() - start)
+            self.measured.set()  # (or no link is usable: the copies fail on their own)
             await asyncio.sleep(INTERVAL)
 
     def close(self) -> None:
