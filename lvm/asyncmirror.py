@@ -451,10 +451,11 @@ class AsyncPool:
         return out
 
     def _submit(self, index: int, pos: int, view) -> asyncio.Future:
-        """Start one write now (in call order): RPV clients queue it without a task."""
+        """Start one write now, applied in call order: RPV clients queue it without a task,
+        on the one connection that keeps the order when they have several paths."""
         dev = self.group.devices[index]
         submit = getattr(dev, "submit_write", None)
-        return submit(pos, view) if submit is not None else asyncio.ensure_future(
+        return submit(pos, view, ordered=True) if submit is not None else asyncio.ensure_future(
             dev.write(pos, view))
 
     async def _confirmed(self, futs: list, rec: RecordInfo) -> bool:

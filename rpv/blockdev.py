@@ -77,12 +77,13 @@ class PageCacheIO(Protocol):
 
 @runtime_checkable
 class PipelinedWrites(Protocol):
-    """Writes submitted without a task and answered by a future or a callback, in order of
-    submission on the wire (RPV client)."""
+    """Writes submitted without a task and answered by a future or a callback (RPV
+    client); ``ordered`` ones are applied in the order they were submitted."""
 
     def accepts(self, length: int) -> bool: ...
 
-    def submit_write(self, offset: int, data, fua: bool) -> asyncio.Future: ...
+    def submit_write(self, offset: int, data, fua: bool = False,
+                     ordered: bool = False) -> asyncio.Future: ...
 
 
 @runtime_checkable

@@ -1,5 +1,6 @@
 """Several networks per RPV client (issue 15): server_addr/local_addr list one address per
-path; when the path in use fails (reset, or requests unanswered for the path timeout) the
+path; requests spread over the live paths (one connection each, joined to one session); when a
+path fails (reset, or requests unanswered for the path timeout) the
 requests go to another path at once, the PV does not go stale and nothing is acknowledged
 twice or lost; the failed path is probed and logged up again; only when no path answers does
 io_timeout end in EIO. Each path goes through a fault proxy of its own."""
@@ -34,6 +35,10 @@ def two_paths(a, b, tmp_path):
         yield proxies
 
 
+def both_active(site) -> bool:
+    return all(set(r["path_states"].values()) == {"active"} for r in site.json("rpvstat", "-N"))
+
+
 def labels(site) -> list[tuple[str, str]]:
     return [(e["label"], e["resource"]) for e in site.json("errpt")]
 
@@ -48,7 +53,11 @@ def test_a_failed_path_moves_the_io_to_the_other_one(geo, tmp_path):
         assert attrs["server_addr"] == "127.0.0.3,127.0.0.4"
         uri = a.nbd_uri("datafslv")
         qemu_io(uri, "write -P 1 0 1M")
-        first.set(mode="blackhole")  # the path in use answers nothing
+        wait_until(lambda: both_active(a), 10, "the second path to join the session")
+        qemu_io(uri, *[f"write -P 1 {i * 65536} 64k" for i in range(8)])
+        rows = a.json("rpvstat", "-N")
+        assert all(r["writes"] >= 4 for r in rows), rows  # both paths carry writes
+        first.set(mode="blackhole")  # a path in use answers nothing
         t0 = time.monotonic()
         r = qemu_io(uri, *[f"write -P {i + 2} {i * 65536} 64k" for i in range(32)])
         moved = time.monotonic() - t0
@@ -67,9 +76,18 @@ def test_a_failed_path_moves_the_io_to_the_other_one(geo, tmp_path):
         assert by_path["127.0.0.4"]["path_states"] == {"hdisk3": "active", "hdisk4": "active"}
         assert by_path["127.0.0.4"]["writes"] >= 32 // 2  # the second path took them
 
-        first.set(mode="pass")  # repaired: probed and logged up again
+        first.set(mode="pass")  # repaired: probed, logged up again and joined
         wait_until(lambda: ("RPVC_PATH_UP", "hdisk3") in labels(a), 30,
                    "the first path to be seen up again")
+        wait_until(lambda: both_active(a), 10, "the first path to join the session again")
+
+        first.set(mode="blackhole")  # now a joined path (the session began on the second)
+        r = qemu_io(uri, *[f"write -P {i + 3} {i * 65536} 64k" for i in range(16)])
+        assert "Input/output error" not in r.stdout + r.stderr
+        assert a.json("lsvg", "datavg")["stale_pps"] == 0
+        assert copies_equal(geo, "datafslv") == []
+        first.set(mode="pass")
+        wait_until(lambda: both_active(a), 30, "the first path to join once more")
 
         for p in (first, second):  # now no path answers: the PVs time out, as before
             p.set(mode="blackhole")

@@ -141,6 +141,44 @@ def test_max_outstanding_queues_the_rest():
     assert write(t, 9.0).sent_on is None
 
 
+def test_joined_links_share_the_requests_and_ordered_ones_keep_to_the_first():
+    t = table(max_outstanding=2)
+    assert t.join("B") == ()  # no session to join yet
+    t.link_up("A")
+    spread = [write(t, 0.0, offset=i * 512) for i in range(2)]
+    assert [r.sent_on for r in spread] == ["A", "A"]  # one link: it takes them
+    t.reply(answer(spread[0]))
+    t.reply(answer(spread[1]))
+    waiting = [write(t, 1.0, offset=i * 512) for i in range(4)]
+    assert t.join("B") == [waiting[2], waiting[3]] and t.links == ["A", "B"]
+    assert [r.sent_on for r in waiting] == ["A", "A", "B", "B"] and t.inflight == 4
+    for r in waiting:
+        t.reply(answer(r))
+    quiet = [write(t, 2.0, offset=i * 512) for i in range(2)]  # at QD1 too, each in turn
+    assert {quiet[0].sent_on, quiet[1].sent_on} == {"A", "B"}
+    for r in quiet:
+        t.reply(answer(r))
+
+    ordered = [t.submit(3.0, Opcode.WRITE, i * 512, 512, b"o" * 512, ordered=True)
+               for i in range(4)]
+    assert [r.sent_on for r in ordered] == ["A", "A", None, None]  # B never takes them
+    other = write(t, 3.0)
+    assert other.sent_on == "B"  # an unordered one does not wait behind them
+    t.reply(answer(ordered[0]))  # a slot on A; the callback writes again before the rest go
+    late = t.submit(3.0, Opcode.WRITE, 0, 512, b"l" * 512, ordered=True)
+    assert late.sent_on is None  # it does not overtake those waiting
+    assert t.take_unsent() == [ordered[2]]
+    t.reply(answer(ordered[1]))
+    assert t.take_unsent() == [ordered[3]]
+    t.reply(answer(ordered[2]))
+    assert t.take_unsent() == [late]
+
+    assert t.link_down() is True and t.links == [] and t.inflight == 0  # the session ends
+    assert t.join("B") == ()
+    resent = t.link_up("C")  # every request goes again on the new session, oldest first
+    assert resent == [ordered[3], other] and late.sent_on is None and t.links == ["C"]
+
+
 # -- durability counters -------------------------------------------------------------------------
 def test_flush_covers_only_writes_acknowledged_before_it_was_queued():
     t = table()
@@ -242,7 +280,7 @@ def test_a_failed_resume_reverts_and_keeps_what_was_queued_meanwhile():
 OPCODES = (Opcode.READ, Opcode.WRITE, Opcode.FLUSH, Opcode.CHECKSUM)
 
 KINDS = (["submit"] * 6 + ["reply"] * 6 + ["advance"] * 3 + ["link_up"] * 2 + ["resume"] * 2
-         + ["link_lost", "restart", "set_server", "close", "io_timeout"])
+         + ["join"] * 2 + ["link_lost", "restart", "set_server", "close", "io_timeout"])
 STEPS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5)  # "advance" (io_timeout starts at 1 s)
 # (kind, which: request / opcode / step / address / timeout, status or FUA, resume fails)
 ops = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 40),
@@ -259,6 +297,7 @@ class Model:
         self.links = 0
         self.submitted: dict[int, object] = {}
         self.sent: list[int] = []  # ids the server has seen (on any link)
+        self.last_ordered: dict[str, int] = {}  # link -> the last ordered request sent on it
         self.outcomes: dict[int, tuple[float, OSError | None]] = {}
 
     def outcome(self, req) -> None:
@@ -267,7 +306,11 @@ class Model:
 
     def sending(self, reqs) -> None:
         for req in reqs:
-            assert req.sent_on is self.t.link is not None
+            assert req.sent_on in self.t.links
+            if req.ordered:  # on the session's first link, in submission order
+                assert req.sent_on is self.t.link
+                assert req.rid > self.last_ordered.get(req.sent_on, 0)
+                self.last_ordered[req.sent_on] = req.rid
             self.sent.append(req.rid)
 
     def advance(self, dt: float) -> None:
@@ -289,7 +332,8 @@ class Model:
                     t.submit(self.now, opcode, 0, 512, b"x" * 512, fua)
                 return
             data = b"x" * 512 if opcode is Opcode.WRITE else None
-            req = t.submit(self.now, opcode, 0, 0 if opcode is Opcode.FLUSH else 512, data, fua)
+            req = t.submit(self.now, opcode, 0, 0 if opcode is Opcode.FLUSH else 512, data, fua,
+                           ordered=op[3])
             self.submitted[req.rid] = req
             if req.sent_on is not None:
                 self.sending([req])
@@ -299,6 +343,11 @@ class Model:
             req = t.reply(answer(self.submitted[self.sent[op[1] % len(self.sent)]], op[2]))
             if req is not None:
                 self.outcome(req)
+                if op[3] and t.refusal() is None:  # its callback writes again at once
+                    new = t.submit(self.now, Opcode.WRITE, 0, 512, b"y" * 512, ordered=True)
+                    self.submitted[new.rid] = new
+                    if new.sent_on is not None:
+                        self.sending([new])
             self.sending(t.take_unsent())
         elif kind == "advance":
             self.advance(STEPS[op[1] % len(STEPS)])
@@ -307,6 +356,9 @@ class Model:
         elif kind == "link_up":
             self.links += 1
             self.sending(t.link_up(f"link{self.links}"))
+        elif kind == "join":  # another path joins the session (none without one)
+            self.links += 1
+            self.sending(t.join(f"link{self.links}"))
         elif kind == "resume":
             if resumable(t.state):
                 previous = t.begin_resume()
@@ -338,10 +390,14 @@ class Model:
         ids = {r.rid for r in pending}
         assert ids.isdisjoint(self.outcomes) and ids | set(self.outcomes) == set(self.submitted)
         on_link = [r for r in pending if r.sent_on is not None]
-        assert all(r.sent_on is t.link for r in on_link)
-        assert t.inflight == len(on_link) <= t.max_outstanding
-        if t.link is not None and t.inflight < t.max_outstanding:
-            assert len(on_link) == len(pending)  # nothing waits while a slot is free
+        assert all(r.sent_on in t.links for r in on_link)
+        assert (t.link is None) == (not t.links) and (t.link is None or t.links[0] is t.link)
+        load = {link: sum(r.sent_on is link for r in on_link) for link in t.links}
+        assert t.inflight == len(on_link) and all(n <= t.max_outstanding for n in load.values())
+        for r in pending:  # nothing waits while a slot it may use is free
+            if r.sent_on is None and t.links:
+                may_use = [t.link] if r.ordered else t.links
+                assert all(load[link] == t.max_outstanding for link in may_use)
         when = t.next_timer()
         assert when == (min(r.deadline for r in pending) if pending else None)
         assert when is None or when > self.now  # every passed deadline has been enforced

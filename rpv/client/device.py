@@ -1,6 +1,8 @@
 """The RPV client device: a remote disk that looks like a local ``hdiskN``.
 
-Requests are pipelined over one TCP connection bound to ``local_addr``. Each request carries a
+Requests are pipelined over a TCP connection bound to ``local_addr``; with several network
+paths (``server_addr``/``local_addr`` lists), one connection per live path joins the session
+and requests spread over them (see :mod:`rpv.client.requests` for their order). Each request carries a
 deadline of ``io_timeout`` seconds from its submission; a broken connection is re-established
 and unanswered requests are re-sent until their deadline. When any deadline passes the device
 fails *all* outstanding requests with ``EIO``, reports the timeout once (``on_timeout``) and
@@ -116,6 +118,7 @@ class RPVClient:
         self.on_path: Callable[[RPVClient, int, str | None], None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._path_probe: asyncio.Task | None = None
+        self._joining: asyncio.Task | None = None
         self.paths = [] if server_addr == "none" else paths_of(server_addr, local_addr)
         self.path_stats = [IOStats() for _ in self.paths]  # with several paths, per path
 
@@ -148,28 +151,26 @@ class RPVClient:
         return b"".join(parts)
 
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        check_range(self._size, offset, len(data))
-        step = self._max_payload
-        if len(data) <= step:
-            await self._submit(Opcode.WRITE, offset, len(data), data, fua)
-            return
-        view = memoryview(data)
-        await asyncio.gather(*(
-            self._submit(Opcode.WRITE, offset + o, min(step, len(data) - o),
-                         bytes(view[o:o + step]), fua)
-            for o in range(0, len(data), step)))
+        await self.submit_write(offset, data, fua)
 
-    def submit_write(self, offset: int, data, fua: bool = False) -> asyncio.Future:
-        """Start a write and return its future without creating a task (the LVM hot path)."""
-        if len(data) > self._max_payload:
-            return asyncio.ensure_future(self.write(offset, data, fua))
+    def submit_write(self, offset: int, data, fua: bool = False,
+                     ordered: bool = False) -> asyncio.Future:
+        """Start a write and return its future without creating a task (the LVM hot path).
+        ``ordered``: the server applies it after every ordered write submitted before it."""
         try:
             check_range(self._size, offset, len(data))
         except OSError as e:
             fut = self._loop.create_future()
             fut.set_exception(e)
             return fut
-        return self._submit(Opcode.WRITE, offset, len(data), data, fua)
+        step = self._max_payload
+        if len(data) <= step:
+            return self._submit(Opcode.WRITE, offset, len(data), data, fua, ordered)
+        view = memoryview(data)
+        return asyncio.gather(*(
+            self._submit(Opcode.WRITE, offset + o, min(step, len(data) - o),
+                         bytes(view[o:o + step]), fua, ordered)
+            for o in range(0, len(data), step)))
 
     def accepts(self, length: int) -> bool:
         """Whether :meth:`submit_write_cb` would take a write of ``length`` bytes now."""
@@ -288,7 +289,7 @@ class RPVClient:
         self._arm_timer()
 
     async def close(self) -> None:
-        for task in (self._probe, self._path_probe):
+        for task in (self._probe, self._path_probe, self._joining):
             if task is not None:
                 task.cancel()
         if self._watchdog is not None:
@@ -306,9 +307,10 @@ class RPVClient:
 
     def path_rows(self) -> list[dict]:
         """rpvstat -N of a client with several paths: each path's state and counters."""
+        active = {link.path for link in self._table.links}
         return [{"server_addr": server, "local_addr": local,
                  "path_state": "down" if i in self.paths_down else
-                 "active" if self._link is not None and i == self.path else "up",
+                 "active" if i in active else "up",
                  **self.path_stats[i].as_dict()}
                 for i, (server, local) in enumerate(self.paths)]
 
@@ -320,19 +322,20 @@ class RPVClient:
         return self._table.pending_counts()
 
     # -- request path --------------------------------------------------------------------------
-    def _submit(self, opcode: Opcode, offset: int, length: int, data, fua: bool):
+    def _submit(self, opcode: Opcode, offset: int, length: int, data, fua: bool,
+                ordered: bool = False):
         fut = self._loop.create_future()
         refusal = self._table.refusal()
         if refusal is not None:
             fut.set_exception(refusal)
             return fut
-        self._queue(opcode, offset, length, data, fua, fut, None)
+        self._queue(opcode, offset, length, data, fua, fut, None, ordered)
         return fut
 
     def _queue(self, opcode: Opcode, offset: int, length: int, data, fua: bool,
-               fut: asyncio.Future | None, callback) -> None:
+               fut: asyncio.Future | None, callback, ordered: bool = False) -> None:
         req = self._table.submit(self._loop.time(), opcode, offset, length, data, fua,
-                                 future=fut, callback=callback)
+                                 future=fut, callback=callback, ordered=ordered)
         if self._timer is None:
             self._arm_timer()
         if req.sent_on is not None:
@@ -358,7 +361,7 @@ class RPVClient:
         link.queue(bufs)
 
     def _on_reply(self, link: _Link, ev) -> None:
-        self.heard_at = self._loop.time()
+        self.heard_at = link.heard_at = self._loop.time()
         req = self._table.reply(ev)
         if req is None:
             return
@@ -470,17 +473,18 @@ class RPVClient:
 
     # -- connection management ----------------------------------------------------------------
     def _drop_link(self, reason: str) -> None:
-        link = self._table.link
+        """End the session: close every link; what is outstanding goes to the next."""
+        links = list(self._table.links)
         wanted = self._table.link_down()
-        if link is not None:
+        for link in links:
             link.close()
         if wanted:
             self._ensure_connecting()
 
     def _link_lost(self, link: _Link, reason: str) -> None:
-        if link is self._link:
+        if link in self._table.links:
             log.warning("rpvc_link_lost", device=self.name, server=self.server_addr,
-                        reason=reason, outstanding=self._table.outstanding())
+                        path=link.path, reason=reason, outstanding=self._table.outstanding())
             self.last_error = reason
             if len(self.paths) > 1:
                 self._path_down(link.path, reason)
@@ -503,6 +507,16 @@ class RPVClient:
         if self._path_probe is None or self._path_probe.done():
             self._path_probe = self._loop.create_task(self._probe_paths())
 
+    def path_seen_down(self, server: str, local: str, why: str) -> None:
+        """Another client found the path from ``local`` to ``server`` down: if this one has it
+        too, it stops using it now rather than wait for its own requests to time out there."""
+        for index, pair in enumerate(self.paths):
+            if pair == (server, local) and index not in self.paths_down and len(self.paths) > 1:
+                on_it = [link for link in self._table.links if link.path == index]
+                self._path_down(index, why)
+                if on_it:
+                    self._link_lost(on_it[0], why)
+
     def _path_up(self, index: int) -> None:
         if self.paths_down.pop(index, None) is not None:
             server, local = self.paths[index]
@@ -510,6 +524,36 @@ class RPVClient:
                      local_addr=local)
             if self.on_path:
                 self.on_path(self, index, None)
+            self._start_joining()
+
+    def _start_joining(self) -> None:
+        """Open a connection on every live path that has none, joined to the session."""
+        info = self.server_info
+        if (len(self.paths) > 1 and self._link is not None and info is not None
+                and info.features & pc.FEATURE_JOIN
+                and (self._joining is None or self._joining.done())):
+            self._joining = self._loop.create_task(self._join_paths())
+
+    async def _join_paths(self) -> None:
+        session = self._link
+        for index in range(len(self.paths)):
+            if (index in self.paths_down or self._link is not session or session is None
+                    or any(link.path == index for link in self._table.links)):
+                continue
+            try:
+                link = await asyncio.wait_for(self._connect_once(index, join=True),
+                                              path_timeout(self.io_timeout))
+            except (OSError, TimeoutError) as e:
+                if getattr(e, "errno", None) != errno.ESTALE:  # (else the session ended)
+                    self._path_down(index, _reason(e))
+                continue
+            if self._link is not session or self.state is not ClientState.ONLINE:
+                link.close()  # the session ended meanwhile
+                return
+            log.info("rpvc_path_joined", device=self.name, path=index,
+                     server=self.paths[index][0], local_addr=self.paths[index][1])
+            for req in self._table.join(link):
+                self._send(req)
 
     async def _probe_paths(self) -> None:
         """Ask over each path that is down what the server offers (DISCOVER: no session is
@@ -535,17 +579,22 @@ class RPVClient:
                 path_timeout(self.io_timeout) / 2, self._watch)
 
     def _watch(self) -> None:
-        """Requests unanswered on the link for a path timeout: the path is down; they go to
+        """Requests unanswered on a link for a path timeout: its path is down; they go to
         another path now, long before their io_timeout."""
         self._watchdog = None
-        link = self._link
-        if link is None or len(self.paths) < 2 or self.state is not ClientState.ONLINE:
+        if self._link is None or len(self.paths) < 2 or self.state is not ClientState.ONLINE:
             return
-        oldest = next(iter(self._table.requests()), None)
         limit = path_timeout(self.io_timeout)
         now = self._loop.time()
-        if oldest is not None and now - max(self.heard_at, oldest.started) > limit:
-            self._link_lost(link, f"no answer within {limit:g} s on path {link.path}")
+        oldest: dict[int, float] = {}  # id(link) -> when its oldest request was submitted
+        for req in self._table.requests():
+            if req.sent_on is not None:
+                oldest.setdefault(id(req.sent_on), req.started)
+        for link in list(self._table.links):
+            started = oldest.get(id(link))
+            if started is not None and now - max(link.heard_at, started) > limit:
+                self._link_lost(link, f"no answer within {limit:g} s on path {link.path}")
+                break
         self._arm_watchdog()
 
     def _ensure_connecting(self) -> None:
@@ -580,29 +629,41 @@ class RPVClient:
             return
 
     def _adopt(self, link: _Link) -> None:
-        """Use ``link`` from now on. Requests sent on a link it replaces are sent again on
-        this one at once (the server closed the old session when this one said HELLO)."""
+        """Use ``link`` (a new session) from now on. Requests sent on the links it replaces
+        are sent again on this one at once (the server closed the old session when this one
+        said HELLO); then the other live paths join it."""
         self.heard_at = self._loop.time()
         self._arm_watchdog()
-        old = self._link
-        if old is not None and old is not link:
-            old.close()
+        old = [lk for lk in self._table.links if lk is not link]
         for req in self._table.link_up(link):
             self._send(req)
+        for lk in old:
+            lk.close()
+        self._start_joining()
 
-    async def _connect_once(self) -> _Link:
+    async def _connect_once(self, index: int | None = None, join: bool = False) -> _Link:
+        """Connect on path ``index`` (the one in use) and say HELLO: a new session, or with
+        ``join`` one more connection of the current one (ESTALE if it is not the server
+        instance the session was opened with)."""
         loop = self._loop
-        index = self.path
+        index = self.path if index is None else index
         server, local = self.paths[index]
         _, link = await loop.create_connection(
             lambda: _Link(self), server, self.server_port, local_addr=(local, 0), ssl=self.ssl)
         link.path = index
         link.stats = self.path_stats[index] if len(self.paths) > 1 else None
         try:
-            info = await link.hello(self.pvid, self.site, self.node)
+            info = await link.hello(self.pvid, self.site, self.node,
+                                    pc.FEATURE_JOIN if join else 0)
         except BaseException:
             link.close()
             raise
+        link.heard_at = loop.time()
+        if join:
+            if info.instance != self.instance:
+                link.close()
+                raise OSError(errno.ESTALE, "the server restarted: no session to join")
+            return link
         if self._size and info.disk_size != self._size:
             link.close()
             raise OSError(errno.ENXIO, f"server disk size changed from {self._size} "
@@ -633,6 +694,7 @@ class _Link(asyncio.BufferedProtocol):
         self._hello: asyncio.Future | None = None
         self.closed = False
         self.path = 0  # which of the client's paths it runs on
+        self.heard_at = 0.0  # loop time of its last reply
         self.stats: IOStats | None = None  # its own counters (when the client has several)
         self._out: list = []
 
@@ -656,9 +718,10 @@ class _Link(asyncio.BufferedProtocol):
         if out and not self.closed:
             self.transport.writelines(out)
 
-    async def hello(self, pvid: bytes, site: str, node: str) -> HelloInfo:
+    async def hello(self, pvid: bytes, site: str, node: str, extra: int = 0) -> HelloInfo:
         self._hello = asyncio.get_running_loop().create_future()
-        self.transport.writelines(self.conn.send_hello(0, pvid, site, node))
+        self.transport.writelines(self.conn.send_hello(
+            0, pvid, site, node, pc.DEFAULT_FEATURES | extra))
         info = await self._hello
         want = self.conn.compress
         if want != "none" and self.conn.codec != want:  # refused: no silent fallback

@@ -9,6 +9,13 @@ set) and requests failed with ``EIO`` (``error`` set), :class:`Expired` when a d
 The caller owns futures and callbacks (opaque here: a request only carries them), links,
 timers, logging and reporting.
 
+With several network paths, one link is the session's first (``link``, opened by a plain
+HELLO) and the others joined it (:meth:`RequestTable.join`); requests go to the link with the
+fewest outstanding, except ``ordered`` ones, which all go to the first link in submission
+order (the server applies one connection's requests in arrival order, so the remote copy sees
+them in that order). A lost link, joined or not, ends them all (:meth:`link_down`): requests
+are resent only on a new session, after its HELLO closed every connection of the old one.
+
 A deadline is ``io_timeout`` seconds from the request's submission. When the earliest passes,
 every outstanding request fails with ``EIO`` and the client enters FAILED, where new requests
 are refused until a resume (DESIGN.md invariant 4). The client's states and the events that
@@ -72,6 +79,7 @@ class Request:
     started: float
     rid: int
     covers: int = 0  # FLUSH: writes acknowledged before it was queued
+    ordered: bool = False  # sent on the session's first link, in submission order
     sent_on: object = None  # the link it is outstanding on; None: waits to be sent
     future: object = None  # the caller's (None when ``callback`` takes the outcome instead)
     callback: Callable[[OSError | None], None] | None = None
@@ -101,8 +109,11 @@ class RequestTable:
         self.io_timeout = float(io_timeout)
         self.max_outstanding = max_outstanding  # requests outstanding on the link, at most
         self.last_error = ""
-        self.link: object = None  # the caller's current link, or None
-        self.inflight = 0  # requests outstanding on ``link``
+        self.link: object = None  # the session's first link (plain HELLO), or None
+        self.links: list = []  # every link of the session, ``link`` first, joined ones after
+        self.inflight = 0  # requests outstanding on the links
+        self._load: dict[int, int] = {}  # id(link) -> requests outstanding on it
+        self._turn = 0  # the link to try first among equally loaded ones
         self.acked_writes = 0  # non-FUA writes acknowledged, ever
         self.flushed_writes = 0  # of those, how many a completed FLUSH covered
         self._state = DISABLED if server_addr == "none" else ONLINE
@@ -138,7 +149,7 @@ class RequestTable:
     def fail_requests(self, reason: str) -> list[Request]:
         """Fail every outstanding request with EIO; the state does not change."""
         pending, self._pending = self._pending, {}
-        self.inflight = 0
+        self._unsend()
         for req in pending.values():
             req.error = OSError(errno.EIO, reason)
         return list(pending.values())
@@ -182,36 +193,67 @@ class RequestTable:
 
     def submit(self, now: float, opcode: Opcode, offset: int, length: int,
                data: bytes | None = None, fua: bool = False, *, future: object = None,
-               callback: Callable[[OSError | None], None] | None = None) -> Request:
+               callback: Callable[[OSError | None], None] | None = None,
+               ordered: bool = False) -> Request:
         """Queue a request (ONLINE only: see :meth:`refusal`). It is to be sent now on
-        ``link`` when its ``sent_on`` is set; otherwise it waits for a free slot (or for a
-        link, when ``link`` is None)."""
+        the link in its ``sent_on`` when that is set; otherwise it waits for a free slot (or
+        for a link, when there is none), behind every request already waiting."""
         if self._state is not ONLINE:
             raise StateError(f"{self.name}: no request is queued in state {self._state.value}")
         rid = next(self._ids)
         req = Request(opcode, offset, length, data, fua, now + self.io_timeout, now, rid,
-                      future=future, callback=callback)
+                      future=future, callback=callback, ordered=ordered)
         if opcode is Opcode.FLUSH:
             req.covers = self.acked_writes
+        # an ordered one never overtakes one waiting (unordered ones wait only when every
+        # link is full, and then it could not go either)
+        waiting = ordered and len(self._pending) > self.inflight
         self._pending[rid] = req
-        if self.link is not None and self.inflight < self.max_outstanding:
-            req.sent_on = self.link
-            self.inflight += 1
+        if not waiting:
+            link = self._pick(ordered)
+            if link is not None:
+                self._assign(req, link)
         return req
 
+    def _pick(self, ordered: bool) -> object:
+        """The link a request goes to now (the least loaded; the first link for an ordered
+        one), or None when none has a free slot."""
+        links = self.links
+        if not links:
+            return None
+        load = self._load
+        if ordered or len(links) == 1:
+            link = self.link
+        else:  # the least loaded; among equals, each in turn
+            self._turn = turn = (self._turn + 1) % len(links)
+            link = min(links[turn:] + links[:turn], key=lambda lk: load[id(lk)])
+        return link if load[id(link)] < self.max_outstanding else None
+
+    def _assign(self, req: Request, link: object) -> None:
+        req.sent_on = link
+        self._load[id(link)] += 1
+        self.inflight += 1
+
     def take_unsent(self) -> list[Request] | tuple:
-        """Requests to send on ``link`` now, oldest first, within ``max_outstanding``."""
-        link = self.link
-        if link is None or not len(self._pending) > self.inflight < self.max_outstanding:
+        """Requests to send now, oldest first, each on the link in its ``sent_on``, within
+        ``max_outstanding`` per link; ordered ones never overtake each other."""
+        links = self.links
+        if not links or not len(self._pending) > self.inflight \
+                < self.max_outstanding * len(links):
             return ()
         out = []
+        ordered_stuck = False  # the first link is full: later ordered ones wait too
         for req in self._pending.values():
-            if self.inflight >= self.max_outstanding:
-                break
-            if req.sent_on is not link:
-                req.sent_on = link
-                self.inflight += 1
-                out.append(req)
+            if req.sent_on is not None or req.ordered and ordered_stuck:
+                continue
+            link = self._pick(req.ordered)
+            if link is None:
+                if not req.ordered:
+                    break  # every link is full
+                ordered_stuck = True
+                continue
+            self._assign(req, link)
+            out.append(req)
         return out
 
     def reply(self, ev) -> Request | None:
@@ -221,6 +263,7 @@ class RequestTable:
         if req is None:
             return None
         if req.sent_on is not None:
+            self._load[id(req.sent_on)] -= 1
             req.sent_on = None
             self.inflight -= 1
         if ev.status:
@@ -262,19 +305,31 @@ class RequestTable:
 
     # -- links ---------------------------------------------------------------------------------
     def link_up(self, link: object) -> list[Request] | tuple:
-        """Use ``link`` from now on; returns the requests to send on it now. Those sent on a
-        link it replaces are sent again (the server closed that session when this one said
-        HELLO)."""
-        if self.link is not None and self.link is not link:
+        """Use ``link`` (a new session) from now on, alone; returns the requests to send
+        on it now. Those sent on the links it replaces are sent again (the server closed
+        their session when this one said HELLO)."""
+        if self.link is not link:
+            self.links = [link]
             self._unsend()
         self.link = link
         self.last_error = ""
         return self.take_unsent()
 
+    def join(self, link: object) -> list[Request] | tuple:
+        """``link`` joined the session of ``link``: it takes requests too; returns those
+        to send now."""
+        if self.link is None or link in self.links:
+            return ()
+        self.links.append(link)
+        self._load[id(link)] = 0
+        return self.take_unsent()
+
     def link_down(self) -> bool:
-        """The link is gone: everything outstanding waits to be sent again. Returns whether
-        a new link is wanted (requests wait and the client is ONLINE)."""
+        """A link of the session is gone: the session ends, every link with it, and
+        everything outstanding waits to be sent again on the next. Returns whether a new
+        link is wanted (requests wait and the client is ONLINE)."""
         self.link = None
+        self.links = []
         self._unsend()
         return bool(self._pending) and self._state is ONLINE
 
@@ -282,6 +337,7 @@ class RequestTable:
         for req in self._pending.values():
             req.sent_on = None
         self.inflight = 0
+        self._load = {id(link): 0 for link in self.links}
 
     # -- server instances ----------------------------------------------------------------------
     def new_instance(self) -> int:

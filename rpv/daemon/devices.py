@@ -476,6 +476,10 @@ class DeviceManager:
         if down is not None:
             self.errlog.log("RPVC_PATH_DOWN", client.name, "disk", "rpvclient",
                             f"{where}: {down}")
+            for other in self.disks.values():  # the others on that path stop using it too
+                if isinstance(other, RPVClient) and other is not client \
+                        and other.server_port == client.server_port:
+                    other.path_seen_down(server, local, f"{client.name}: {down}")
         else:
             self.errlog.log("RPVC_PATH_UP", client.name, "disk", "rpvclient",
                             f"{where} answers again")

@@ -44,6 +44,9 @@ FEATURE_FUA = 1
 FEATURE_FLUSH = 2
 FEATURE_ZSTD = 4  # HELLO: the client asks for / the server accepts zstd payloads
 FEATURE_LZ4 = 8  # HELLO: the same for LZ4 (see rpv.protocol.compress)
+# HELLO: the request joins the live session of the same export as one more connection (a
+# path) instead of closing it; in the reply: the server lets a session have several
+FEATURE_JOIN = 16
 DEFAULT_FEATURES = FEATURE_FUA | FEATURE_FLUSH
 
 

@@ -5,7 +5,10 @@ server asks its backend which RPV servers (exports) exist; a HELLO binds the con
 export after checking, in this order: the PVID is known (``ENOENT``), the peer address equals
 the export's ``client_addr`` (``EACCES``, then close), the RPV server is Available (``ENODEV``).
 A newer HELLO for the same export closes the older connections, so requests left in a dead
-session's socket buffer can never be applied after the client's newer writes.
+session's socket buffer can never be applied after the client's newer writes. A HELLO that
+asks to join (``FEATURE_JOIN``) adds one more connection (a network path) to the live session
+instead; each connection's requests are applied in their arrival order, and the client resends
+a request on another connection only after a newer plain HELLO has closed them all.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rpv.instance import new_instance
 from rpv.protocol import (
     FEATURE_FLUSH,
     FEATURE_FUA,
+    FEATURE_JOIN,
     DiscoverEntry,
     DiscoverInfo,
     HelloInfo,
@@ -275,6 +279,9 @@ class _ServerConnection(asyncio.BufferedProtocol):
         elif not ev.min_version <= PROTOCOL_VERSION <= ev.max_version:
             fail = (errno.EPROTO, f"protocol versions {ev.min_version}..{ev.max_version} "
                                   f"not supported (server speaks {PROTOCOL_VERSION})")
+        join = bool(ev.features & FEATURE_JOIN)
+        if not fail and join and not self._session_of(exp):
+            fail = (errno.ESTALE, f"no session of {exp.server_name} to join")
         if fail:
             log.warning("rpv_hello_refused", peer=self.peer, pvid=pvid, errno=fail[0],
                         reason=fail[1], client_site=ev.client_site)
@@ -282,15 +289,14 @@ class _ServerConnection(asyncio.BufferedProtocol):
             if fail[0] == errno.EACCES:
                 self.close_after_reply("peer address not allowed")
             return
-        for other in list(srv.connections):
-            if other is not self and other.export is not None \
-                    and other.export.server_name == exp.server_name:
+        if not join:
+            for other in self._session_of(exp):
                 other.abort("superseded by a newer session")
         self.export = exp
         if self._handshake_timer:
             self._handshake_timer.cancel()
         lim = srv.limits
-        features = FEATURE_FUA | FEATURE_FLUSH
+        features = FEATURE_FUA | FEATURE_FLUSH | FEATURE_JOIN
         asked = codecs.feature_codec(ev.features)
         if asked in lim.compress and asked in codecs.available():
             features |= codecs.FEATURES[asked]  # accepted; without the bit: refused
@@ -301,7 +307,13 @@ class _ServerConnection(asyncio.BufferedProtocol):
         self._send(self.conn.send_hello_reply, ev.request_id, info)
         log.info("rpv_session", peer=self.peer, device=exp.server_name, disk=exp.disk_name,
                  pvid=pvid, client_site=ev.client_site, client_node=ev.client_node,
-                 compress=self.conn.codec or "none")
+                 compress=self.conn.codec or "none", joined=join)
+
+    def _session_of(self, exp: Export) -> list[_ServerConnection]:
+        """The other open connections bound to ``exp`` (its session)."""
+        return [other for other in self.server.connections
+                if other is not self and not other._closed and other.export is not None
+                and other.export.server_name == exp.server_name]
 
     def on_discover(self, ev: pc.DiscoverRequest) -> None:
         srv = self.server
