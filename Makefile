@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/async_latency.py --rtt 0 10 50
 	$(PY) bench/outage_detect.py --pvs 2 4
+	$(PY) bench/multipath.py
 	$(PY) bench/compress_resync.py
 	$(PY) bench/checksum_resync.py
 	$(PY) bench/resync_impact.py

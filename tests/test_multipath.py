@@ -8,11 +8,14 @@ io_timeout end in EIO. Each path goes through a fault proxy of its own."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 
+from rpv import protocol as pc
 from rpv.faultproxy.client import start_proxy
 from tests.conftest import qemu_io
 from tests.helpers.lvmtools import copies_equal
+from tests.helpers.rpv_raw import RawClient
 from tests.helpers.runbooks import RPV_CLIENTS, configure_airline
 from tests.helpers.waits import wait_until
 
@@ -109,3 +112,35 @@ def test_paths_must_pair_up(linked):
     out = a.fails("chdev", "-l", "hdisk3", "-a", "server_addr=1.2.3.4,1.2.3.5,1.2.3.6,"
                   "1.2.3.7,1.2.3.8", "-a", "local_addr=127.0.0.1")
     assert "1 to 4" in out
+
+
+def test_a_joining_connection_shares_the_session_and_a_plain_hello_ends_it(linked):
+    """The server side of several paths: a HELLO with FEATURE_JOIN adds a connection to the
+    live session instead of closing it; a plain HELLO closes them all (so nothing left in a
+    dead path's socket is applied after requests resent elsewhere); a join with no session
+    to join is refused with ESTALE."""
+    _, b, pvid = linked
+
+    def hello(features: int = 0) -> tuple[RawClient, object]:
+        c = RawClient(b, "127.0.0.1")
+        c.send(c.conn.send_hello(1, pvid, "test", "paths", pc.DEFAULT_FEATURES | features))
+        return c, c.event()
+
+    first, ev = hello()
+    assert ev.status == 0 and ev.info.features & pc.FEATURE_JOIN  # the server offers joins
+    second, ev = hello(pc.FEATURE_JOIN)
+    assert ev.status == 0
+    second.send(second.conn.send_write(2, 4096, b"j" * 4096, 5000))
+    assert second.event().status == 0
+    first.send(first.conn.send_read(3, 4096, 4096, 5000))  # the first is still open
+    assert first.event().data == b"j" * 4096
+
+    third, ev = hello()  # a new session: both earlier connections are closed
+    assert ev.status == 0 and first.closed_by_peer() and second.closed_by_peer()
+    third.sock.close()
+
+    def refused():
+        c, ev = hello(pc.FEATURE_JOIN)
+        c.sock.close()
+        return ev.status == errno.ESTALE and "no session" in ev.message
+    wait_until(refused, 10, "a join with no session left to be refused")
