@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 deps:
 	@bash .ci/deps.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard rpv/*/*.pyx)
 	@bash .ci/deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the modules with a compiled twin (rpv/speedups.py), tested again on the pure-Python one
+TWIN_TESTS := tests/test_nbd_protocol.py tests/test_speedups.py
+
 test: deps $(STAMP)
 	$(PY) -m pytest -x -p no:cacheprovider
+	GLVM_PURE_PYTHON=1 $(PY) -m pytest -x -p no:cacheprovider $(TWIN_TESTS)
 
 demo: deps $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash conf/demo.sh

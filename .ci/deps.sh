@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian tools glvm's demo and tests drive, when any is missing: NBD clients
 # (nbdinfo, nbdcopy, nbdsh), qemu-io/qemu-img, nbdkit, fio, e2fsprogs, iproute2, python3-venv
-# (ensurepip), make, fuse3 (LazyFS power-loss tests, nbdfuse), util-linux (losetup).
+# (ensurepip), make, fuse3 (LazyFS power-loss tests, nbdfuse), util-linux (losetup), gcc and
+# the Python headers (pip install compiles the Cython hot path, rpv/speedups.py).
 #
 #   bash .ci/deps.sh
 #
@@ -10,9 +11,9 @@
 set -euo pipefail
 
 PACKAGES=(libnbd-bin python3-libnbd qemu-utils nbdkit fio e2fsprogs iproute2 python3-venv make
-          fuse3 util-linux)
+          fuse3 util-linux gcc libc6-dev python3-dev)
 TOOLS=(nbdinfo nbdcopy nbdsh qemu-io qemu-img nbdkit fio mke2fs e2fsck ip python3 make
-       fusermount3 losetup)
+       fusermount3 losetup gcc)
 
 missing=()
 for tool in "${TOOLS[@]}"; do
@@ -21,6 +22,10 @@ done
 # python3-venv is what gives `python3 -m venv` its pip (ensurepip)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=("python3-ensurepip")
+fi
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    missing+=("Python.h")
 fi
 ((${#missing[@]} == 0)) && exit 0
 

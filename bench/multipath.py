@@ -6,8 +6,8 @@ goes over two links than over one, each link a fault proxy capped at the same ba
 
 Site A's RPV client of a disk at site B reaches it through the proxy on 127.0.0.3 (one path)
 or through those on 127.0.0.3 and 127.0.0.4 (two paths, requests spread over both); nbdcopy
-writes the same random data to an LV mirrored on a local disk and that client both times. Goal: two paths
-carry at least 1.8x what one does.
+writes the same random data to an LV mirrored on a local disk and that client both times.
+Goal: two paths carry at least 1.8x what one does.
 """
 
 from __future__ import annotations

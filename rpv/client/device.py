@@ -2,12 +2,12 @@
 
 Requests are pipelined over a TCP connection bound to ``local_addr``; with several network
 paths (``server_addr``/``local_addr`` lists), one connection per live path joins the session
-and requests spread over them (see :mod:`rpv.client.requests` for their order). Each request carries a
-deadline of ``io_timeout`` seconds from its submission; a broken connection is re-established
-and unanswered requests are re-sent until their deadline. When any deadline passes the device
-fails *all* outstanding requests with ``EIO``, reports the timeout once (``on_timeout``) and
-fails new I/O at once until :meth:`resume`. ``server_addr = none`` does the same without the
-report (a planned outage).
+and requests spread over them (see :mod:`rpv.client.requests` for their order). Each request
+carries a deadline of ``io_timeout`` seconds from its submission; a broken connection is
+re-established and unanswered requests are re-sent until their deadline. When any deadline
+passes the device fails *all* outstanding requests with ``EIO``, reports the timeout once
+(``on_timeout``) and fails new I/O at once until :meth:`resume`. ``server_addr = none`` does
+the same without the report (a planned outage).
 
 A server that answers a reconnect as a different instance (it restarted, perhaps after its
 host lost power) may have forgotten writes it acknowledged since the last completed FLUSH.

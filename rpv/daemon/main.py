@@ -16,7 +16,7 @@ import uvloop
 
 from lvm.gmvg import GMVG
 from lvm.manager import LVMManager
-from rpv import tls
+from rpv import speedups, tls
 from rpv.control_api import API_VERSION, RPV_PROTOCOL_VERSION, package_version
 from rpv.daemon import config as cfgmod
 from rpv.daemon import logs, metrics
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                 "serving, then close it")
     p.add_argument("--version", action="version",
                    version=f"rpvd {VERSION} (control API {API_VERSION}, RPV protocol "
-                           f"{RPV_PROTOCOL_VERSION})")
+                           f"{RPV_PROTOCOL_VERSION}; hot path {speedups.summary()})")
     return p.parse_args(argv)
 
 
@@ -221,7 +221,8 @@ class Daemon:
                                 "mirroring and stale tracking")
         log.info("rpvd_ready", node=cfg.node, site=self.devices.site() or None,
                  listen=cfg.listen, socket=cfg.socket, nbd_socket=cfg.nbd_socket,
-                 nbd_listen=cfg.nbd_listen or None, metrics_listen=cfg.metrics_listen or None)
+                 nbd_listen=cfg.nbd_listen or None, metrics_listen=cfg.metrics_listen or None,
+                 hot_path=speedups.summary())
         if ready_fd is not None:
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)

@@ -1,0 +1,9 @@
+"""Builds the compiled twins of the hot-path modules (see rpv/speedups.py); everything else
+is in pyproject.toml."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(ext_modules=cythonize(
+    [Extension("rpv.nbd._wire", ["rpv/nbd/_wire.pyx"], extra_compile_args=["-O2"])],
+    compiler_directives={"language_level": "3"}))
