@@ -33,7 +33,8 @@ def test_arbitrary_bytes(data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["lsdev", "chdev", "ping", "nosuch", 5, None]), json_values)
+@given(st.sampled_from(["lsdev", "chdev", "ping", "nosuch", 5, None, {"op": 1}, [1]]),
+       json_values)
 def test_arbitrary_json_requests(op, args):
     dispatch(json.dumps({"op": op, "args": args}).encode())
 

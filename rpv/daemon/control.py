@@ -169,7 +169,7 @@ def _op_name(line: bytes) -> str | None:
         op = json.loads(line).get("op")
     except (ValueError, AttributeError):
         return None
-    return op if op in api.OPERATIONS else None
+    return op if isinstance(op, str) and op in api.OPERATIONS else None
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict) -> None:
