@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard rpv/*/*.pyx)
 install: $(STAMP)
 
 # the modules with a compiled twin (rpv/speedups.py), tested again on the pure-Python one
-TWIN_TESTS := tests/test_nbd_protocol.py tests/test_speedups.py
+TWIN_TESTS := tests/test_nbd_protocol.py tests/test_protocol.py tests/test_protocol_connection.py \
+              tests/test_protocol_fuzz.py tests/test_speedups.py
 
 test: deps $(STAMP)
 	$(PY) -m pytest -x -p no:cacheprovider

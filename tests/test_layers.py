@@ -73,7 +73,7 @@ def test_glvmctl_imports_only_the_control_api():
 
 
 @pytest.mark.parametrize("module", ["rpv/errors.py", "rpv/checksum.py", "rpv/control_api.py",
-                                    "rpv/instance.py"])
+                                    "rpv/instance.py", "rpv/speedups.py"])
 def test_neutral_modules_import_nothing_of_the_project(module):
     assert offenders([ROOT / module], lambda m: under(m, "rpv", "lvm", "glvmctl")) == {}
 

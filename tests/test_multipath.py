@@ -19,7 +19,7 @@ from tests.helpers.rpv_raw import RawClient
 from tests.helpers.runbooks import RPV_CLIENTS, configure_airline
 from tests.helpers.waits import wait_until
 
-IO_TIMEOUT = 6
+IO_TIMEOUT = 4
 
 
 @contextlib.contextmanager

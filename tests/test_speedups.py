@@ -26,12 +26,13 @@ HEAD = struct.Struct(">IHHQQI")
 SIZE = 1 << 20
 
 
-def test_the_compiled_twins_are_built_and_chosen():
+@pytest.mark.parametrize("module", ["rpv.nbd.wire", "rpv.protocol.hotpath"])
+def test_the_compiled_twins_are_built_and_chosen(module):
+    importlib.import_module("rpv.protocol.connection")  # (it picks the hot path)
     if os.environ.get("GLVM_PURE_PYTHON") == "1":
-        assert speedups.CHOSEN["rpv.nbd.wire"] == "pure"
+        assert speedups.CHOSEN[module] == "pure"
         return
-    assert fast_wire is not None, "pip install did not build rpv.nbd._wire"
-    assert speedups.CHOSEN["rpv.nbd.wire"] == "compiled"
+    assert speedups.CHOSEN[module] == "compiled", speedups.CHOSEN[module]
 
 
 request = st.tuples(
@@ -106,3 +107,91 @@ def test_a_known_batch():
                                   (3, 0, 1, 0, SIZE, False, 8192)])
 def test_check_agrees(args):
     assert pure_wire.check(*args) == fast_wire.check(*args)
+
+
+# -- the RPV data path (rpv/protocol/hotpath.py) --------------------------------------------
+from rpv.protocol import hotpath as pure_hot  # noqa: E402
+from rpv.protocol.constants import Opcode  # noqa: E402
+from rpv.protocol.events import WriteReply, WriteRequest  # noqa: E402
+
+try:
+    fast_hot = importlib.import_module("rpv.protocol._hotpath")
+except ImportError:
+    fast_hot = None
+needs_hot = pytest.mark.skipif(fast_hot is None, reason="rpv.protocol._hotpath not built")
+RPV_HEAD = struct.Struct(">IBBHQI")
+
+def frames(flags: list[int], plens: list[int]):
+    return st.tuples(
+        st.sampled_from([0x47525056] * 10 + [0x47525057]),  # magic
+        st.sampled_from([1] * 10 + [2]),  # version
+        st.sampled_from([4] * 6 + [3, 5, 6]),  # opcode: mostly WRITE
+        st.sampled_from(flags),
+        st.sampled_from([1, 2, 2**64 - 1]),  # request id
+        st.sampled_from(plens),  # payload length
+        st.sampled_from([0, 0, 4096, 2**63]),  # offset (requests) / status (replies: low bits)
+        st.sampled_from([0, 5, 512, 4096, 70000]),  # length field
+        st.integers(0, 2**32 - 1))  # deadline
+
+
+reply_frame = frames([1] * 6 + [0, 3, 5, 0x8001], [0] * 6 + [5, 512])
+request_frame = frames([0, 0, 2, 2, 1, 3, 4, 6, 0x8000], [0, 5, 512, 512, 4096, 70000])
+
+
+def rpv_bytes(f, reply: bool, cut: int) -> bytearray:
+    magic, version, op, flags, rid, plen, offset, length, deadline = f
+    out = bytearray(RPV_HEAD.pack(magic, version, op, flags, rid, plen))
+    out += struct.pack(">I", offset & 0xFFFFFFFF) if reply else struct.pack(
+        ">QII", offset, length, deadline)
+    out += bytes(range(256)) * (plen // 256) + bytes(plen % 256)
+    return out[:len(out) - cut]
+
+
+outstanding = st.dictionaries(st.sampled_from([1, 2, 2**64 - 1]),
+                              st.sampled_from([(Opcode.WRITE, 4096)] * 3 + [(Opcode.READ, 512)]),
+                              max_size=3)
+
+
+@needs_hot
+@settings(max_examples=800, deadline=None)
+@given(reply_frame, st.sampled_from([0, 0, 0, 1, 8]), outstanding,
+       st.sampled_from([b"", b"\x00" * 7]))
+def test_write_replies_decode_identically(f, cut, table, before):
+    results = []
+    for impl in (pure_hot, fast_hot):
+        buf = bytearray(before) + rpv_bytes(f, True, cut)
+        out = dict(table)
+        got = impl.take_write_reply(buf, len(before), out, Opcode.WRITE, WriteReply)
+        results.append((got, out))
+    assert results[0] == results[1]
+
+
+@needs_hot
+@settings(max_examples=800, deadline=None)
+@given(request_frame, st.sampled_from([0, 0, 0, 1, 8]), outstanding, st.integers(1, 4),
+       st.booleans())
+def test_write_requests_decode_identically(f, cut, table, limit, counted):
+    results = []
+    for impl in (pure_hot, fast_hot):
+        calls: list = []
+        buf = rpv_bytes(f, False, cut)
+        out = dict(table)
+        got = impl.take_write_request(buf, 0, out, limit, 65536, Opcode.WRITE,
+                                      (lambda *a: calls.append(a)) if counted else None,
+                                      WriteRequest)
+        results.append((got, out, calls))
+    assert results[0] == results[1]
+
+
+@needs_hot
+def test_a_known_write_request_and_reply():
+    f = (0x47525056, 1, 4, 2, 7, 512, 4096, 512, 900)  # WRITE with FUA
+    for impl in (pure_hot, fast_hot):
+        table: dict = {}
+        ev, pos = impl.take_write_request(rpv_bytes(f, False, 0), 0, table, 4, 65536,
+                                          Opcode.WRITE, None, WriteRequest)
+        assert ev == WriteRequest(7, 4096, rpv_bytes(f, False, 0)[36:], 900, True)
+        assert pos == 36 + 512 and table == {7: (Opcode.WRITE, 512)}
+        reply = rpv_bytes((0x47525056, 1, 4, 1, 7, 0, 0, 0, 0), True, 0)
+        assert impl.take_write_reply(reply, 0, table, Opcode.WRITE, WriteReply) == (
+            WriteReply(7, 0, ""), 24) and table == {}

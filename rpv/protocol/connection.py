@@ -13,6 +13,8 @@ from enum import Enum
 from errno import EBUSY, EMSGSIZE, EPROTO
 from types import MappingProxyType
 
+from rpv import speedups
+
 from . import compress as _z
 from . import frames as _f
 from .constants import (
@@ -26,7 +28,15 @@ from .constants import (
     VERSION,
     Opcode,
 )
-from .events import ConnectionClosed, DiscoverInfo, Event, HelloInfo, ProtocolError
+from .events import (
+    ConnectionClosed,
+    DiscoverInfo,
+    Event,
+    HelloInfo,
+    ProtocolError,
+    WriteReply,
+    WriteRequest,
+)
 from .frames import EMPTY, OPCODES, OpSpec, Scope
 from .pvid import PVID_SIZE, pvid_to_bytes
 
@@ -293,8 +303,19 @@ class Connection:
     def _next_event(self) -> Event | _Sentinel:
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
         frame = self._frame
+        if frame is None and self._state is State.READY:  # the common frames in one call
+            if self.role is Role.CLIENT:
+                fast = _hot.take_write_reply(buf, pos, self._outstanding, Opcode.WRITE,
+                                             WriteReply)
+            else:
+                fast = _hot.take_write_request(buf, pos, self._outstanding,
+                                               self.max_outstanding, self.max_payload,
+                                               Opcode.WRITE, self.on_payload, WriteRequest)
+            if fast is not None:
+                self._pos = fast[1]
+                return fast[0]
+        avail = len(buf) - pos
         if frame is None:
             if avail < 20:
                 if avail and not _MAGIC_PREFIX.startswith(buf[pos : pos + 5]):
@@ -711,6 +732,7 @@ def _size_error(op: Opcode, payload: _f.Payload, plen: int, length: int, reply: 
     return f"{op.name} {'reply ' if reply else ''}payload of {plen} bytes"
 
 
+_hot = speedups.pick("rpv.protocol.hotpath", "rpv.protocol._hotpath")
 _MAGIC_PREFIX = _f.HEADER_STRUCT.pack(MAGIC, VERSION, 0, 0, 0, 0)[:5]
 _HEADER_UNPACK = _f.HEADER_STRUCT.unpack_from
 _REQUEST_EXT_UNPACK = _f.REQUEST_EXT_STRUCT.unpack_from

@@ -1,0 +1,58 @@
+"""The RPV data path's common frames, pure Python: a successful WRITE reply at the client and
+an uncompressed WRITE request at the server, decoded in one call each (the reference for the
+compiled twin ``_hotpath.pyx``; :mod:`rpv.speedups` picks one, ``GLVM_PURE_PYTHON=1`` this).
+
+``rpv.protocol.connection.Connection`` tries these first in state READY, before its general
+parser. Each accepts only a frame that the general parser would turn into the same event with
+the same bookkeeping (request ids outstanding, payload counters), and returns None for
+anything else, leaving it untouched for the general parser to decode or refuse.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = 0x47525056
+VERSION = 1
+OP_WRITE = 4
+FLAG_REPLY, FLAG_FUA = 0x0001, 0x0002
+REPLY_SIZE, REQUEST_SIZE = 24, 36
+
+_reply = struct.Struct(">IBBHQII").unpack_from  # header + status
+_request = struct.Struct(">IBBHQIQII").unpack_from  # header + offset, length, deadline
+
+
+def take_write_reply(buf: bytearray, pos: int, outstanding: dict, write_op, make):
+    """``(event, new pos)`` for a successful WRITE reply at ``pos``, else None."""
+    if len(buf) - pos < REPLY_SIZE:
+        return None
+    magic, version, opcode, flags, rid, plen, status = _reply(buf, pos)
+    if (magic != MAGIC or version != VERSION or opcode != OP_WRITE or flags != FLAG_REPLY
+            or plen or status):
+        return None
+    entry = outstanding.get(rid)
+    if entry is None or entry[0] is not write_op:
+        return None
+    del outstanding[rid]
+    return make(rid, 0, ""), pos + REPLY_SIZE
+
+
+def take_write_request(buf: bytearray, pos: int, outstanding: dict, max_outstanding: int,
+                       max_payload: int, write_op, on_payload, make):
+    """``(event, new pos)`` for an uncompressed WRITE request at ``pos`` whose payload is
+    all in ``buf``, else None."""
+    avail = len(buf) - pos
+    if avail < REQUEST_SIZE:
+        return None
+    magic, version, opcode, flags, rid, plen, offset, length, deadline = _request(buf, pos)
+    if (magic != MAGIC or version != VERSION or opcode != OP_WRITE or flags & ~FLAG_FUA
+            or not 0 < plen <= max_payload or length != plen or avail < REQUEST_SIZE + plen
+            or rid in outstanding or len(outstanding) >= max_outstanding):
+        return None
+    start = pos + REQUEST_SIZE
+    with memoryview(buf) as view:
+        data = view[start:start + plen].tobytes()
+    if on_payload is not None:
+        on_payload(True, length, plen)
+    outstanding[rid] = (write_op, length)
+    return make(rid, offset, data, deadline, bool(flags & FLAG_FUA)), start + plen
