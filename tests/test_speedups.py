@@ -177,7 +177,7 @@ def test_write_requests_decode_identically(f, cut, table, limit, counted):
         buf = rpv_bytes(f, False, cut)
         out = dict(table)
         got = impl.take_write_request(buf, 0, out, limit, 65536, Opcode.WRITE,
-                                      (lambda *a: calls.append(a)) if counted else None,
+                                      (lambda *a, c=calls: c.append(a)) if counted else None,
                                       WriteRequest)
         results.append((got, out, calls))
     assert results[0] == results[1]
