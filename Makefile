@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(PY) bench/async_latency.py --rtt 0 10 50
 	$(PY) bench/outage_detect.py --pvs 2 4
 	$(PY) bench/multipath.py
+	$(PY) bench/hotpath_micro.py
+	$(PY) bench/cpu_per_io.py --repeat 2
+	$(PY) bench/cpu_per_io.py --repeat 2 --sparse
 	$(PY) bench/compress_resync.py
 	$(PY) bench/checksum_resync.py
 	$(PY) bench/resync_impact.py

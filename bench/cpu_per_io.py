@@ -6,9 +6,10 @@
 Two sites on loopback; at A an LV mirrored on a local disk and an RPV client of B's disk;
 fio (nbd engine) runs 4 KiB random writes at QD16, then 4 KiB random reads at QD16, against
 A's NBD export. The CPU each rpvd used (utime + stime from /proc/PID/stat) is divided by the
-I/Os fio completed: steadier than IOPS on a noisy machine. The run is done once with the
-compiled modules and once with GLVM_PURE_PYTHON=1 (rpvd inherits it). Prefilled by default
-(the exports are written once first); ``--sparse`` measures fresh sparse files.
+I/Os fio completed (after a 2 s warm-up): steadier than IOPS on a noisy machine. The run is
+done with the compiled modules and with GLVM_PURE_PYTHON=1 (rpvd inherits it), ``--repeat``
+times each, interleaved. Prefilled by default (the exports are written once first);
+``--sparse`` measures fresh sparse files.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def one_run(pure: bool, runtime: float, sparse: bool) -> dict:
                            capture_output=True, timeout=600)
         row = {"mode": "pure" if pure else "compiled"}
         for rw in ("randwrite", "randread"):
+            fio(uri, rw, 2)  # warm-up (dirty regions, caches), not counted
             before = [cpu_seconds(s.proc.pid) for s in (a, b)]
             ios = fio(uri, rw, runtime)
             after = [cpu_seconds(s.proc.pid) for s in (a, b)]
@@ -83,8 +85,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runtime", type=float, default=8)
     ap.add_argument("--sparse", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each, interleaved")
     args = ap.parse_args()
-    rows = [one_run(pure, args.runtime, args.sparse) for pure in (False, True)]
+    rows = [one_run(pure, args.runtime, args.sparse)
+            for _ in range(args.repeat) for pure in (False, True)]
     print(f"4 KiB QD16, LV with 2 copies (local + RPV), {'sparse' if args.sparse else 'prefilled'}"
           f", {args.runtime:g} s each")
     print("| implementation | randwrite IOPS | CPU µs/write at A | at B | randread IOPS | "

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Per-event CPU of the decoders with a compiled twin (issue 16), in one process, for the
+compiled modules and the pure-Python references side by side:
+
+    .venv/bin/python bench/hotpath_micro.py
+
+* NBD: a batch of 16 WRITE requests of 4 KiB decoded by ``rpv.nbd.protocol`` (site A);
+* RPV at the client: 16 successful WRITE replies turned into events (site A);
+* RPV at the server: 16 WRITE requests of 4 KiB turned into events (site B).
+
+Each figure is the best of 5 rounds, in µs per request; the whole per-write cost at A is
+about 40-100 µs on this machine (bench/cpu_per_io.py), so this shows what the compiled part
+saves of it, not the whole.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ROUND = r'''
+import struct, sys, time
+from rpv import protocol as pc, speedups
+from rpv.nbd import protocol as nbd
+from rpv.protocol import Opcode
+
+def best(fn, n=2000):
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) / n / 16 * 1e6)
+    return min(times)
+
+class Disk:
+    size = 1 << 30
+    name = "d"
+
+def nbd_round():
+    req = b"".join(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, 1, i, i * 4096, 4096)
+                   + bytes(4096) for i in range(16))
+    def run():
+        c = nbd.ServerConnection()
+        c.state = nbd.State.TRANSMISSION
+        c.size = 1 << 30
+        c.receive_data(req)
+        while c.next_event() is not nbd.NEED_DATA:
+            pass
+    return run
+
+def client_round():
+    def run():
+        c = pc.Connection(pc.Role.CLIENT)
+        c._state = pc.connection.State.READY
+        for i in range(16):
+            c._outstanding[i] = (Opcode.WRITE, 4096)
+        c.receive_data(data)
+        while c.next_event() is not pc.NEED_DATA:
+            pass
+    data = b"".join(struct.pack(">IBBHQII", pc.MAGIC, pc.VERSION, 4, 1, i, 0, 0)
+                    for i in range(16))
+    return run
+
+def server_round():
+    data = b"".join(struct.pack(">IBBHQIQII", pc.MAGIC, pc.VERSION, 4, 0, i, 4096,
+                                i * 4096, 4096, 1000) + bytes(4096) for i in range(16))
+    def run():
+        c = pc.Connection(pc.Role.SERVER, max_outstanding=64)
+        c._state = pc.connection.State.READY
+        c.receive_data(data)
+        while c.next_event() is not pc.NEED_DATA:
+            pass
+    return run
+
+print(speedups.summary())
+for name, make in (("nbd", nbd_round), ("client", client_round), ("server", server_round)):
+    print(name, round(best(make()), 2))
+'''
+
+
+def measure(pure: bool) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GLVM_PURE_PYTHON", None)
+    if pure:
+        env["GLVM_PURE_PYTHON"] = "1"
+    out = subprocess.run([sys.executable, "-c", ROUND], capture_output=True, text=True,
+                         env=env, check=True).stdout.splitlines()
+    return {"chosen": out[0], **{k: float(v) for k, v in (line.split() for line in out[1:])}}
+
+
+def main() -> int:
+    rows = {"compiled": measure(False), "pure": measure(True)}
+    print("| decoder | compiled µs/request | pure µs/request | saved |")
+    print("|---|---|---|---|")
+    for key, label in (("nbd", "NBD WRITE request 4 KiB (site A)"),
+                       ("client", "RPV WRITE reply (site A)"),
+                       ("server", "RPV WRITE request 4 KiB (site B)")):
+        c, p = rows["compiled"][key], rows["pure"][key]
+        print(f"| {label} | {c:.2f} | {p:.2f} | {p - c:.2f} ({(p - c) / p:.0%}) |")
+    print(f"({rows['compiled']['chosen']} / {rows['pure']['chosen']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
