@@ -55,4 +55,5 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 fuzz: $(STAMP)
+	bash .ci/sanitize.sh 100000
 	$(PY) -m tests.fuzz --inputs 1000000

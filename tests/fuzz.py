@@ -1,5 +1,6 @@
 """``make fuzz``: a long fuzz run of the three parsers that face untrusted bytes, and of the
-compiled NBD batch decoder against its pure-Python reference (same results on every input).
+compiled decoders (rpv/speedups.py) against their pure-Python references (same results on
+every input).
 
     python -m tests.fuzz --inputs 1000000 [--seed N]
 
@@ -136,6 +137,33 @@ def fuzz_nbd_twins(rng: random.Random, data: bytes, compiled) -> None:
     assert got[0] == got[1], (body, got)
 
 
+def hot_seeds() -> list[bytes]:
+    import struct
+    head = struct.Struct(">IBBHQI")
+    return [head.pack(pc.MAGIC, pc.VERSION, 4, 2, 7, 512) + struct.pack(">QII", 4096, 512, 9)
+            + b"w" * 512,
+            head.pack(pc.MAGIC, pc.VERSION, 4, 1, 7, 0) + struct.pack(">I", 0)]
+
+
+def fuzz_hot_twins(rng: random.Random, data: bytes, compiled) -> None:
+    """The compiled RPV WRITE request/reply decoders against the reference."""
+    from rpv.protocol import hotpath
+    from rpv.protocol.events import WriteReply, WriteRequest
+    table = {rid: (rng.choice((pc.Opcode.WRITE, pc.Opcode.READ)), 512)
+             for rid in rng.sample((7, 8, 2**64 - 1), rng.randint(0, 2))}
+    limit, pos = rng.randint(1, 4), rng.choice((0, 0, 1))
+    got = []
+    for impl in (hotpath, compiled):
+        out, calls = dict(table), []
+        got.append((impl.take_write_request(bytearray(data), pos, out, limit, 1 << 16,
+                                            pc.Opcode.WRITE, lambda *a, c=calls: c.append(a),
+                                            WriteRequest), out, calls))
+        out = dict(table)
+        got.append((impl.take_write_reply(bytearray(data), pos, out, pc.Opcode.WRITE,
+                                          WriteReply), out))
+    assert got[:2] == got[2:], (data, got)
+
+
 def fuzz_control(server: ControlServer, loop, data: bytes) -> None:
     for line in data.split(b"\n")[:8]:
         reply = loop.run_until_complete(server._dispatch(line, None))[0]
@@ -170,6 +198,13 @@ def main() -> None:
     else:
         targets.append(("nbd decoder twins", nbd_seeds(),
                         lambda d: fuzz_nbd_twins(rng, d, _wire)))
+    try:
+        from rpv.protocol import _hotpath
+    except ImportError:
+        print("rpv hot path: not compiled (pip install builds rpv.protocol._hotpath)")
+    else:
+        targets.append(("rpv hot path twins", hot_seeds(),
+                        lambda d: fuzz_hot_twins(rng, d, _hotpath)))
     for name, seeds, run in targets:
         t0 = time.monotonic()
         for _ in range(args.inputs):
