@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import random
@@ -191,20 +192,15 @@ def main() -> None:
     targets = [("rpv frames", rpv_seeds(), lambda d: fuzz_rpv(rng, d)),
                ("nbd handshake+requests", nbd_seeds(), lambda d: fuzz_nbd(rng, d)),
                ("control requests", control_seeds(), lambda d: fuzz_control(ctl, loop, d))]
-    try:
-        from rpv.nbd import _wire
-    except ImportError:
-        print("nbd batch decoder: not compiled (pip install builds rpv.nbd._wire)")
-    else:
-        targets.append(("nbd decoder twins", nbd_seeds(),
-                        lambda d: fuzz_nbd_twins(rng, d, _wire)))
-    try:
-        from rpv.protocol import _hotpath
-    except ImportError:
-        print("rpv hot path: not compiled (pip install builds rpv.protocol._hotpath)")
-    else:
-        targets.append(("rpv hot path twins", hot_seeds(),
-                        lambda d: fuzz_hot_twins(rng, d, _hotpath)))
+    twins = (("nbd decoder twins", "rpv.nbd._wire", nbd_seeds(), fuzz_nbd_twins),
+             ("rpv hot path twins", "rpv.protocol._hotpath", hot_seeds(), fuzz_hot_twins))
+    for name, module, seeds, fuzz in twins:
+        try:
+            compiled = importlib.import_module(module)
+        except ImportError:
+            print(f"{name}: {module} is not compiled (pip install builds it)")
+            continue
+        targets.append((name, seeds, lambda d, f=fuzz, m=compiled: f(rng, d, m)))
     for name, seeds, run in targets:
         t0 = time.monotonic()
         for _ in range(args.inputs):

@@ -5,6 +5,8 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from rpv._endian cimport be32 as _u32, be64 as _u64
+
 DEF HEADER = 28
 DEF REQUEST_MAGIC = 0x25609513
 DEF SIMPLE_REPLY_MAGIC = 0x67446698
@@ -17,14 +19,6 @@ DEF CMD_WRITE_ZEROES = 6
 DEF EPERM = 1
 DEF EINVAL = 22
 DEF ENOSPC = 28
-
-
-cdef inline uint32_t _u32(const uint8_t *p) nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline uint64_t _u64(const uint8_t *p) nogil:
-    return (<uint64_t>_u32(p) << 32) | _u32(p + 4)
 
 
 cdef inline bytes _reply(uint32_t error, uint64_t handle):

@@ -5,6 +5,8 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from rpv._endian cimport be32 as _u32, be64 as _u64
+
 DEF MAGIC = 0x47525056
 DEF VERSION = 1
 DEF OP_WRITE = 4
@@ -12,14 +14,6 @@ DEF FLAG_REPLY = 1
 DEF FLAG_FUA = 2
 DEF REPLY_SIZE = 24
 DEF REQUEST_SIZE = 36
-
-
-cdef inline uint32_t _u32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline uint64_t _u64(const uint8_t *p) noexcept nogil:
-    return (<uint64_t>_u32(p) << 32) | _u32(p + 4)
 
 
 def take_write_reply(bytearray buf, Py_ssize_t pos, dict outstanding, write_op, make):
