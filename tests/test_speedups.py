@@ -195,3 +195,28 @@ def test_a_known_write_request_and_reply():
         reply = rpv_bytes((0x47525056, 1, 4, 1, 7, 0, 0, 0, 0), True, 0)
         assert impl.take_write_reply(reply, 0, table, Opcode.WRITE, WriteReply) == (
             WriteReply(7, 0, ""), 24) and table == {}
+
+
+field = st.sampled_from([0, 1, 4096, 0xFFFF, 0x10000, 0xFFFFFFFF, 2**32, 2**64 - 1, 2**64, -1])
+
+
+@needs_hot
+@settings(max_examples=800, deadline=None)
+@given(outstanding, st.integers(1, 4), st.sampled_from([1, 2, 2**64 - 1, 2**64, -1]),
+       field, field, field, field, field)
+def test_write_headers_encode_identically(table, limit, rid, flags, plen, offset, length,
+                                          deadline):
+    results = []
+    for impl in (pure_hot, fast_hot):
+        out = dict(table)
+        request = impl.write_request(out, limit, rid, flags, plen, offset, length, deadline,
+                                     Opcode.WRITE)
+        after_request = dict(out)
+        reply = impl.write_reply(out, rid, Opcode.WRITE)
+        results.append((request, after_request, reply, out))
+    assert results[0] == results[1]
+    request, _, reply, _ = results[0]
+    if request is not None:  # what the general decoder of the other side reads back
+        assert struct.unpack(">IBBHQIQII", request)[4:] == (rid, plen, offset, length,
+                                                            deadline)
+        assert reply == struct.pack(">IBBHQII", 0x47525056, 1, 4, 1, rid, 0, 0)

@@ -61,3 +61,43 @@ def take_write_request(bytearray buf, Py_ssize_t pos, dict outstanding,
     outstanding[rid] = (write_op, length)
     return (make(rid, _u64(p + 20), data, _u32(p + 32), bool(flags & FLAG_FUA)),
             pos + REQUEST_SIZE + plen)
+
+
+cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24; p[1] = (v >> 16) & 0xff; p[2] = (v >> 8) & 0xff; p[3] = v & 0xff
+
+
+cdef inline void _put64(uint8_t *p, uint64_t v) noexcept nogil:
+    _put32(p, <uint32_t>(v >> 32))
+    _put32(p + 4, <uint32_t>v)
+
+
+def write_reply(dict outstanding, rid, write_op):
+    """The header of a successful reply to the outstanding WRITE ``rid`` (which stops being
+    outstanding), else None."""
+    cdef uint8_t h[REPLY_SIZE]
+    entry = outstanding.get(rid)
+    if entry is None or (<tuple>entry)[0] is not write_op:
+        return None
+    del outstanding[rid]
+    _put32(h, MAGIC); h[4] = VERSION; h[5] = OP_WRITE; h[6] = 0; h[7] = FLAG_REPLY
+    _put64(h + 8, rid); _put32(h + 16, 0); _put32(h + 20, 0)
+    return PyBytes_FromStringAndSize(<char *>h, REPLY_SIZE)
+
+
+def write_request(dict outstanding, Py_ssize_t max_outstanding, rid, flags, plen, offset,
+                  length, deadline, write_op):
+    """The header of a WRITE request (which becomes outstanding) when every field is in
+    range and ``rid`` is free, else None."""
+    cdef uint8_t h[REQUEST_SIZE]
+    if (rid in outstanding or len(outstanding) >= max_outstanding or not 0 <= rid <= 2**64 - 1
+            or not 0 <= offset <= 2**64 - 1 or not 0 <= flags <= 0xFFFF
+            or not 0 <= plen <= 0xFFFFFFFF or not 0 <= length <= 0xFFFFFFFF
+            or not 0 <= deadline <= 0xFFFFFFFF):
+        return None
+    outstanding[rid] = (write_op, length)
+    _put32(h, MAGIC); h[4] = VERSION; h[5] = OP_WRITE
+    h[6] = (<uint32_t>flags >> 8) & 0xff; h[7] = <uint32_t>flags & 0xff
+    _put64(h + 8, rid); _put32(h + 16, plen)
+    _put64(h + 20, offset); _put32(h + 28, length); _put32(h + 32, deadline)
+    return PyBytes_FromStringAndSize(<char *>h, REQUEST_SIZE)

@@ -577,7 +577,13 @@ class Connection:
             if packed is not None:
                 wire, flags = packed, flags | FLAG_COMPRESSED
         plen = size if wire is data else len(wire)
-        head = self._request(Opcode.WRITE, flags, request_id, plen, offset, size, deadline_ms)
+        head = None
+        if self._state is State.READY and self.role is Role.CLIENT and plen <= self.max_payload:
+            head = _hot.write_request(self._outstanding, self.max_outstanding, request_id,
+                                      flags, plen, offset, size, deadline_ms, Opcode.WRITE)
+        if head is None:  # (the general encoder says what is wrong, if anything is)
+            head = self._request(Opcode.WRITE, flags, request_id, plen, offset, size,
+                                 deadline_ms)
         if self.on_payload is not None:
             self.on_payload(True, size, plen)
         return [head, wire] if size else [head]
@@ -649,6 +655,10 @@ class Connection:
 
     def send_reply(self, request_id: int, opcode: Opcode) -> list[Buffer]:
         """Empty OK reply to a WRITE, FLUSH or PING."""
+        if opcode is Opcode.WRITE and self._state is State.READY and self.role is Role.SERVER:
+            head = _hot.write_reply(self._outstanding, request_id, Opcode.WRITE)
+            if head is not None:
+                return [head]
         spec = OPCODES.get(opcode)
         if spec is None or spec.reply is not EMPTY:
             raise LocalProtocolError(f"send_reply cannot answer opcode {opcode!r}")

@@ -5,7 +5,9 @@ compiled twin ``_hotpath.pyx``; :mod:`rpv.speedups` picks one, ``GLVM_PURE_PYTHO
 ``rpv.protocol.connection.Connection`` tries these first in state READY, before its general
 parser. Each accepts only a frame that the general parser would turn into the same event with
 the same bookkeeping (request ids outstanding, payload counters), and returns None for
-anything else, leaving it untouched for the general parser to decode or refuse.
+anything else, leaving it untouched for the general parser to decode or refuse. The same
+holds for the two headers it builds: a WRITE request (client) and its successful reply
+(server); None sends the caller to its general encoder and its errors.
 """
 
 from __future__ import annotations
@@ -56,3 +58,30 @@ def take_write_request(buf: bytearray, pos: int, outstanding: dict, max_outstand
         on_payload(True, length, plen)
     outstanding[rid] = (write_op, length)
     return make(rid, offset, data, deadline, bool(flags & FLAG_FUA)), start + plen
+
+
+_pack_reply = struct.Struct(">IBBHQII").pack
+_pack_request = struct.Struct(">IBBHQIQII").pack
+_U32, _U64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
+
+
+def write_reply(outstanding: dict, rid: int, write_op) -> bytes | None:
+    """The header of a successful reply to the outstanding WRITE ``rid`` (which stops being
+    outstanding), else None."""
+    entry = outstanding.get(rid)
+    if entry is None or entry[0] is not write_op:
+        return None
+    del outstanding[rid]
+    return _pack_reply(MAGIC, VERSION, OP_WRITE, FLAG_REPLY, rid, 0, 0)
+
+
+def write_request(outstanding: dict, max_outstanding: int, rid: int, flags: int, plen: int,
+                  offset: int, length: int, deadline: int, write_op) -> bytes | None:
+    """The header of a WRITE request (which becomes outstanding) when every field is in
+    range and ``rid`` is free, else None."""
+    if (rid in outstanding or len(outstanding) >= max_outstanding or not 0 <= rid <= _U64
+            or not 0 <= offset <= _U64 or not 0 <= flags <= 0xFFFF
+            or not 0 <= plen <= _U32 or not 0 <= length <= _U32 or not 0 <= deadline <= _U32):
+        return None
+    outstanding[rid] = (write_op, length)
+    return _pack_request(MAGIC, VERSION, OP_WRITE, flags, rid, plen, offset, length, deadline)
