@@ -535,25 +535,31 @@ class RPVClient:
             self._joining = self._loop.create_task(self._join_paths())
 
     async def _join_paths(self) -> None:
-        session = self._link
-        for index in range(len(self.paths)):
-            if (index in self.paths_down or self._link is not session or session is None
-                    or any(link.path == index for link in self._table.links)):
-                continue
-            try:
-                link = await asyncio.wait_for(self._connect_once(index, join=True),
-                                              path_timeout(self.io_timeout))
-            except (OSError, TimeoutError) as e:
-                if getattr(e, "errno", None) != errno.ESTALE:  # (else the session ended)
-                    self._path_down(index, _reason(e))
-                continue
-            if self._link is not session or self.state is not ClientState.ONLINE:
-                link.close()  # the session ended meanwhile
+        """Join every live path without a connection to the session; when the session
+        changes meanwhile, start over with the new one."""
+        while (session := self._link) is not None and self.state is ClientState.ONLINE:
+            for index in range(len(self.paths)):
+                if self._link is not session:
+                    break
+                if index in self.paths_down or any(
+                        link.path == index for link in self._table.links):
+                    continue
+                try:
+                    link = await asyncio.wait_for(self._connect_once(index, join=True),
+                                                  path_timeout(self.io_timeout))
+                except (OSError, TimeoutError) as e:
+                    if getattr(e, "errno", None) != errno.ESTALE:  # (else the session ended)
+                        self._path_down(index, _reason(e))
+                    continue
+                if self._link is not session or self.state is not ClientState.ONLINE:
+                    link.close()  # the session ended meanwhile
+                    break
+                log.info("rpvc_path_joined", device=self.name, path=index,
+                         server=self.paths[index][0], local_addr=self.paths[index][1])
+                for req in self._table.join(link):
+                    self._send(req)
+            if self._link is session:
                 return
-            log.info("rpvc_path_joined", device=self.name, path=index,
-                     server=self.paths[index][0], local_addr=self.paths[index][1])
-            for req in self._table.join(link):
-                self._send(req)
 
     async def _probe_paths(self) -> None:
         """Ask over each path that is down what the server offers (DISCOVER: no session is
