@@ -315,6 +315,7 @@ class _Throttle:
         self.prober = loop.create_task(self._probe()) if self.remote else None
         # the link's own round trip is measured before the resync adds to it
         self.measured = asyncio.Event()
+        self.app_ios = vg.app_ios  # the VG's count of application I/Os when last looked
         if self.prober is None:
             self.measured.set()
         vg.resync_rate = self.ctl
@@ -325,6 +326,7 @@ class _Throttle:
         delay = 0.0
         while True:
             await asyncio.sleep(delay)
+            self._note_app_io()
             if (delay := self.ctl.wait(self.loop.time(), n)) <= 0:
                 return
 
@@ -334,13 +336,21 @@ class _Throttle:
         finally:
             self.measured.set()  # never leaves a copy waiting
 
+    def _note_app_io(self) -> None:
+        """Tell the controller when the VG's LVs saw application I/O since last asked."""
+        if self.vg.app_ios != self.app_ios:
+            self.app_ios = self.vg.app_ios
+            self.ctl.app_io(self.loop.time())
+
     async def _probe_forever(self) -> None:
+        vg = self.vg
         while True:
-            devs = [self.vg.devices[i] for i in self.remote if self.vg.usable(i)]
+            devs = [vg.devices[i] for i in self.remote if vg.usable(i)]
             if devs:
                 start = self.loop.time()
                 self.ctl.ping_sent(start)
                 await asyncio.gather(*(d.ping() for d in devs), return_exceptions=True)
+                self._note_app_io()
                 self.ctl.delay_seen(self.loop.time(), self.loop.time() - start)
             self.measured.set()  # (or no link is usable: the copies fail on their own)
             await asyncio.sleep(INTERVAL)

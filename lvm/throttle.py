@@ -7,7 +7,10 @@ so its round trip is the delay the resync adds to them. Its lowest value seen is
 own round trip; while the delay stays within ``impact`` of it (0.5: at most half as long
 again) the rate grows: by half while the delay is under half the target, then by a
 floor's worth at a time; beyond the target the rate halves, never below the floor.
-Application I/O keeps priority without the resync ever stopping.
+Application I/O keeps priority without the resync ever stopping. While no application I/O
+was seen for ``QUIET`` seconds there is nothing to protect (DRBD, too, throttles only when it
+sees application I/O): the rate grows whatever the delay, and as soon as application I/O is
+seen again the delays steer it.
 
 Sans-IO: the caller feeds PING delays and asks how long to wait before copying; every time
 is passed in.
@@ -26,6 +29,7 @@ GROWTH = 1.5  # rate factor per adjustment while the delay is within target
 START_REMOTE = 64 * MiB  # bytes/s a resync over a link starts at (then it adapts)
 BACKOFF = 0.5  # rate factor when it is beyond
 SLACK = 0.002  # seconds of delay always allowed (a fast link's round trip is noise)
+QUIET = 1.0  # seconds without application I/O after which nothing is protected
 
 
 @dataclass
@@ -52,11 +56,16 @@ class AdaptiveRate:
         self._allowed = now  # when the bucket is empty again (bytes already granted)
         self._ping_since: float | None = None  # a PING is out since then
         self.measured = False  # PINGs are sent (a remote destination)
+        self._app_seen: float | None = None  # when application I/O was last seen
         self.adjustments = 0
 
     def ping_sent(self, now: float) -> None:
         self.measured = True
         self._ping_since = now
+
+    def app_io(self, now: float) -> None:
+        """Application I/O was seen (at ``now``): the delays count again."""
+        self._app_seen = now
 
     def delay_seen(self, now: float, seconds: float) -> None:
         """The PING sent last took ``seconds``."""
@@ -76,7 +85,9 @@ class AdaptiveRate:
             delays = sorted(self._delays)
             typical = delays[len(delays) // 2]
             added = typical - self.base - SLACK  # what the resync adds to every request
-            if added > self.base * s.impact:
+            if self._app_seen is None or now - self._app_seen >= QUIET:  # none to protect
+                self.rate = min(s.ceiling, self.rate * GROWTH)
+            elif added > self.base * s.impact:
                 self.rate = max(s.floor, self.rate * BACKOFF)
             elif added > self.base * s.impact / 2:  # close to the target: carefully
                 self.rate = min(s.ceiling, self.rate + s.floor / 4)

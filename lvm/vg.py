@@ -89,6 +89,7 @@ class VolumeGroup:
         self.drl_inflight: dict[tuple[int, int], int] = {}
         self.drl_durable: set[tuple[int, int]] = set()  # listed in a completed DRL write
         self.resyncing: dict[Loc, set[int]] = {}
+        self.app_ios = 0  # application reads and writes of its LVs (the resync pacer looks)
         self._episode: set[int] = set()  # PVs whose STALEPP was logged this episode
         self._vgsa_commit = GroupCommit(self._flush_vgsa)
         self._drl_commit = GroupCommit(self._flush_drl)

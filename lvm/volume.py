@@ -62,11 +62,12 @@ class LogicalVolume:
     def read_inline(self, offset: int, length: int) -> bytes | None:
         """The NBD fast path: read now from a fresh local copy, or None to let :meth:`read`
         serve (no local copy, several LPs, a failed read: it retries other copies)."""
+        vg = self.vg
+        vg.app_ios += 1
         where = self._one_lp(offset, length)
         if where is None:
             return None
         lp, within = where
-        vg = self.vg
         stale = vg.vgsa.stale
         for m in self.entry.maps:  # the first fresh copy on a usable local disk
             loc = m[lp]
@@ -83,6 +84,7 @@ class LogicalVolume:
     async def read(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)
         self.vg.check_online()
+        self.vg.app_ios += 1
         parts = [self._read_lp(lp, within, n) for lp, within, _, n in
                  self.segments(offset, length)]
         if len(parts) == 1:
@@ -126,6 +128,7 @@ class LogicalVolume:
         Returns False, having done nothing, when the request must take :meth:`write`.
         """
         vg = self.vg
+        vg.app_ios += 1
         if fua or vg.needs_written_mark or vg.vgsa_ahead:
             return False
         if vg.async_pools and vg.async_pool_for(self.entry) is not None:
@@ -209,6 +212,7 @@ class LogicalVolume:
         check_range(self.size, offset, len(data))
         vg = self.vg
         vg.check_online()
+        vg.app_ios += 1
         if not data:
             return
         async with self.lock.acquire(offset, offset + len(data)):

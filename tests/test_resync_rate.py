@@ -76,9 +76,11 @@ def test_a_slow_link_slows_the_resync_down_to_its_floor_and_gmvgstat_shows_it():
     async def main():
         site, mgr, group, remote = await site_with_link(4 * MiB)
         await mgr.chvg("datavg", resync_floor_mb=2)
+        _, vol = mgr.find_lv("datalv")
         seen = []
         task = asyncio.ensure_future(mgr.lv.syncvg(vg="datavg", rate_mb=16))
-        while not task.done():
+        while not task.done():  # the application reads meanwhile: its I/O is protected
+            await vol.read(0, 4096)
             await asyncio.sleep(0.05)
             row = GMVG(mgr).gmvgstat("datavg")[0]
             if row["resync_rate_mb"] is not None:
@@ -89,4 +91,21 @@ def test_a_slow_link_slows_the_resync_down_to_its_floor_and_gmvgstat_shows_it():
         assert seen and seen[0] == 16.0  # a brisk start (syncvg --rate caps it),
         assert 2.0 <= min(seen) < 4, seen  # then below what the link carries, not below the floor
         assert group.resync_rate is None  # gone with the resync
+    asyncio.run(main())
+
+
+def test_with_no_application_io_the_resync_is_not_slowed():
+    """Nothing to protect: the same slow link does not bring the rate down (as DRBD
+    throttles only while it sees application I/O)."""
+    async def main():
+        site, mgr, group, remote = await site_with_link(4 * MiB)
+        seen = []
+        task = asyncio.ensure_future(mgr.lv.syncvg(vg="datavg", rate_mb=16))
+        while not task.done():
+            await asyncio.sleep(0.05)
+            row = GMVG(mgr).gmvgstat("datavg")[0]
+            if row["resync_rate_mb"] is not None:
+                seen.append(row["resync_rate_mb"])
+        assert task.result()["failed"] == [] and remote.pings >= 2
+        assert seen and min(seen) == 16.0, seen
     asyncio.run(main())

@@ -9,9 +9,12 @@ import pytest
 from lvm.throttle import INTERVAL, AdaptiveRate, MiB, RateSettings
 
 
-def run(ctl: AdaptiveRate, t: float, delays: list[float]) -> float:
-    """One PING per interval with the given delays; returns the time after them."""
+def run(ctl: AdaptiveRate, t: float, delays: list[float], app_io: bool = True) -> float:
+    """One PING per interval with the given delays, the application doing I/O meanwhile
+    (unless ``app_io`` is false); returns the time after them."""
     for d in delays:
+        if app_io:
+            ctl.app_io(t)
         ctl.ping_sent(t)
         t += d
         ctl.delay_seen(t, d)
@@ -37,6 +40,18 @@ def test_backs_off_to_the_floor_while_pings_queue_and_grows_again():
     assert ctl.rate == 4 * MiB  # never below the floor
     run(ctl, t, [0.014] * 5)  # within 1.5x: it grows again
     assert ctl.rate > 4 * MiB
+
+
+def test_without_application_io_there_is_nothing_to_protect():
+    ctl = AdaptiveRate(RateSettings(floor=4 * MiB, ceiling=512 * MiB, impact=0.5), 0.0,
+                       64 * MiB)
+    t = run(ctl, 0.0, [0.010])  # the link's own round trip
+    t = run(ctl, t, [0.080] * 12)  # the resync's queue delays the application: it backs off
+    assert ctl.rate == 4 * MiB
+    t = run(ctl, t, [0.080] * 24, app_io=False)  # QUIET seconds on, nobody else is there
+    assert ctl.rate == 512 * MiB
+    run(ctl, t, [0.080] * 3)  # application I/O again: the same delays count at once
+    assert ctl.rate <= 64 * MiB
 
 
 def test_a_ping_still_out_counts_as_a_long_delay():
