@@ -32,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/run.py --sparse
 	$(PY) bench/async_latency.py --rtt 0 10 50
 	$(PY) bench/outage_detect.py --pvs 2 4
 	$(PY) bench/multipath.py

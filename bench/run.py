@@ -591,12 +591,14 @@ class Bench:
             except Exception as e:  # noqa: BLE001
                 self.error(what, e)
         log(f"set up: {sorted(self.uris)} in {time.monotonic() - started:.1f} s")
+        sparse = self.args.sparse
         glvm_ok = "glvm2" in self.uris
-        if glvm_ok:
+        if glvm_ok and not sparse:
             self.try_step("varyonvg 1 TiB", self.varyon_1tib)
-        self.prefill()
+        if not sparse:
+            self.prefill()
         self.run_workloads()
-        if "glvm2" in self.uris:
+        if "glvm2" in self.uris and not sparse:
             self.try_step("fio verify glvm2", self.verify)
             self.try_step("latency runs", self.latency_runs)
             self.try_step("resync", self.resync)
@@ -619,6 +621,7 @@ class Bench:
             "config": {"file_size": FILE_SIZE, "fio_size": self.fio_size,
                        "runtime_s": self.args.runtime, "ramp_s": self.args.ramp,
                        "lat_runtime_s": self.args.lat_runtime, "systems": SYSTEMS,
+                       "prefilled": not self.args.sparse,
                        "ratio": "glvm figure / reference figure (for latency, lower is "
                                 "better: a ratio below 1 means glvm is faster)"},
             "commands": {k: (" ".join(v) if isinstance(v, list) else v)
@@ -637,9 +640,10 @@ class Bench:
         md = render(doc)
         print(md)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (RESULTS / "latest.md").write_text(md + "\n")
-        log(f"wrote {RESULTS / 'latest.json'}")
+        name = "latest-sparse" if self.args.sparse else "latest"
+        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(md + "\n")
+        log(f"wrote {RESULTS / name}.json")
         if self.errors:
             log(f"{len(self.errors)} failure(s): " + "; ".join(e["what"] for e in self.errors))
             return 1
@@ -823,7 +827,8 @@ def render(doc: dict) -> str:
            f"Python {m['python']}, {m['fio']}, {m['nbdkit']}, {m['qemu-nbd']}, "
            f"{m['nbdcopy']}, glvm {m['glvm_commit']}", "",
            f"fio --ioengine=nbd over unix sockets, {doc['config']['fio_size'] // MiB} MiB "
-           f"region of sparse {doc['config']['file_size'] // MiB} MiB files (prefilled), "
+           f"region of sparse {doc['config']['file_size'] // MiB} MiB files "
+           f"({'prefilled' if doc['config'].get('prefilled', True) else 'fresh: not prefilled'}), "
            f"{doc['config']['runtime_s']} s + {doc['config']['ramp_s']} s ramp per run. "
            "Ratios are glvm / reference; for latency (µs, p50 / p99) lower is better. "
            f"Load average at start {doc['loadavg']['start'][0]:.2f}, at end "
@@ -901,6 +906,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per fio run through the latency proxy (6)")
     ap.add_argument("--tmpdir", help="where to make the temporary directory (default $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--sparse", action="store_true",
+                    help="fresh sparse exports (no prefill), the local workloads only: where "
+                         "per-request CPU shows (writes latest-sparse.json/.md)")
     ap.add_argument("--verbose", "-v", action="store_true", help="tracebacks on failures")
     ap.add_argument("--profile", action="store_true",
                     help="only profile glvm 2 copies under 4k randwrite QD16 with py-spy")
