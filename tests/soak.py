@@ -1294,17 +1294,23 @@ class Soak:
                            f"state {vg['state']}, stale_pps {vg['stale_pps']}, PVs {states}",
                            since=t_inject)
         entries = self.errpt_since(self.a, t_inject)
-        labels = [e["label"] for e in entries]
-        want = {"LVM_SA_PVMISS", "LVM_SA_STALEPP"} | (
-            {"RPVC_IO_TIMEOUT"} if timeout_expected else set())
-        if not want <= set(labels) or (not timeout_expected and "RPVC_IO_TIMEOUT" in labels):
+        self._errpt_during(fault, t_inject, entries, {"LVM_SA_PVMISS", "LVM_SA_STALEPP"},
+                           timeout_expected)
+        info["pvmiss"] = sorted(missing)
+
+    def _errpt_during(self, fault: Fault, t_inject: float, entries: list[dict], want: set,
+                      timeout_expected: bool) -> None:
+        """The error log since the fault has every label of ``want`` (and RPVC_IO_TIMEOUT
+        exactly when a timeout is expected); the clients that timed out are failed."""
+        labels = {e["label"] for e in entries}
+        want = want | ({"RPVC_IO_TIMEOUT"} if timeout_expected else set())
+        if not want <= labels or (not timeout_expected and "RPVC_IO_TIMEOUT" in labels):
             self.violation(fault, "errpt during the fault",
                            f"{sorted(want)}" + ("" if timeout_expected else
                                                 " and no RPVC_IO_TIMEOUT"),
-                           f"{sorted(set(labels))}", since=t_inject)
+                           f"{sorted(labels)}", since=t_inject)
         if timeout_expected:
             self._failed_clients(fault, t_inject, entries)
-        info["pvmiss"] = sorted(missing)
 
     def _failed_clients(self, fault: Fault, t_inject: float, entries: list[dict]) -> None:
         # the clients that logged RPVC_IO_TIMEOUT are failed, and only those (errpt is
@@ -1358,15 +1364,9 @@ class Soak:
                            "cached, not stale: stale_pps 0, no LVM_SA_STALEPP",
                            f"stale_pps {vg['stale_pps']}, errpt {sorted(labels)}, lsmp -A "
                            f"{st}", since=t_inject)
-        want = {"LVM_SA_PVMISS"} | ({"RPVC_IO_TIMEOUT"} if timeout_expected else set()) | (
-            {"LVM_SA_STALEPP"} if local else set())
-        if not want <= labels or (not timeout_expected and "RPVC_IO_TIMEOUT" in labels):
-            self.violation(fault, "errpt during the fault",
-                           f"{sorted(want)}" + ("" if timeout_expected else
-                                                " and no RPVC_IO_TIMEOUT"),
-                           f"{sorted(labels)}", since=t_inject)
-        if timeout_expected:
-            self._failed_clients(fault, t_inject, entries)
+        self._errpt_during(fault, t_inject, entries,
+                           {"LVM_SA_PVMISS"} | ({"LVM_SA_STALEPP"} if local else set()),
+                           timeout_expected)
         # writes went on at local speed: none waited for the deadline, unless the cache
         # reached its high-water mark (writes wait for room while the remote site still
         # counts as reachable, i.e. until io_timeout) or the pool fell back
