@@ -24,22 +24,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.sites import free_port  # noqa: E402
+from bench.sites import start, two_sites  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
-from tests.sites import Site, start_together  # noqa: E402
 
 PROXIES = ("127.0.0.3", "127.0.0.4")
 
 
 def one_run(paths: int, mbit: int, mib: int, latency_ms: float) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="glvm-multipath-bench-"))
-    port = free_port("127.0.0.2")
-    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=port)
-    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=port)
+    a, b = two_sites(tmp, same_port=True)
+    port = b.port
     src = tmp / "data.bin"
     src.write_bytes(os.urandom(mib << 20))
     try:
-        start_together(a, b)
+        start(b, a)
         pvid = b.make_disk("hdisk1", f"{mib + 64}M")
         b.serve(pvid, a.addr)
         with contextlib.ExitStack() as stack:

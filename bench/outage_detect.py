@@ -22,9 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.sites import free_port  # noqa: E402
+from bench.sites import start, two_sites  # noqa: E402
 from rpv.faultproxy.client import start_proxy  # noqa: E402
-from tests.sites import Site, start_together  # noqa: E402
 
 
 def qemu_write(uri: str, pattern: int, offset: int) -> str:
@@ -35,13 +34,10 @@ def qemu_write(uri: str, pattern: int, offset: int) -> str:
 
 def one_run(n: int, io_timeout: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="glvm-outage-bench-"))
-    port = free_port("127.0.0.2")
-    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=port)
-    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=port)
+    a, b = two_sites(tmp, same_port=True)
+    port = b.port
     try:
-        start_together(a, b)
-        for s in (a, b):
-            s.ctl("rpvserver", "site", s.name)
+        start(b, a)
         a.make_disk("hdisk1", "64M")
         pvids = [b.make_disk(f"hdisk{i + 1}", "64M") for i in range(n)]
         for p in pvids:

@@ -22,11 +22,14 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def two_sites(tmp: Path) -> tuple[Site, Site]:
+def two_sites(tmp: Path, same_port: bool = False) -> tuple[Site, Site]:
     """Site A (Philadelphia, 127.0.0.1) and site B (Poughkeepsie, 127.0.0.2), not started:
-    the caller starts them with :func:`start` and stops them."""
-    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=free_port("127.0.0.2"))
-    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA", port=free_port("127.0.0.1"))
+    the caller starts them with :func:`start` and stops them. ``same_port``: both listen on
+    one port (fault proxies on other addresses then stand for B on that port too)."""
+    port_b = free_port("127.0.0.2")
+    b = Site("Poughkeepsie", "127.0.0.2", tmp / "b", node="nodeB", port=port_b)
+    a = Site("Philadelphia", "127.0.0.1", tmp / "a", node="nodeA",
+             port=port_b if same_port else free_port("127.0.0.1"))
     return a, b
 
 
