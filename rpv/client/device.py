@@ -40,6 +40,7 @@ from rpv.protocol import HelloInfo, Opcode, pvid_to_bytes
 log = structlog.get_logger("rpv.client")
 
 CONNECT_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
+SEND_BUFFER = 4 << 20  # SO_SNDBUF of the link (the kernel caps it at net.core.wmem_max)
 MAX_PATHS = 4  # network paths (server_addr/local_addr pairs) per RPV client
 PATH_PROBE = (0.5, 1.0, 2.0, 5.0)  # seconds between tries of a path that is down
 
@@ -61,7 +62,6 @@ def paths_of(server_addr: str, local_addr: str) -> list[tuple[str, str]]:
 def path_timeout(io_timeout: float) -> float:
     """How long a path may leave requests unanswered before they go to another path."""
     return min(max(1.0, io_timeout / 4), 10.0)
-SEND_BUFFER = 4 << 20  # SO_SNDBUF of the link (the kernel caps it at net.core.wmem_max)
 
 
 def _kept_by_table(name: str) -> property:
@@ -513,9 +513,10 @@ class RPVClient:
         for index, pair in enumerate(self.paths):
             if pair == (server, local) and index not in self.paths_down and len(self.paths) > 1:
                 on_it = [link for link in self._table.links if link.path == index]
-                self._path_down(index, why)
                 if on_it:
-                    self._link_lost(on_it[0], why)
+                    self._link_lost(on_it[0], why)  # (marks the path down too)
+                else:
+                    self._path_down(index, why)
 
     def _path_up(self, index: int) -> None:
         if self.paths_down.pop(index, None) is not None:

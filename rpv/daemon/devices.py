@@ -476,22 +476,25 @@ class DeviceManager:
         if down is not None:
             self.errlog.log("RPVC_PATH_DOWN", client.name, "disk", "rpvclient",
                             f"{where}: {down}")
-            for other in self.disks.values():  # the others on that path stop using it too
-                if isinstance(other, RPVClient) and other is not client \
-                        and other.server_port == client.server_port:
-                    other.path_seen_down(server, local, f"{client.name}: {down}")
+            for other in self._other_clients(client):  # the others stop using that path too
+                other.path_seen_down(server, local, f"{client.name}: {down}")
         else:
             self.errlog.log("RPVC_PATH_UP", client.name, "disk", "rpvclient",
                             f"{where} answers again")
 
     def _client_timed_out(self, client: RPVClient, reason: str) -> None:
         self.errlog.log("RPVC_IO_TIMEOUT", client.name, "disk", "rpvclient", reason)
-        path = (client.server_addr, client.server_port, client.local_addr)
-        for other in self.disks.values():  # the same network path is probably down for all
-            if isinstance(other, RPVClient) and other is not client and \
-                    (other.server_addr, other.server_port, other.local_addr) == path:
+        for other in self._other_clients(client):  # the same path is probably down for all
+            if (other.server_addr, other.local_addr) == (client.server_addr, client.local_addr):
                 other.check_path(min(PATH_CHECK_SECONDS, other.io_timeout),
                                  f"{client.name} on the same path timed out")
+
+    def _other_clients(self, client: RPVClient):
+        """The other RPV clients that reach a server on the same port as ``client``."""
+        for other in self.disks.values():
+            if isinstance(other, RPVClient) and other is not client \
+                    and other.server_port == client.server_port:
+                yield other
 
     async def _unconfigure(self, dev: Device) -> None:
         if dev.dev_class == "disk":
