@@ -59,6 +59,7 @@ TRANSITIONS = {
 }
 
 SEND_WINDOW = 32 << 20  # bytes the sender keeps in flight to the remote site, at most
+SEND_BURST = 32  # records the sender submits before it lets the application's I/O run
 KEEP_PAYLOADS = 64 << 20  # recent payloads kept in memory for the sender (else read back)
 CHECKPOINT_SECONDS = 1.0  # how often the sender persists the cache's tail, at most
 RETRY_SECONDS = 1.0  # how often a sender whose remote PVs are missing looks again
@@ -399,7 +400,11 @@ class AsyncPool:
         busy: set[tuple[int, int]] = set()  # (PV, 4 KiB block) written by records in flight
         nbytes = 0
         try:
-            for rec in records:
+            for n, rec in enumerate(records, 1):
+                if not n % SEND_BURST:
+                    # a backlog (thousands of records after a long round trip) would
+                    # otherwise be submitted in one go while the application's writes wait
+                    await asyncio.sleep(0)
                 if not self._caching():
                     return False
                 writes = await self._targets(rec)

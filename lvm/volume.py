@@ -50,6 +50,14 @@ class LogicalVolume:
             yield lp, within, pos - offset, n
             pos += n
 
+    def _regions(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """The dirty-region-log regions a write must have logged first: none for an LV with
+        one copy, which has no other copy to bring back in line after a crash (an I/O cache
+        LV, a local-only LV); a copy added later starts stale and is copied whole."""
+        if len(self.entry.maps) < 2:
+            return []
+        return self.vg.drl_regions(self.entry.lvid, offset, length)
+
     def _one_lp(self, offset: int, length: int) -> tuple[int, int] | None:
         """(lp, offset within it) when the request lies inside one LP of an online VG."""
         vg = self.vg
@@ -138,7 +146,7 @@ class LogicalVolume:
         if where is None:
             return False
         lp, within = where
-        regions = vg.drl_regions(self.entry.lvid, offset, n)
+        regions = self._regions(offset, n)
         durable = vg.drl_durable
         for r in regions:
             if r not in durable:
@@ -216,7 +224,7 @@ class LogicalVolume:
         if not data:
             return
         async with self.lock.acquire(offset, offset + len(data)):
-            regions = vg.drl_regions(self.entry.lvid, offset, len(data))
+            regions = self._regions(offset, len(data))
             await vg.drl_enter(regions)
             try:
                 await self._write_copies(offset, data, fua)

@@ -383,3 +383,32 @@ def test_chmp_sync_aborts_when_the_remote_goes_away_during_the_drain():
         assert async_state(mgr)["pending_writes"] == 1
         await mgr.varyoffvg("datavg")
     asyncio.run(main())
+
+
+def test_a_backlog_is_sent_in_bursts_that_let_application_writes_run():
+    """After a long round trip the sender finds thousands of records at once; it submits
+    them a burst at a time, so an application write waits for one burst, not the backlog."""
+    from lvm.asyncmirror import SEND_BURST
+
+    async def main():
+        site, mgr, remote = await async_site(cache_lps=2)
+        group, vol = mgr.find_lv("datalv")
+        pool = group.async_pools["PoolB"]
+        submitted = []
+        submit = pool._submit
+        pool._submit = lambda *a: (submitted.append(1), submit(*a))[1]
+        async with pool.sending:  # the sender is busy elsewhere (a round trip) meanwhile
+            for n in range(4 * SEND_BURST):
+                await vol.write(n * 8192, bytes([n + 1]) * 4096)
+            await vol.flush()
+        bursts = []
+        while len(submitted) < 4 * SEND_BURST:  # each loop turn: how far the sender got
+            before = len(submitted)
+            await asyncio.sleep(0)
+            bursts.append(len(submitted) - before)
+        assert max(bursts) <= SEND_BURST, bursts
+        await until(lambda: async_state(mgr)["cache_empty"])
+        assert copy_bytes(site, mgr, 1, 0, 8192 * 4 * SEND_BURST) == \
+            copy_bytes(site, mgr, 0, 0, 8192 * 4 * SEND_BURST)
+        await mgr.varyoffvg("datavg")
+    asyncio.run(main())

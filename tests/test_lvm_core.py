@@ -121,6 +121,31 @@ def test_dirty_regions_are_made_identical_after_a_crash():
     asyncio.run(main())
 
 
+def test_a_single_copy_lv_logs_no_dirty_regions_and_a_copy_added_later_is_made_whole():
+    """An LV with one copy has no other copy to bring in line after a crash, so its writes
+    cost no DRL commit (an I/O cache LV, a local-only LV); mirrorvg then starts the new copy
+    stale and copies all of it, so nothing written before, or during a crash, is lost."""
+    async def main():
+        site = MemSite()
+        mgr, vol = await mirrored(site)
+        await mgr.lv.mklv("solo", "datavg", 2)
+        group, solo = mgr.find_lv("solo")
+        await solo.write(MiB, b"\x66" * 4096)
+        await solo.write(2 * MiB, b"\x67" * 4096)
+        assert not any(lvid == solo.entry.lvid for lvid, _ in group.drl_active)
+        await vol.write(MiB, b"\x33" * 4096)
+        assert (vol.entry.lvid, 0) in group.drl_durable  # a mirrored LV still logs first
+        crash(mgr)
+        after = site.manager()
+        await after.varyonvg("datavg", nosync=True)
+        await after.lv.mirrorvg("datavg", ["hdisk1", "hdisk2"])  # copies the new copy whole
+        for copy in (0, 1):
+            assert copy_bytes(site, after, "solo", copy, 0, MiB, 4096) == b"\x66" * 4096
+            assert copy_bytes(site, after, "solo", copy, 0, 2 * MiB, 4096) == b"\x67" * 4096
+        assert not after.find_lv("solo")[0].vgsa.stale
+    asyncio.run(main())
+
+
 def test_verify_finds_and_repairs_a_silent_difference():
     async def main():
         site = MemSite()
