@@ -212,9 +212,12 @@ class LogicalVolume:
         except Exception as e:
             failure = e
         except BaseException as e:  # cancelled at shutdown: still answer, then go
-            op.done(e)
+            op.done(e, True)
             raise
-        op.done(failure)
+        if op.failures:  # a failed copy's request may still sit on its link: data is kept
+            op.done(failure, True)
+        else:
+            op.done(failure)
 
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
         check_range(self.size, offset, len(data))

@@ -63,7 +63,11 @@ class InlineWrite(Protocol):
                      done: Callable[[OSError | None], None]) -> bool:
         """Start the write now; False when only the async ``write`` can serve it (nothing
         was done). True means ``done(None | OSError)`` is called exactly once: later, or
-        already before write_inline returned. ``done`` must not raise."""
+        already before write_inline returned. ``done`` must not raise.
+
+        ``done(failure, True)`` says someone may still read ``data`` afterwards (a copy's
+        request queued on a link that failed): the caller must not reuse the buffer. With
+        one argument, nothing reads ``data`` once ``done`` runs."""
 
 
 @runtime_checkable

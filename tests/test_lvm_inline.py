@@ -29,10 +29,12 @@ def at(disk: PageCacheDisk, pp: int, within: int, n: int) -> bytes:
 class Done:
     def __init__(self):
         self.calls: list = []
+        self.kept: list = []  # whether the device said it may still read the data
         self.event = asyncio.Event()
 
-    def __call__(self, exc):
+    def __call__(self, exc, kept=False):
         self.calls.append(exc)
+        self.kept.append(kept)
         self.event.set()
 
 
@@ -54,7 +56,7 @@ async def test_write_is_acknowledged_only_when_every_copy_answered(disks):
     assert done.calls == []
     assert lv.lock.busy() == 1 and lv.vg.drl_inflight == {(1, 0): 1}
     remote.answer()
-    assert done.calls == [None]
+    assert done.calls == [None] and done.kept == [False]
     assert at(remote, 0, 8192, 4096) == data
     assert lv.lock.busy() == 0 and lv.vg.drl_inflight == {}
     assert lv.vg.vgsa.stale == {}
@@ -70,6 +72,7 @@ async def test_failed_remote_copy_is_durably_stale_before_the_acknowledgement(di
     assert done.calls == []  # not before the stale mark is on disk
     await asyncio.wait_for(done.event.wait(), 5)
     assert done.calls == [None]  # one good copy: the write succeeded
+    assert done.kept == [True]  # the failed copy's request may still hold the data
     assert lv.vg.vgsa.stale == {(REMOTE, 1): {1}}
     on_disk = vgsa_on(local)
     assert [REMOTE, 1, [1]] in on_disk["stale"]
@@ -89,6 +92,7 @@ async def test_write_that_no_copy_took_fails_with_eio(disks):
     remote.answer(OSError(errno.EIO, "link down"))
     await asyncio.wait_for(done.event.wait(), 5)
     assert isinstance(done.calls[0], OSError) and done.calls[0].errno == errno.EIO
+    assert done.kept == [True]
     assert lv.lock.busy() == 0 and lv.vg.drl_inflight == {}
 
 
@@ -102,7 +106,7 @@ async def test_new_generation_during_the_write_is_marked_written_first(disks):
     remote.answer()
     assert done.calls == []
     await asyncio.wait_for(done.event.wait(), 5)
-    assert done.calls == [None]
+    assert done.calls == [None] and done.kept == [False]  # every copy answered: reusable
     assert lv.vg.vgsa.current["written"] is True
     assert vgsa_on(local)["gens"][-1]["written"] is True
 

@@ -28,6 +28,7 @@ from enum import IntEnum, IntFlag
 from typing import Any, NamedTuple, Protocol
 
 from rpv import speedups
+from rpv.buffers import BufferPool
 
 _wire = speedups.pick("rpv.nbd.wire", "rpv.nbd._wire")  # the batch decoder (compiled twin)
 
@@ -414,8 +415,10 @@ class ServerConnection:
         min_block_size: int = MIN_BLOCK_SIZE,
         preferred_block_size: int = PREFERRED_BLOCK_SIZE,
         tls: bool = False,
+        buffers: BufferPool | None = None,
     ):
         self._registry = registry
+        self._buffers = buffers if buffers is not None else BufferPool(0)
         self.tls = tls
         self.tls_active = False
         self._tls_pending = False
@@ -602,7 +605,7 @@ class ServerConnection:
                     # Payload incomplete: move what we have out of the buffer and collect the
                     # rest chunk by chunk (receive_data), so a large payload is copied once.
                     self._pending = (flags, handle, offset, length)
-                    payload = self._payload = bytearray(length)
+                    payload = self._payload = self._buffers.take(length)
                     with memoryview(buf) as view:
                         payload[:avail - 28] = view[28:]
                     self._need = end - avail

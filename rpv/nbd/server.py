@@ -39,6 +39,7 @@ from typing import Any
 
 import structlog
 
+from rpv import buffers
 from rpv.blockdev import BlockDevice, ExportRegistry, InlineRead, InlineWrite
 from rpv.nbd.protocol import (
     CMD_FLUSH,
@@ -322,7 +323,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._max_requests = server.max_inflight_requests
         self._max_bytes = server.max_inflight_bytes
         self._core = ServerConnection(max_request_length=server.max_request_length,
-                                      tls=listener.tls is not None)
+                                      tls=listener.tls is not None, buffers=buffers.shared())
         self._transport: asyncio.Transport | None = None
         self._device: BlockDevice | None = None
         self._read_inline: Any = None
@@ -616,12 +617,22 @@ class _Connection(asyncio.BufferedProtocol):
         nbytes = self._begin(req)
         try:
             taken = self._write_inline(req.offset, req.data, (req.flags & FLAG_FUA) != 0,
-                                       partial(self._complete, req, nbytes, None))
+                                       partial(self._inline_written, req, nbytes))
         except Exception as exc:  # a device bug: answer EIO rather than lose the request
             self._complete(req, nbytes, None, exc)
             return
         if not taken:
             self._spawn(req, nbytes)
+
+    def _inline_written(self, req: Request, nbytes: int, failure: BaseException | None,
+                        kept: bool = False) -> None:
+        """``done`` of an inline write: answer, and give the payload back to the buffer pool
+        unless someone may still read it (``kept``). The async path never gives it back:
+        an LV write that marked a copy stale returns normally while that copy's request may
+        still sit on its link."""
+        if not kept:
+            buffers.shared().give(req.data)
+        self._complete(req, nbytes, None, failure)
 
     def _queue_data(self, req: Request, data: bytes) -> None:
         self._batch += self._core.send_reply(req.handle, 0, data)

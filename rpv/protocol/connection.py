@@ -14,6 +14,7 @@ from errno import EBUSY, EMSGSIZE, EPROTO
 from types import MappingProxyType
 
 from rpv import speedups
+from rpv.buffers import BufferPool
 
 from . import compress as _z
 from . import frames as _f
@@ -170,6 +171,7 @@ class Connection:
         *,
         compress: str = _z.NONE,
         on_payload: Callable[[bool, int, int], None] | None = None,
+        buffers: BufferPool | None = None,
     ) -> None:
         if not isinstance(role, Role):
             raise TypeError(f"role must be a Role, not {role!r}")
@@ -183,6 +185,10 @@ class Connection:
             raise ValueError(f"compress={compress}: the library is not installed")
         self.compress = compress
         self.on_payload = on_payload
+        # large WRITE payloads at a server (their owner gives them back); a client's READ
+        # payloads go on to callers that keep them, so they are always fresh
+        self._buffers = buffers if buffers is not None and role is Role.SERVER \
+            else BufferPool(0)
         self._codec: _z.Codec | None = None  # negotiated in HELLO
         self._hello_features = 0  # the features the HELLO request asked for
         self.role = role
@@ -362,7 +368,7 @@ class Connection:
             return self._complete(frame, big)
         if avail < plen:
             if plen >= DIRECT_PAYLOAD:  # collect the rest in place, not through _buf
-                big = self._big = bytearray(plen)  # plen was checked against max_payload
+                big = self._big = self._buffers.take(plen)  # plen checked against max_payload
                 big[:avail] = memoryview(buf)[pos:pos + avail]
                 self._big_got = avail
                 self._pos = pos + avail

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from rpv import buffers
 from rpv import protocol as pc
 from rpv.blockdev import BlockDevice, check_range, digests
 from rpv.instance import new_instance
@@ -121,7 +122,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
         self.server = server
         lim = server.limits
         self.conn = pc.Connection(pc.Role.SERVER, max_payload=lim.max_payload,
-                                  max_outstanding=lim.max_outstanding)
+                                  max_outstanding=lim.max_outstanding, buffers=buffers.shared())
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.export: Export | None = None
@@ -364,22 +365,28 @@ class _ServerConnection(asyncio.BufferedProtocol):
             except OSError as e:
                 self._send_oserror(ev.request_id, Opcode.WRITE, e)
                 return
+            finally:  # the page cache has it, or the write failed: nobody reads it again
+                buffers.shared().give(ev.data)
             self._send(self.conn.send_reply, ev.request_id, Opcode.WRITE)
             return
         self._spawn(self._complete(ev.request_id, Opcode.WRITE,
-                                   disk.write(ev.offset, ev.data, fua=ev.fua)))
+                                   disk.write(ev.offset, ev.data, fua=ev.fua), ev.data))
 
     def on_flush(self, ev: pc.FlushRequest) -> None:
         disk = self._bound_disk(ev, Opcode.FLUSH)
         if disk is not None:
             self._spawn(self._complete(ev.request_id, Opcode.FLUSH, disk.flush()))
 
-    async def _complete(self, request_id: int, opcode: Opcode, coro) -> None:
+    async def _complete(self, request_id: int, opcode: Opcode, coro, payload=None) -> None:
+        """Answer once ``coro`` ran; then ``payload`` goes back to the buffer pool (not
+        when cancelled: a disk write in a thread may still be reading it)."""
         try:
             await coro
         except OSError as e:
             self._send_oserror(request_id, opcode, e)
+            buffers.shared().give(payload)
             return
+        buffers.shared().give(payload)
         self._send(self.conn.send_reply, request_id, opcode)
 
     def on_checksum(self, ev: pc.ChecksumRequest) -> None:

@@ -1,0 +1,150 @@
+"""Receive buffers reused with exact ownership (rpv/buffers.py): the pool lends a buffer to
+one holder at a time, and the servers give a payload back only once nothing can read it: never
+while a failed copy's request may still hold it for a resend or a late socket write."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpv import buffers
+from rpv.blockdev import FileDisk, create_sparse_file
+from rpv.buffers import MIN_POOLED, BufferPool
+from rpv.client.device import RPVClient
+from rpv.nbd.server import _Connection
+from tests.helpers.disks import PageCacheDisk, ReadOnlyMemDisk
+from tests.helpers.mirror_lv import PP, make_lv
+from tests.helpers.rpv_server import PVID, serve
+from tests.helpers.waits import until
+
+MiB = 1 << 20
+N = 64 * 1024
+
+
+def test_a_given_buffer_is_lent_again_once_and_foreign_ones_are_ignored():
+    pool = BufferPool()
+    a = pool.take(N)
+    pool.give(a)
+    pool.give(a)  # a second give must not put it in the free list twice
+    assert pool.take(N) is a
+    assert pool.take(N) is not a  # the double give did not make it lendable twice
+    pool.give(bytearray(N))  # never lent: ignored
+    pool.give(b"x" * N)
+    assert pool.free_bytes == 0
+    small = pool.take(MIN_POOLED - 1)
+    pool.give(small)
+    assert pool.free_bytes == 0 and not pool.holds(small)
+
+
+def test_a_forgotten_buffer_is_never_lent_again_and_the_pool_is_bounded():
+    pool = BufferPool(limit=2 * N, per_size=8)
+    a, b, c = pool.take(N), pool.take(N), pool.take(N)
+    pool.forget(a)
+    pool.give(a)  # its holders gave it back after all: still not reused
+    assert not pool.holds(a)
+    pool.give(b)
+    pool.give(c)
+    assert pool.free_bytes == 2 * N
+    d = pool.take(N)
+    pool.give(d)
+    e = pool.take(N)
+    pool.give(e)
+    assert pool.free_bytes <= 2 * N
+    assert (pool.allocated, pool.reused) == (3, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["take", "give", "forget", "regive"]),
+                          st.sampled_from([4096, 8192, 65536]), st.integers(0, 7)),
+                max_size=60))
+def test_no_buffer_is_ever_in_two_hands(steps):
+    """Model: whatever is taken, given (twice), or forgotten, take() never returns a buffer
+    someone holds."""
+    pool = BufferPool(limit=256 * 1024, per_size=3)
+    held: list[bytearray] = []  # buffers some holder has now
+    returned: list[bytearray] = []
+    for op, size, k in steps:
+        if op == "take":
+            buf = pool.take(size)
+            assert all(buf is not h for h in held), "lent to a second holder"
+            held.append(buf)
+        elif op == "give" and held:
+            buf = held.pop(k % len(held))
+            pool.give(buf)
+            returned.append(buf)
+        elif op == "forget" and held:
+            pool.forget(held[k % len(held)])  # stays with its holder
+        elif op == "regive" and returned:
+            pool.give(returned[k % len(returned)])  # late or repeated give: harmless
+    assert pool.free_bytes <= 256 * 1024
+
+
+def nbd_done(written: list):
+    """The NBD server's ``done`` for an inline write (its real method, on a stand-in
+    connection that records the answer instead of sending it)."""
+    conn = SimpleNamespace(_complete=lambda req, nbytes, data, failure: written.append(failure))
+    return lambda req: lambda failure, kept=False: _Connection._inline_written(
+        conn, req, 0, failure, kept)
+
+
+class StalledDisk(ReadOnlyMemDisk):
+    """The remote site takes the write and never answers."""
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        await asyncio.Event().wait()
+
+
+async def mirrored_write(remote_disk, io_timeout: float):
+    """An inline write of a pooled payload to an LV whose second copy is a real RPV client of
+    an in-process server on ``remote_disk``; returns (payload, answers, the client)."""
+    server, port = await serve(remote_disk)
+    client = RPVClient("hdisk2", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                       io_timeout=io_timeout)
+    await client.open(5)
+    lv = make_lv(PageCacheDisk("hdisk1"), client)
+    pool = buffers.shared()
+    payload = pool.take(N)
+    payload[:] = os.urandom(N)
+    written: list = []
+    req = SimpleNamespace(data=payload)
+    assert lv.write_inline(PP + 8192, payload, False, nbd_done(written)(req))
+    return payload, written, client, server, lv
+
+
+@pytest.mark.asyncio
+async def test_a_payload_comes_back_once_every_copy_answered(tmp_path):
+    path = str(tmp_path / "b.img")
+    create_sparse_file(path, 64 * MiB)
+    disk = FileDisk("hdisk1", path)
+    payload, written, client, server, lv = await mirrored_write(disk, 10)
+    try:
+        await until(lambda: written)
+        assert written == [None]
+        assert buffers.shared().holds(payload)  # nothing can read it now: lent again later
+    finally:
+        await client.close()
+        await server.close()
+
+
+@pytest.mark.asyncio
+async def test_a_payload_a_failed_copy_may_still_send_is_never_reused():
+    payload, written, client, server, lv = await mirrored_write(StalledDisk(bytes(64 * MiB)),
+                                                                0.5)
+    try:
+        await until(lambda: written, 10)
+        assert written == [None]  # acknowledged on the local copy, the remote one stale
+        assert lv.vg.vgsa.stale
+        pool = buffers.shared()
+        assert not pool.holds(payload)
+        again = [pool.take(N) for _ in range(4)]
+        assert all(b is not payload for b in again)
+        for b in again:
+            pool.give(b)
+    finally:
+        await client.close()
+        await server.close()
