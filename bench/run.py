@@ -4,6 +4,7 @@
     make bench                                   # everything, about 5 minutes
     .venv/bin/python bench/run.py --runtime 3    # shorter runs while iterating
     .venv/bin/python bench/run.py --profile      # py-spy on both rpvd during 4k randwrite
+    .venv/bin/python bench/run.py --profile --perf   # the same with perf record -g
 
 Every configuration runs in the same process, on sparse 1 GiB files in one temporary
 directory, with ``fio --ioengine=nbd`` over unix sockets:
@@ -668,6 +669,8 @@ class Bench:
             text=True)
         self.procs.append(("fio-profile", fio))
         time.sleep(2)
+        if self.args.perf:
+            return self.perf_profile(fio, out_dir, dur)
         spies = {}
         for tag, site in (("A", self.a), ("B", self.b)):
             raw = out_dir / f"rpvd-{tag}.txt"
@@ -689,6 +692,42 @@ class Bench:
             print(f"### site {tag} rpvd (pid {(self.a if tag == 'A' else self.b).proc.pid})\n")
             print(summary)
         log(f"raw collapsed stacks in {out_dir}")
+        return 0
+
+
+    def perf_profile(self, fio: subprocess.Popen, out_dir: Path, dur: int) -> int:
+        """``perf record -g`` on each rpvd while fio runs: CPU by shared object (the
+        interpreter, the kernel, uvloop, libc, the compiled hot path) and the top symbols.
+        Python 3.11 has no perf trampolines, so Python functions all show as the
+        interpreter's own symbols: py-spy (the default) names them."""
+        perf = shutil.which("perf")
+        if not perf:
+            raise BenchError("perf not found: apt-get install linux-perf")
+        recs = {}
+        for tag, site in (("A", self.a), ("B", self.b)):
+            data = out_dir / f"perf-{tag}.data"
+            recs[tag] = (data, subprocess.Popen(
+                [perf, "record", "-g", "-F", "499", "-p", str(site.proc.pid), "-o", str(data),
+                 "--", "sleep", str(dur)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True))
+        for tag, (_data, p) in recs.items():
+            _, err = p.communicate(timeout=dur + 60)
+            if p.returncode != 0:
+                raise BenchError(f"perf record on site {tag} exited {p.returncode}: {err}")
+        stdout, _ = fio.communicate(timeout=60)
+        res = fio_summary(json.loads(stdout[stdout.index("{"):])["jobs"][0])
+        print(f"## perf: glvm 2 copies, 4 KiB random write QD16 "
+              f"({res['iops']:.0f} IOPS while sampled)\n")
+        for tag, (data, _) in recs.items():
+            print(f"### site {tag} rpvd\n")
+            for sort, top in (("dso", 8), ("dso,sym", self.args.profile_top)):
+                r = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children",
+                                    "-g", "none", "--percent-limit", "0.5", "--sort", sort],
+                                   capture_output=True, text=True, timeout=300)
+                rows = [ln.strip() for ln in r.stdout.splitlines()
+                        if ln.strip() and not ln.startswith("#")][:top]
+                print(f"by {sort}:\n```\n" + "\n".join(rows) + "\n```\n")
+        log(f"perf data in {out_dir}")
         return 0
 
 
@@ -916,6 +955,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-top", type=int, default=15)
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument("--perf", action="store_true",
+                    help="with --profile: perf record -g instead of py-spy")
     args = ap.parse_args(argv)
     for tool in ("fio", "nbdkit", "qemu-nbd", "nbdcopy"):
         if not shutil.which(tool):
