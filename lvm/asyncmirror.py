@@ -31,6 +31,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from itertools import groupby
 
 import structlog
@@ -82,6 +83,14 @@ class CacheLV:
         return await self.lv.read(offset, length)
 
     async def write(self, offset: int, data, fua: bool = False) -> None:
+        """A record within one partition goes the LV's inline way (no range-lock wait, no
+        task: the cache LV has one copy and logs no dirty regions); anything else, or what
+        the inline path refuses, the general way."""
+        if not fua:
+            done = asyncio.get_running_loop().create_future()
+            if self.lv.write_inline(offset, data, False, partial(_settle, done)):
+                await done
+                return
         await self.lv.write(offset, bytes(data), fua)
 
     async def flush(self) -> None:
@@ -834,3 +843,13 @@ async def _redo_local(pool: AsyncPool, rec: RecordInfo) -> None:
             except OSError as e:
                 group.pv_failed(loc[0], f"write failed: {e}")
                 group.mark_stale(loc, chunks_of(within, n))
+
+
+def _settle(fut: asyncio.Future, failure: BaseException | None, kept: bool = False) -> None:
+    """``done`` of an inline write, for a writer that awaits ``fut``."""
+    if fut.done():
+        return
+    if failure is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(failure)
