@@ -26,6 +26,8 @@ from rpv.blockdev import check_range
 
 log = structlog.get_logger("lvm")
 
+WRITEV_MAX = 64  # local writes joined into one pwritev, at most (IOV_MAX is 1024)
+
 
 class LogicalVolume:
     def __init__(self, vg: VolumeGroup, entry: LVEntry):
@@ -186,14 +188,30 @@ class LogicalVolume:
         return True
 
     def _write_local_queue(self) -> None:
+        """Write the local copies queued in this loop iteration: a run of writes that follow
+        each other on one disk (a sequential stream) in one ``pwritev``."""
         queue, self._local_queue = self._local_queue, []
-        for op, loc, dev, pos, data in queue:
+        i, n = 0, len(queue)
+        while i < n:
+            dev, pos = queue[i][2], queue[i][3]
+            end = pos + len(queue[i][4])
+            j = i + 1
+            if hasattr(dev, "writev_now"):
+                while j < n and j - i < WRITEV_MAX and queue[j][2] is dev and queue[j][3] == end:
+                    end += len(queue[j][4])
+                    j += 1
             try:
-                dev.write_now(pos, data)
+                if j - i == 1:
+                    dev.write_now(pos, queue[i][4])
+                else:
+                    dev.writev_now(pos, [q[4] for q in queue[i:j]])
             except OSError as e:
-                op.copy_done(loc, e)
+                failure = e
             else:
-                op.copy_done(loc, None)
+                failure = None
+            for op, loc, _, _, _ in queue[i:j]:
+                op.copy_done(loc, failure)
+            i = j
 
     async def _finish_inline(self, op: _InlineWrite) -> None:
         """The slow end of an inline write: a copy failed, or a generation wants its mark."""

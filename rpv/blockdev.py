@@ -169,6 +169,20 @@ class FileDisk:
         while done < len(view):
             done += os.pwrite(self._fd, view[done:], offset + done)
 
+    def writev_now(self, offset: int, bufs: list) -> None:
+        """Synchronous write of ``bufs`` back to back from ``offset``: one ``pwritev``."""
+        total = sum(len(b) for b in bufs)
+        check_range(self._size, offset, total)
+        if self.readonly:
+            raise OSError(errno.EROFS, f"{self.name} is read-only")
+        done = os.pwritev(self._fd, bufs, offset)
+        for b in bufs:  # a short write (rare): the rest one buffer at a time
+            n = len(b)
+            if done < n:
+                self.write_now(offset, memoryview(b)[done:] if done > 0 else b)
+            offset += n
+            done = max(done - n, 0)
+
     read_inline = read_now
 
     def write_inline(self, offset: int, data, fua: bool, done) -> bool:

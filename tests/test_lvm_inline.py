@@ -181,3 +181,50 @@ async def test_read_inline_serves_the_local_copy_or_defers(disks):
     assert lv.read_inline(PP + 512, 512) is None  # a failing disk: the async path retries
     assert await lv.read(PP + 512, 512) == b"R" * 512
     assert lv.vg.pv_state(LOCAL) == PV_MISSING
+
+
+@pytest.mark.asyncio
+async def test_local_copies_that_follow_each_other_leave_in_one_writev(disks):
+    """Writes of one loop iteration that continue each other on a local disk (a sequential
+    stream) are written with one pwritev; the others one by one; each is answered."""
+    local, remote = disks
+    lv = make_lv(local, remote)
+    dones = [Done() for _ in range(4)]
+    for i, off in enumerate((0, 4096, 8192, 65536)):
+        assert lv.write_inline(off, bytes([i + 1]) * 4096, False, dones[i])
+    await asyncio.sleep(0)
+    assert local.writevs == [3]  # 0, 4096, 8192 joined; 65536 alone
+    for i, off in enumerate((0, 4096, 8192, 65536)):
+        assert at(local, 0, off, 4096) == bytes([i + 1]) * 4096
+    remote.answer()
+    assert [d.calls for d in dones] == [[None]] * 4
+
+
+@pytest.mark.asyncio
+async def test_a_failed_writev_fails_each_of_its_writes(disks):
+    local, remote = disks
+    lv = make_lv(local, remote)
+    dones = [Done() for _ in range(2)]
+    for i in range(2):
+        assert lv.write_inline(i * 4096, b"w" * 4096, False, dones[i])
+    local.fail = True
+    await asyncio.sleep(0)
+    remote.answer()
+    for d in dones:
+        await asyncio.wait_for(d.event.wait(), 5)
+    assert [d.calls for d in dones] == [[None], [None]]  # the remote copy took both
+    assert lv.vg.vgsa.stale  # and the local copy is stale for them
+
+
+def test_filedisk_writev_now_writes_back_to_back_and_checks_the_range(tmp_path):
+    from rpv.blockdev import FileDisk, create_sparse_file
+
+    path = str(tmp_path / "d.img")
+    create_sparse_file(path, 1 << 20)
+    disk = FileDisk("hdisk1", path)
+    disk.writev_now(4096, [b"a" * 4096, bytearray(b"b" * 512), memoryview(b"c" * 1024)])
+    assert disk.read_now(4096, 5632) == b"a" * 4096 + b"b" * 512 + b"c" * 1024
+    with pytest.raises(OSError):
+        disk.writev_now((1 << 20) - 4096, [b"x" * 4096, b"y" * 512])
+    assert disk.read_now((1 << 20) - 4096, 4096) == bytes(4096)  # nothing written
+    disk.close()

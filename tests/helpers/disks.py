@@ -96,6 +96,10 @@ class _BufDisk:
 class PageCacheDisk(_BufDisk):
     """A local disk in memory, with the synchronous page-cache calls FileDisk offers."""
 
+    def __init__(self, name: str, size: int = 64 * MiB):
+        super().__init__(name, size)
+        self.writevs: list[int] = []  # buffers per writev_now call
+
     def read_now(self, offset, length):
         if self.fail:
             raise OSError(errno.EIO, f"{self.name}: injected read error")
@@ -105,6 +109,12 @@ class PageCacheDisk(_BufDisk):
         if self.fail:
             raise OSError(errno.EIO, f"{self.name}: injected write error")
         self.buf[offset:offset + len(data)] = data
+
+    def writev_now(self, offset, bufs):
+        self.writevs.append(len(bufs))
+        for b in bufs:
+            self.write_now(offset, b)
+            offset += len(b)
 
     async def read(self, offset, length):
         return self.read_now(offset, length)
