@@ -652,10 +652,17 @@ class Bench:
 
     # -- profiling ---------------------------------------------------------------------------
     def profile(self) -> int:
-        pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) \
-            or shutil.which("py-spy")
-        if not pyspy:
-            raise BenchError("py-spy not found: .venv/bin/pip install py-spy")
+        """py-spy (or ``--perf``: ``perf record -g``) on both rpvd during 4 KiB random
+        writes at QD16 on glvm with 2 copies."""
+        if self.args.perf:
+            tool = shutil.which("perf")
+            if not tool:
+                raise BenchError("perf not found: apt-get install linux-perf")
+        else:
+            tool = shutil.which("py-spy", path=str(Path(sys.executable).parent)) \
+                or shutil.which("py-spy")
+            if not tool:
+                raise BenchError("py-spy not found: .venv/bin/pip install py-spy")
         self.setup_glvm()
         out_dir = Path(self.args.profile_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -669,66 +676,54 @@ class Bench:
             text=True)
         self.procs.append(("fio-profile", fio))
         time.sleep(2)
-        if self.args.perf:
-            return self.perf_profile(fio, out_dir, dur)
-        spies = {}
+        outputs = {}
+        samplers = {}
         for tag, site in (("A", self.a), ("B", self.b)):
-            raw = out_dir / f"rpvd-{tag}.txt"
-            spies[tag] = (raw, subprocess.Popen(
-                [pyspy, "record", "-d", str(dur), "-r", "200", "-p", str(site.proc.pid),
-                 "--format", "raw", "-o", str(raw), *(["--native"] if self.args.native else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        for tag, (_raw, p) in spies.items():
+            pid = str(site.proc.pid)
+            if self.args.perf:
+                out = outputs[tag] = out_dir / f"perf-{tag}.data"
+                argv = [tool, "record", "-g", "-F", "499", "-p", pid, "-o", str(out),
+                        "--", "sleep", str(dur)]
+            else:
+                out = outputs[tag] = out_dir / f"rpvd-{tag}.txt"
+                argv = [tool, "record", "-d", str(dur), "-r", "200", "-p", pid, "--format",
+                        "raw", "-o", str(out), *(["--native"] if self.args.native else [])]
+            samplers[tag] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True)
+        for tag, p in samplers.items():
             _, err = p.communicate(timeout=dur + 60)
             if p.returncode != 0:
-                raise BenchError(f"py-spy on site {tag} exited {p.returncode}: {err}")
+                raise BenchError(f"{Path(tool).name} on site {tag} exited {p.returncode}: {err}")
         stdout, _ = fio.communicate(timeout=60)
         res = fio_summary(json.loads(stdout[stdout.index("{"):])["jobs"][0])
-        print(f"## Profile: glvm 2 copies, 4 KiB random write QD16 under py-spy "
+        how = "perf record -g" if self.args.perf else "py-spy"
+        print(f"## Profile: glvm 2 copies, 4 KiB random write QD16 under {how} "
               f"({res['iops']:.0f} IOPS while sampled)\n")
-        for tag, (raw, _) in spies.items():
-            summary = summarize_profile(raw.read_text(), self.args.profile_top)
-            (out_dir / f"rpvd-{tag}-summary.md").write_text(summary)
+        for tag, out in outputs.items():
             print(f"### site {tag} rpvd (pid {(self.a if tag == 'A' else self.b).proc.pid})\n")
+            if self.args.perf:
+                print(perf_summary(tool, out, self.args.profile_top))
+                continue
+            summary = summarize_profile(out.read_text(), self.args.profile_top)
+            (out_dir / f"rpvd-{tag}-summary.md").write_text(summary)
             print(summary)
-        log(f"raw collapsed stacks in {out_dir}")
+        log(f"profiles in {out_dir}")
         return 0
 
 
-    def perf_profile(self, fio: subprocess.Popen, out_dir: Path, dur: int) -> int:
-        """``perf record -g`` on each rpvd while fio runs: CPU by shared object (the
-        interpreter, the kernel, uvloop, libc, the compiled hot path) and the top symbols.
-        Python 3.11 has no perf trampolines, so Python functions all show as the
-        interpreter's own symbols: py-spy (the default) names them."""
-        perf = shutil.which("perf")
-        if not perf:
-            raise BenchError("perf not found: apt-get install linux-perf")
-        recs = {}
-        for tag, site in (("A", self.a), ("B", self.b)):
-            data = out_dir / f"perf-{tag}.data"
-            recs[tag] = (data, subprocess.Popen(
-                [perf, "record", "-g", "-F", "499", "-p", str(site.proc.pid), "-o", str(data),
-                 "--", "sleep", str(dur)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                text=True))
-        for tag, (_data, p) in recs.items():
-            _, err = p.communicate(timeout=dur + 60)
-            if p.returncode != 0:
-                raise BenchError(f"perf record on site {tag} exited {p.returncode}: {err}")
-        stdout, _ = fio.communicate(timeout=60)
-        res = fio_summary(json.loads(stdout[stdout.index("{"):])["jobs"][0])
-        print(f"## perf: glvm 2 copies, 4 KiB random write QD16 "
-              f"({res['iops']:.0f} IOPS while sampled)\n")
-        for tag, (data, _) in recs.items():
-            print(f"### site {tag} rpvd\n")
-            for sort, top in (("dso", 8), ("dso,sym", self.args.profile_top)):
-                r = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children",
-                                    "-g", "none", "--percent-limit", "0.5", "--sort", sort],
-                                   capture_output=True, text=True, timeout=300)
-                rows = [ln.strip() for ln in r.stdout.splitlines()
-                        if ln.strip() and not ln.startswith("#")][:top]
-                print(f"by {sort}:\n```\n" + "\n".join(rows) + "\n```\n")
-        log(f"perf data in {out_dir}")
-        return 0
+def perf_summary(perf: str, data: Path, top: int) -> str:
+    """CPU by shared object (the interpreter, the kernel, uvloop, libc, the compiled hot
+    path) and the top symbols. Python 3.11 has no perf trampolines, so Python functions all
+    show as the interpreter's own symbols: py-spy (the default) names them."""
+    parts = []
+    for sort, n in (("dso", 8), ("dso,sym", top)):
+        r = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children",
+                            "-g", "none", "--percent-limit", "0.5", "--sort", sort],
+                           capture_output=True, text=True, timeout=300)
+        rows = [ln.strip() for ln in r.stdout.splitlines()
+                if ln.strip() and not ln.startswith("#")][:n]
+        parts.append(f"by {sort}:\n```\n" + "\n".join(rows) + "\n```\n")
+    return "\n".join(parts)
 
 
 _FRAME = re.compile(r"^(.*) \((.*?)(?::(\d+))?\)$")
