@@ -179,7 +179,7 @@ class FileDisk:
         for b in bufs:  # a short write (rare): the rest one buffer at a time
             n = len(b)
             if done < n:
-                self.write_now(offset, memoryview(b)[done:] if done > 0 else b)
+                self.write_now(offset + done, memoryview(b)[done:])
             offset += n
             done = max(done - n, 0)
 

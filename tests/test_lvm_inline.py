@@ -228,3 +228,22 @@ def test_filedisk_writev_now_writes_back_to_back_and_checks_the_range(tmp_path):
         disk.writev_now((1 << 20) - 4096, [b"x" * 4096, b"y" * 512])
     assert disk.read_now((1 << 20) - 4096, 4096) == bytes(4096)  # nothing written
     disk.close()
+
+
+def test_filedisk_writev_now_finishes_a_short_write(tmp_path, monkeypatch):
+    """pwritev may write less than asked (a signal, a full disk later refused): the rest
+    goes out buffer by buffer, each at its own offset."""
+    import os
+
+    from rpv import blockdev
+
+    path = str(tmp_path / "d.img")
+    blockdev.create_sparse_file(path, 1 << 20)
+    disk = blockdev.FileDisk("hdisk1", path)
+    real = os.pwritev
+    monkeypatch.setattr(blockdev.os, "pwritev",
+                        lambda fd, bufs, off: real(fd, [bufs[0], bytes(bufs[1])[:100]], off))
+    bufs = [os.urandom(512), os.urandom(4096), os.urandom(512)]
+    disk.writev_now(8192, bufs)
+    assert disk.read_now(8192, 5120) == b"".join(bufs)
+    disk.close()

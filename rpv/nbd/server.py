@@ -630,7 +630,9 @@ class _Connection(asyncio.BufferedProtocol):
         unless someone may still read it (``kept``). The async path never gives it back:
         an LV write that marked a copy stale returns normally while that copy's request may
         still sit on its link."""
-        if not kept:
+        if kept:
+            buffers.shared().forget(req.data)  # even a later give must not pool it
+        else:
             buffers.shared().give(req.data)
         self._complete(req, nbytes, None, failure)
 
