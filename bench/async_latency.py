@@ -145,7 +145,28 @@ def main() -> int:
     for r in rows:
         print(f"| {r['rtt_ms']:g} ms | {r['mode']} | {r['qd1']['p50_us']} | "
               f"{r['qd1']['p99_us']} | {r['qd1']['iops']} | {r['qd16']['iops']} |")
+    print()
+    for line in targets(rows):
+        print(line)
     return 0
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue 14's two speed targets, from the rows of one run (informational)."""
+    by = {(r["rtt_ms"], r["mode"]): r for r in rows}
+    out = []
+    for rtt in sorted({r["rtt_ms"] for r in rows if r["rtt_ms"] > 0}):
+        a, local = by.get((rtt, "async")), by.get((rtt, "local"))
+        if a and local:
+            extra = (a["qd1"]["p50_us"] - local["qd1"]["p50_us"]) / 1000
+            out.append(f"- {rtt:g} ms: async QD1 p50 is local-only + {extra:.2f} ms "
+                       f"(target <= 1 ms): {'PASS' if extra <= 1 else 'MISS'}")
+        zero = by.get((0.0, "async"))
+        if a and zero and zero["qd16"]["iops"]:
+            ratio = a["qd16"]["iops"] / zero["qd16"]["iops"]
+            out.append(f"- {rtt:g} ms: async QD16 IOPS is {ratio:.2f}x those at 0 ms "
+                       f"(target >= 0.8x): {'PASS' if ratio >= 0.8 else 'MISS'}")
+    return out
 
 
 if __name__ == "__main__":
