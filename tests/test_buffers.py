@@ -154,3 +154,27 @@ async def test_a_payload_a_failed_copy_may_still_send_is_never_reused():
     finally:
         await client.close()
         await server.close()
+
+
+@pytest.mark.asyncio
+async def test_the_rpv_server_lends_each_large_payload_buffer_again(tmp_path):
+    """At the remote site a large WRITE is received into a pooled buffer, given back once
+    the disk write returned: a stream of 1 MiB writes reuses its buffers."""
+    path = str(tmp_path / "b.img")
+    create_sparse_file(path, 64 * MiB)
+    disk = FileDisk("hdisk1", path)
+    server, port = await serve(disk)
+    client = RPVClient("hdisk2", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                       io_timeout=10)
+    pool = buffers.shared()
+    try:
+        await client.open(5)
+        before = pool.reused
+        payloads = [os.urandom(MiB) for _ in range(6)]
+        for i, p in enumerate(payloads):  # one at a time: each buffer is back before the next
+            await client.write(i * MiB, p)
+        assert pool.reused - before >= 4
+        assert all(disk.read_now(i * MiB, MiB) == p for i, p in enumerate(payloads))
+    finally:
+        await client.close()
+        await server.close()

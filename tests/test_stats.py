@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 
 import pytest
 
-from tests.conftest import qemu_io
+from tests.conftest import qemu_io, run
 from tests.helpers.runbooks import configure_airline
 
 #: these tests write the RPV client disk hdisk3 directly, to exercise the link itself
@@ -68,3 +69,15 @@ def test_prometheus_metrics(linked):
     assert 'glvm_rpv_bytes_total{device="hdisk3",op="write"} 65536.0' in body
     assert 'glvm_rpv_online{device="hdisk3",server="127.0.0.2"} 1.0' in body
     assert 'glvm_rpv_io_seconds_count{device="hdisk3"} 1.0' in body
+    # 1 MiB writes to a mirrored LV: once its dirty region is logged they take the inline
+    # path, and each payload buffer comes back to the pool for the next one
+    a.make_disk("hdisk1")
+    a.ctl("mkvg", "-y", "mvg", "hdisk1", "hdisk3")
+    a.ctl("mklv", "-y", "mlv", "-c", "2", "mvg", "2")
+    run("qemu-io", "-f", "raw", "-t", "writeback",  # no FUA: qemu-io's default writes with it
+        *[x for i in range(8) for x in ("-c", f"write -P {i + 1} {i << 20} 1M")],
+        a.nbd_uri("mlv"))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    reused = re.search(r'glvm_payload_buffers_total\{how="reused"\} (\S+)', body)
+    assert reused and float(reused.group(1)) >= 4, body[-800:]
+    assert re.search(r"glvm_payload_buffers_free_bytes \d", body)

@@ -14,6 +14,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from rpv import buffers
 from rpv.client.device import RPVClient
 from rpv.client.stats import BUCKETS
 
@@ -80,6 +81,15 @@ class GLVMCollector:
             lag_seconds.add_metric(key, row.get("lag_seconds", 0.0))
             hwm.add_metric(key, row.get("hwm_hits", 0))
         yield from (fill, lag_bytes, lag_seconds, hwm)
+        pool = buffers.shared()
+        had = CounterMetricFamily("glvm_payload_buffers", "Large WRITE payload buffers, by "
+                                  "whether they were made afresh or reused", labels=["how"])
+        had.add_metric(["allocated"], pool.allocated)
+        had.add_metric(["reused"], pool.reused)
+        free = GaugeMetricFamily("glvm_payload_buffers_free_bytes",
+                                 "Bytes of payload buffers kept for reuse")
+        free.add_metric([], pool.free_bytes)
+        yield from (had, free)
 
 
 def serve(host: str, port: int, devices, lvm) -> None:
