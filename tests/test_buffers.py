@@ -4,7 +4,6 @@ while a failed copy's request may still hold it for a resend or a late socket wr
 
 from __future__ import annotations
 
-import asyncio
 import os
 from types import SimpleNamespace
 
@@ -13,13 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rpv import buffers
-from rpv.blockdev import FileDisk, create_sparse_file
 from rpv.buffers import MIN_POOLED, BufferPool
 from rpv.client.device import RPVClient
 from rpv.nbd.server import _Connection
-from tests.helpers.disks import PageCacheDisk, ReadOnlyMemDisk
+from tests.helpers.disks import PageCacheDisk, StalledDisk
 from tests.helpers.mirror_lv import PP, make_lv
-from tests.helpers.rpv_server import PVID, serve
+from tests.helpers.rpv_server import PVID, serve, serve_file
 from tests.helpers.waits import until
 
 MiB = 1 << 20
@@ -98,17 +96,9 @@ def nbd_done(written: list):
         conn, req, 0, failure, kept)
 
 
-class StalledDisk(ReadOnlyMemDisk):
-    """The remote site takes the write and never answers."""
-
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        await asyncio.Event().wait()
-
-
-async def mirrored_write(remote_disk, io_timeout: float):
+async def mirrored_write(server, port: int, io_timeout: float):
     """An inline write of a pooled payload to an LV whose second copy is a real RPV client of
-    an in-process server on ``remote_disk``; returns (payload, answers, the client)."""
-    server, port = await serve(remote_disk)
+    the in-process ``server``; returns (payload, answers, the client, the LV)."""
     client = RPVClient("hdisk2", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
                        io_timeout=io_timeout)
     await client.open(5)
@@ -119,15 +109,13 @@ async def mirrored_write(remote_disk, io_timeout: float):
     written: list = []
     req = SimpleNamespace(data=payload)
     assert lv.write_inline(PP + 8192, payload, False, nbd_done(written)(req))
-    return payload, written, client, server, lv
+    return payload, written, client, lv
 
 
 @pytest.mark.asyncio
 async def test_a_payload_comes_back_once_every_copy_answered(tmp_path):
-    path = str(tmp_path / "b.img")
-    create_sparse_file(path, 64 * MiB)
-    disk = FileDisk("hdisk1", path)
-    payload, written, client, server, lv = await mirrored_write(disk, 10)
+    disk, server, port = await serve_file(str(tmp_path / "b.img"), 64 * MiB)
+    payload, written, client, lv = await mirrored_write(server, port, 10)
     try:
         await until(lambda: written)
         assert written == [None]
@@ -139,8 +127,8 @@ async def test_a_payload_comes_back_once_every_copy_answered(tmp_path):
 
 @pytest.mark.asyncio
 async def test_a_payload_a_failed_copy_may_still_send_is_never_reused():
-    payload, written, client, server, lv = await mirrored_write(StalledDisk(bytes(64 * MiB)),
-                                                                0.5)
+    server, port = await serve(StalledDisk(bytes(64 * MiB)))
+    payload, written, client, lv = await mirrored_write(server, port, 0.5)
     try:
         await until(lambda: written, 10)
         assert written == [None]  # acknowledged on the local copy, the remote one stale
@@ -160,10 +148,7 @@ async def test_a_payload_a_failed_copy_may_still_send_is_never_reused():
 async def test_the_rpv_server_lends_each_large_payload_buffer_again(tmp_path):
     """At the remote site a large WRITE is received into a pooled buffer, given back once
     the disk write returned: a stream of 1 MiB writes reuses its buffers."""
-    path = str(tmp_path / "b.img")
-    create_sparse_file(path, 64 * MiB)
-    disk = FileDisk("hdisk1", path)
-    server, port = await serve(disk)
+    disk, server, port = await serve_file(str(tmp_path / "b.img"), 64 * MiB)
     client = RPVClient("hdisk2", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
                        io_timeout=10)
     pool = buffers.shared()

@@ -9,19 +9,11 @@ import errno
 
 import pytest
 
-from rpv.blockdev import FileDisk, create_sparse_file
 from rpv.client.device import ClientState, RPVClient
-from tests.helpers.disks import ReadOnlyMemDisk
-from tests.helpers.rpv_server import PVID, serve
+from tests.helpers.disks import ReadOnlyMemDisk, StalledDisk
+from tests.helpers.rpv_server import PVID, serve, serve_file
 
 MiB = 1 << 20
-
-
-class StalledDisk(ReadOnlyMemDisk):
-    """Writes never complete: the server never answers them."""
-
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        await asyncio.Event().wait()
 
 
 class Outcomes:
@@ -41,10 +33,7 @@ class Outcomes:
 
 @pytest.mark.asyncio
 async def test_writes_are_answered_by_their_replies(tmp_path):
-    path = str(tmp_path / "disk.img")
-    create_sparse_file(path, 8 * MiB)
-    disk = FileDisk("hdisk1", path)
-    server, port = await serve(disk)
+    disk, server, port = await serve_file(str(tmp_path / "disk.img"), 8 * MiB)
     client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
                        io_timeout=10)
     try:

@@ -383,11 +383,14 @@ class _ServerConnection(asyncio.BufferedProtocol):
         try:
             await coro
         except OSError as e:
-            self._send_oserror(request_id, opcode, e)
-            buffers.shared().give(payload)
-            return
+            failure = e
+        else:
+            failure = None
         buffers.shared().give(payload)
-        self._send(self.conn.send_reply, request_id, opcode)
+        if failure is None:
+            self._send(self.conn.send_reply, request_id, opcode)
+        else:
+            self._send_oserror(request_id, opcode, failure)
 
     def on_checksum(self, ev: pc.ChecksumRequest) -> None:
         disk = self._bound_disk(ev, Opcode.CHECKSUM)

@@ -180,3 +180,10 @@ class ReadOnlyMemDisk:
 
     async def flush(self) -> None:
         pass
+
+
+class StalledDisk(ReadOnlyMemDisk):
+    """Writes never complete: a server on it never answers them (a stalled remote site)."""
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        await asyncio.Event().wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rpv.blockdev import FileDisk, create_sparse_file
 from rpv.server.server import Export, Limits, RPVServer
 from tests.helpers.rpv_frames import PVID
 
@@ -22,3 +23,11 @@ async def serve(disk) -> tuple[RPVServer, int]:
     """A started server on an ephemeral port, and that port."""
     server = await start_server(disk)
     return server, port_of(server)
+
+
+async def serve_file(path: str, size: int) -> tuple[FileDisk, RPVServer, int]:
+    """A new sparse disk file of ``size`` bytes as a FileDisk, served: (disk, server, port)."""
+    create_sparse_file(path, size)
+    disk = FileDisk("hdisk1", path)
+    server, port = await serve(disk)
+    return disk, server, port
