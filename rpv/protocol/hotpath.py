@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import struct
 
-MAGIC = 0x47525056
-VERSION = 1
-OP_WRITE = 4
-FLAG_REPLY, FLAG_FUA = 0x0001, 0x0002
-REPLY_SIZE, REQUEST_SIZE = 24, 36
+from .constants import FLAG_FUA, FLAG_REPLY, MAGIC, VERSION, Opcode
+from .frames import HEADER_STRUCT, REPLY_EXT_STRUCT, REQUEST_EXT_STRUCT
 
-_reply = struct.Struct(">IBBHQII").unpack_from  # header + status
-_request = struct.Struct(">IBBHQIQII").unpack_from  # header + offset, length, deadline
+OP_WRITE = int(Opcode.WRITE)
+_REPLY = struct.Struct(HEADER_STRUCT.format + REPLY_EXT_STRUCT.format[1:])  # + status
+_REQUEST = struct.Struct(HEADER_STRUCT.format + REQUEST_EXT_STRUCT.format[1:])  # + offset...
+REPLY_SIZE, REQUEST_SIZE = _REPLY.size, _REQUEST.size
+
+_reply = _REPLY.unpack_from
+_request = _REQUEST.unpack_from
 
 
 def take_write_reply(buf: bytearray, pos: int, outstanding: dict, write_op, make):
@@ -60,8 +62,8 @@ def take_write_request(buf: bytearray, pos: int, outstanding: dict, max_outstand
     return make(rid, offset, data, deadline, bool(flags & FLAG_FUA)), start + plen
 
 
-_pack_reply = struct.Struct(">IBBHQII").pack
-_pack_request = struct.Struct(">IBBHQIQII").pack
+_pack_reply = _REPLY.pack
+_pack_request = _REQUEST.pack
 _U32, _U64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 
 
