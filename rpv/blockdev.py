@@ -159,11 +159,14 @@ class FileDisk:
             raise OSError(errno.EIO, f"short read on {self.path}")
         return data
 
-    def write_now(self, offset: int, data: bytes) -> None:
-        """Synchronous write into the page cache (no sync)."""
-        check_range(self._size, offset, len(data))
+    def _writable(self, offset: int, length: int) -> None:
+        check_range(self._size, offset, length)
         if self.readonly:
             raise OSError(errno.EROFS, f"{self.name} is read-only")
+
+    def write_now(self, offset: int, data: bytes) -> None:
+        """Synchronous write into the page cache (no sync)."""
+        self._writable(offset, len(data))
         view = memoryview(data)
         done = 0
         while done < len(view):
@@ -171,10 +174,7 @@ class FileDisk:
 
     def writev_now(self, offset: int, bufs: list) -> None:
         """Synchronous write of ``bufs`` back to back from ``offset``: one ``pwritev``."""
-        total = sum(len(b) for b in bufs)
-        check_range(self._size, offset, total)
-        if self.readonly:
-            raise OSError(errno.EROFS, f"{self.name} is read-only")
+        self._writable(offset, sum(len(b) for b in bufs))
         done = os.pwritev(self._fd, bufs, offset)
         for b in bufs:  # a short write (rare): the rest one buffer at a time
             n = len(b)
