@@ -100,3 +100,31 @@ async def test_disabled_client_refuses():
     assert not client.accepts(512)
     assert not client.submit_write_cb(0, b"d" * 512, False, lambda exc: None)
     assert client.outstanding() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_deadline_passing_while_resume_says_hello_leaves_the_client_online():
+    """chdev -a resume=yes on a client whose request is about to time out: the new session's
+    HELLO is out when the deadline fails the old request. The client must end ONLINE on the
+    new session (it stayed FAILED with a live link, and varyonvg could not read the PV)."""
+    server, port = await serve(StalledDisk(bytes(MiB)))
+    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                       io_timeout=0.3)
+    try:
+        await client.open(5)
+        out = Outcomes(1)
+        assert client.submit_write_cb(0, b"s" * 512, False, out.callback(0))
+        connect = client._connect_once
+
+        async def hello_after_the_deadline(*args, **kwargs):
+            await out.all_in.wait()  # the old request's deadline failed it meanwhile
+            return await connect(*args, **kwargs)
+
+        client._connect_once = hello_after_the_deadline
+        await client.resume(5)
+        assert out.got[0].errno == errno.EIO
+        assert client.state is ClientState.ONLINE
+        assert await asyncio.wait_for(client.read(0, 512), 5) == bytes(512)
+    finally:
+        await client.close()
+        await server.close()

@@ -242,6 +242,10 @@ class RPVClient:
             self._table.resume_failed(previous)
             raise OSError(errno.EIO, f"RPV server {self.server_addr} still not usable: "
                                      f"{_reason(e)}") from None
+        if self.state is ClientState.FAILED:
+            # a deadline passed while our HELLO was out (the requests of the old session
+            # got EIO): the new session stands, so leave the failed state again
+            self._table.begin_resume()
         log.info("rpvc_resumed", device=self.name, server=self.server_addr)
         return info
 
