@@ -22,6 +22,7 @@ import pytest
 from rpv.daemon import config as cfgmod
 from rpv.nbd.protocol import IHAVEOPT, NBDMAGIC, Opt, Rep
 from tests.conftest import TEST_PORT, run
+from tests.helpers.waits import wait_until
 from tests.sites import GLVMCTL, RPVD, Site
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
@@ -153,8 +154,12 @@ def test_nbd_tcp_refuses_foreign_and_missing_certificates(tls_site):
                 tls = ctx.wrap_socket(raw)
                 send_opt(tls, Opt.GO, go_data("hdisk1"))  # TLS 1.3: refused on first read
                 opt_reply(tls)
-    refused = [e for e in site.log_events() if e["event"] == "nbd_tls_refused"]
-    assert len(refused) >= 2 and all("certificate" in e["error"].lower() for e in refused)
+    # the client may see the refusal before the server has logged it: wait for both entries
+    def logged():
+        found = [e for e in site.log_events() if e["event"] == "nbd_tls_refused"]
+        return found if len(found) >= 2 else None
+    refused = wait_until(logged, what="both refusals logged")
+    assert all("certificate" in e["error"].lower() for e in refused)
     # the real tools with the rogue directory fail too, and nothing was written
     r = run("qemu-io", *tls_tool_args(rogue, port, "hdisk1"), "-c", "write -P 0x66 1M 4k",
             check=False)
