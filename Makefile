@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 deps:
 	@bash .ci/deps.sh
 
-$(STAMP): pyproject.toml setup.py $(wildcard rpv/*/*.pyx)
+$(STAMP): pyproject.toml setup.py $(wildcard rpv/*/*.pyx lvm/*.pyx)
 	@bash .ci/deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml setup.py $(wildcard rpv/*/*.pyx)
 install: $(STAMP)
 
 # the modules with a compiled twin (rpv/speedups.py), tested again on the pure-Python one
+# (tests/test_lvm_inline*.py run both twins side by side in every run)
 TWIN_TESTS := tests/test_nbd_protocol.py tests/test_protocol.py tests/test_protocol_connection.py \
-              tests/test_protocol_fuzz.py tests/test_speedups.py
+              tests/test_protocol_fuzz.py tests/test_speedups.py tests/test_lvm_core.py \
+              tests/test_lvm_drl.py tests/test_durability.py
 
 test: deps $(STAMP)
 	$(PY) -m pytest -x -p no:cacheprovider

@@ -7,5 +7,6 @@ from setuptools import Extension, setup
 setup(ext_modules=cythonize(
     [Extension("rpv.nbd._wire", ["rpv/nbd/_wire.pyx"], extra_compile_args=["-O2"]),
      Extension("rpv.protocol._hotpath", ["rpv/protocol/_hotpath.pyx"],
-               extra_compile_args=["-O2"])],
+               extra_compile_args=["-O2"]),
+     Extension("lvm._inline", ["lvm/_inline.pyx"], extra_compile_args=["-O2"])],
     compiler_directives={"language_level": "3"}))

@@ -48,10 +48,12 @@ from lvm.throttle import (
     MiB,
     RateSettings,
 )
+from rpv import speedups
 from rpv.blockdev import BlockDevice
 from rpv.instance import boot_hash, boot_of
 
 log = structlog.get_logger("lvm")
+INLINE = speedups.pick("lvm.inline", "lvm._inline")  # the inline write path (compiled twin)
 
 DRL_MAX_ACTIVE = 256
 # partitions of one PV that may hold writes no flush covered yet; beyond, a flush of that PV
@@ -87,7 +89,7 @@ class VolumeGroup:
         self.lvs: dict = {}  # name -> LogicalVolume (set by the manager)
         self.drl_active: dict[tuple[int, int], float] = {}  # (lvid, region) -> last use
         self.drl_inflight: dict[tuple[int, int], int] = {}
-        self.drl_durable: set[tuple[int, int]] = set()  # listed in a completed DRL write
+        self._drl_durable = INLINE.RegionSet()  # listed in a completed DRL write
         self.resyncing: dict[Loc, set[int]] = {}
         self.app_ios = 0  # application reads and writes of its LVs (the resync pacer looks)
         self._episode: set[int] = set()  # PVs whose STALEPP was logged this episode
@@ -399,6 +401,16 @@ class VolumeGroup:
             await self.commit_vgsa()
 
     # -- dirty-region log --------------------------------------------------------------------------
+    @property
+    def drl_durable(self):
+        """The regions a completed DRL write listed, ``(lvid, region)`` pairs (compact: the
+        inline write path checks them in one call)."""
+        return self._drl_durable
+
+    @drl_durable.setter
+    def drl_durable(self, regions) -> None:
+        self._drl_durable = INLINE.RegionSet(regions)
+
     def drl_regions(self, lvid: int, offset: int, length: int) -> list[tuple[int, int]]:
         return [(lvid, r) for r in range(offset // DRL_REGION,
                                          (offset + length - 1) // DRL_REGION + 1)]
@@ -456,7 +468,7 @@ class VolumeGroup:
 
     async def drl_clear(self) -> None:
         self.drl_active.clear()
-        self.drl_durable = set()
+        self.drl_durable = ()
         await self._write_everywhere(Kind.DRL, lambda: {"regions": [],
                                                         "boots": self.host_boots()})
 

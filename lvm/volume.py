@@ -21,12 +21,10 @@ import structlog
 from lvm.commit import RangeLock
 from lvm.layout import pp_offset
 from lvm.metadata import LVEntry, chunks_of
-from lvm.vg import VolumeGroup
+from lvm.vg import INLINE, VolumeGroup
 from rpv.blockdev import check_range
 
 log = structlog.get_logger("lvm")
-
-WRITEV_MAX = 64  # local writes joined into one pwritev, at most (IOV_MAX is 1024)
 
 
 class LogicalVolume:
@@ -36,7 +34,8 @@ class LogicalVolume:
         self.name = entry.name
         self.lock = RangeLock()
         self.tasks: set[asyncio.Task] = set()  # inline writes finishing the slow way
-        self._local_queue: list = []  # inline writes' local copies, for this loop iteration
+        self._inline = INLINE.InlineWriter(self)
+        self.write_inline = self._inline.write  # the NBD server's per-request call: no hop
 
     @property
     def size(self) -> int:
@@ -126,94 +125,12 @@ class LogicalVolume:
 
     # -- writes --------------------------------------------------------------------------------
     def write_inline(self, offset: int, data, fua: bool, done) -> bool:
-        """The NBD fast path: start a write without a task when it needs nothing but the data
-        itself: one LP, every copy fresh, on a usable PV and ready, the DRL regions already
-        durable, no overlapping write, no generation waiting for its 'written' mark, no FUA.
+        """The NBD fast path (:mod:`lvm.inline`): start a write without a task, or return
+        False, having done nothing, when it must take :meth:`write`. (Each instance binds
+        this name straight to its :class:`~lvm.inline.InlineWriter`'s method.)"""
+        return self._inline.write(offset, data, fua, done)
 
-        Remote copies are submitted with a callback and local ones written at the end of the
-        loop iteration, so the remote site starts on a whole batch while the local writes run;
-        ``done`` runs when the last copy answered. If any copy failed, the same accounting as
-        :meth:`write` (PV missing, stale chunks made durable, EIO if no copy took it) runs
-        first, in a task.
-        Returns False, having done nothing, when the request must take :meth:`write`.
-        """
-        vg = self.vg
-        vg.app_ios += 1
-        if fua or vg.needs_written_mark or vg.vgsa_ahead:
-            return False
-        if vg.async_pools and vg.async_pool_for(self.entry) is not None:
-            return False
-        n = len(data)
-        where = self._one_lp(offset, n)
-        if where is None:
-            return False
-        lp, within = where
-        regions = self._regions(offset, n)
-        durable = vg.drl_durable
-        for r in regions:
-            if r not in durable:
-                return False
-        stale = vg.vgsa.stale
-        pp_size = vg.vgda.pp_size
-        local, remote = [], []
-        for m in self.entry.maps:
-            loc = m[lp]
-            if loc in stale or not vg.usable(loc[0]):
-                return False
-            dev = vg.devices[loc[0]]
-            pos = pp_offset(loc[1], pp_size) + within
-            if getattr(dev, "write_now", None) is not None:
-                local.append((loc, dev, pos))
-            elif getattr(dev, "accepts", None) is not None and dev.accepts(n):
-                remote.append((loc, dev, pos))
-            else:
-                return False
-        entry = self.lock.try_acquire(offset, offset + n)
-        if entry is None:
-            return False
-        vg.drl_hold(regions)
-        op = _InlineWrite(self, entry, regions, done, lp, within, n,
-                          len(remote) + len(local) + 1)
-        for loc, dev, pos in remote:
-            if not dev.submit_write_cb(pos, data, False, partial(op.copy_done, loc)):
-                op.copy_done(loc, OSError(errno.EIO, f"{dev.name}: write not accepted"))
-        if local:
-            # Local copies are written at the end of this loop iteration, after the remote
-            # requests of the whole batch have left: the remote site works on them meanwhile.
-            queue = self._local_queue
-            if not queue:
-                asyncio.get_running_loop().call_soon(self._write_local_queue)
-            queue.extend((op, loc, dev, pos, data) for loc, dev, pos in local)
-        op.copy_done(None, None)  # the submitter's own count: done can only run from here on
-        return True
-
-    def _write_local_queue(self) -> None:
-        """Write the local copies queued in this loop iteration: a run of writes that follow
-        each other on one disk (a sequential stream) in one ``pwritev``."""
-        queue, self._local_queue = self._local_queue, []
-        i, n = 0, len(queue)
-        while i < n:
-            dev, pos = queue[i][2], queue[i][3]
-            end = pos + len(queue[i][4])
-            j = i + 1
-            if hasattr(dev, "writev_now"):
-                while j < n and j - i < WRITEV_MAX and queue[j][2] is dev and queue[j][3] == end:
-                    end += len(queue[j][4])
-                    j += 1
-            try:
-                if j - i == 1:
-                    dev.write_now(pos, queue[i][4])
-                else:
-                    dev.writev_now(pos, [q[4] for q in queue[i:j]])
-            except OSError as e:
-                failure = e
-            else:
-                failure = None
-            for op, loc, _, _, _ in queue[i:j]:
-                op.copy_done(loc, failure)
-            i = j
-
-    async def _finish_inline(self, op: _InlineWrite) -> None:
+    async def _finish_inline(self, op) -> None:
         """The slow end of an inline write: a copy failed, or a generation wants its mark."""
         vg = self.vg
         failure = None
@@ -353,38 +270,3 @@ class LogicalVolume:
 def _note_if_written(vg: VolumeGroup, loc, within: int, n: int, fut: asyncio.Future) -> None:
     if not fut.cancelled() and fut.exception() is None:
         vg.note_written(loc, within, n)
-
-
-class _InlineWrite:
-    """One write on the inline path: counts the copies still to answer."""
-
-    __slots__ = ("lv", "entry", "regions", "done", "lp", "within", "n", "pending", "locs",
-                 "failures")
-
-    def __init__(self, lv: LogicalVolume, entry, regions, done, lp: int, within: int, n: int,
-                 pending: int):
-        self.lv, self.entry, self.regions, self.done = lv, entry, regions, done
-        self.lp, self.within, self.n, self.pending = lp, within, n, pending
-        self.locs: list = []
-        self.failures: dict = {}
-
-    def copy_done(self, loc, exc: OSError | None) -> None:
-        if loc is not None:
-            self.locs.append(loc)
-            if exc is not None:
-                self.failures[loc] = exc
-            else:
-                self.lv.vg.note_written(loc, self.within, self.n)
-        self.pending -= 1
-        if self.pending:
-            return
-        lv = self.lv
-        vg = lv.vg
-        if self.failures or vg.needs_written_mark or vg.vgsa_ahead:
-            task = asyncio.get_running_loop().create_task(lv._finish_inline(self))
-            lv.tasks.add(task)
-            task.add_done_callback(lv.tasks.discard)
-            return
-        vg.drl_leave(self.regions)
-        lv.lock.release(self.entry)
-        self.done(None)

@@ -15,10 +15,13 @@ import errno
 
 import pytest
 
+import lvm.vg
+import lvm.volume
 from lvm.layout import pp_offset
 from lvm.metadata import PV_MISSING
 from tests.helpers.disks import PageCacheDisk, RemoteMemDisk
 from tests.helpers.mirror_lv import LOCAL, PP, REMOTE, make_lv, vgsa_on
+from tests.helpers.twins import TWINS, twin_module
 from tests.helpers.waits import settle
 
 
@@ -36,6 +39,15 @@ class Done:
         self.calls.append(exc)
         self.kept.append(kept)
         self.event.set()
+
+
+@pytest.fixture(autouse=True, params=TWINS)
+def twin(request, monkeypatch):
+    """Every test runs on the pure-Python inline path and on its compiled twin."""
+    module = twin_module(request.param)
+    monkeypatch.setattr(lvm.vg, "INLINE", module)
+    monkeypatch.setattr(lvm.volume, "INLINE", module)
+    return module
 
 
 @pytest.fixture

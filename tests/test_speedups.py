@@ -26,9 +26,10 @@ HEAD = struct.Struct(">IHHQQI")
 SIZE = 1 << 20
 
 
-@pytest.mark.parametrize("module", ["rpv.nbd.wire", "rpv.protocol.hotpath"])
+@pytest.mark.parametrize("module", ["rpv.nbd.wire", "rpv.protocol.hotpath", "lvm.inline"])
 def test_the_compiled_twins_are_built_and_chosen(module):
-    importlib.import_module("rpv.protocol.connection")  # (it picks the hot path)
+    importlib.import_module("rpv.protocol.connection")  # (they pick their hot paths)
+    importlib.import_module("lvm.vg")
     if os.environ.get("GLVM_PURE_PYTHON") == "1":
         assert speedups.CHOSEN[module] == "pure"
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lvm import layout
 from lvm.layout import Kind, MiB
-from lvm.metadata import VGDA, VGSA, LVEntry, PVEntry
+from lvm.metadata import DRL_REGION, VGDA, VGSA, LVEntry, PVEntry
 from lvm.vg import VolumeGroup
 from lvm.volume import LogicalVolume
 from tests.helpers.disks import PageCacheDisk, RemoteMemDisk
@@ -14,10 +14,11 @@ PP = 4 * MiB
 LOCAL, REMOTE = 1, 2
 
 
-def make_lv(local: PageCacheDisk, remote: RemoteMemDisk) -> LogicalVolume:
-    """A two-copy LV of 2 LPs: copy 1 on the local disk, copy 2 on the remote one."""
+def make_lv(local: PageCacheDisk, remote: RemoteMemDisk, pp: int = PP) -> LogicalVolume:
+    """A two-copy LV of 2 LPs of ``pp`` bytes: copy 1 on the local disk, copy 2 on the
+    remote one; its dirty regions durable."""
     entry = LVEntry("lv00", 1, 2, "y", 0, [[(LOCAL, 0), (LOCAL, 1)], [(REMOTE, 0), (REMOTE, 1)]])
-    vgda = VGDA("v" * 32, "vg", PP, quorum=False,
+    vgda = VGDA("v" * 32, "vg", pp, quorum=False,
                 pvs=[PVEntry("a" * 32, LOCAL, 10), PVEntry("b" * 32, REMOTE, 10)],
                 lvs={"lv00": entry})
     vgsa = VGSA()  # as varyon reads it: a generation already marked written, on disk
@@ -25,7 +26,7 @@ def make_lv(local: PageCacheDisk, remote: RemoteMemDisk) -> LogicalVolume:
     vgsa.current["written"] = True
     vg = VolumeGroup(vgda, vgsa, {LOCAL: local, REMOTE: remote}, {k: 0 for k in Kind},
                      is_local=lambda d: d is local, quorum_active=False)
-    vg.drl_durable = {(1, r) for r in range(2 * PP // (4 * MiB))}
+    vg.drl_durable = {(1, r) for r in range((2 * pp - 1) // DRL_REGION + 1)}
     return LogicalVolume(vg, entry)
 
 
