@@ -117,7 +117,7 @@ async def run_both(steps):
     return pure
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(op, min_size=1, max_size=25))
 def test_the_twins_give_the_same_results_step_by_step(steps):
     asyncio.run(run_both(steps))
