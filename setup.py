@@ -9,4 +9,5 @@ setup(ext_modules=cythonize(
      Extension("rpv.protocol._hotpath", ["rpv/protocol/_hotpath.pyx"],
                extra_compile_args=["-O2"]),
      Extension("lvm._inline", ["lvm/_inline.pyx"], extra_compile_args=["-O2"])],
-    compiler_directives={"language_level": "3"}))
+    compiler_directives={"language_level": "3"}, nthreads=2),
+    options={"build_ext": {"parallel": 2}})  # the 2 cores of the CI machine
