@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The compiled hot path (rpv/speedups.py) built with AddressSanitizer and UBSan in a copy of
-# the tree, then the protocol tests and a fuzz run on it (make fuzz runs this first).
+# the tree, then the protocol and LV inline tests and a fuzz run on it (make fuzz runs this
+# first).
 #
 #   bash .ci/sanitize.sh [fuzz inputs, default 100000]
 set -euo pipefail
@@ -12,7 +13,7 @@ TREE="$(mktemp -d /tmp/glvm-sanitize.XXXXXX)"
 trap 'rm -rf "$TREE"' EXIT
 
 "$PY" -m pip install -q "Cython>=3.0"
-cp -r "$ROOT/rpv" "$ROOT/tests" "$ROOT/setup.py" "$ROOT/pyproject.toml" "$TREE/"
+cp -r "$ROOT/rpv" "$ROOT/lvm" "$ROOT/tests" "$ROOT/setup.py" "$ROOT/pyproject.toml" "$TREE/"
 find "$TREE" -name '*.so' -delete
 (cd "$TREE" && CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -O1" \
     LDFLAGS="-fsanitize=address,undefined" "$PY" setup.py -q build_ext --inplace >/dev/null)
@@ -22,9 +23,11 @@ export ASAN_OPTIONS=detect_leaks=0  # the interpreter's own allocations are not 
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH="$TREE"
 cd "$TREE"
-"$PY" -c 'import rpv.nbd._wire, rpv.protocol._hotpath, sys
-sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (rpv.nbd._wire, rpv.protocol._hotpath)))' "$TREE"
+"$PY" -c 'import rpv.nbd._wire, rpv.protocol._hotpath, lvm._inline, sys
+mods = (rpv.nbd._wire, rpv.protocol._hotpath, lvm._inline)
+sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in mods))' "$TREE"
 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_speedups.py tests/test_nbd_protocol.py \
-    tests/test_protocol.py tests/test_protocol_connection.py tests/test_protocol_fuzz.py
+    tests/test_protocol.py tests/test_protocol_connection.py tests/test_protocol_fuzz.py \
+    tests/test_lvm_inline.py tests/test_lvm_inline_twins.py
 "$PY" -m tests.fuzz --inputs "$INPUTS"
-echo "sanitize: the compiled hot path passed the protocol tests and $INPUTS fuzz inputs per parser under ASan+UBSan"
+echo "sanitize: the compiled hot path passed the protocol and LV inline tests and $INPUTS fuzz inputs per parser under ASan+UBSan"
