@@ -148,6 +148,8 @@ def machine() -> dict:
         "nbdcopy": first_line("nbdcopy", "--version"),
         "rpvd": first_line(str(bin_dir / "rpvd"), "--version"),
         "glvm_commit": git + ("-dirty" if dirty else ""),
+        "hot_path": ("pure Python (GLVM_PURE_PYTHON=1)"
+                     if os.environ.get("GLVM_PURE_PYTHON") == "1" else "compiled"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -617,6 +619,7 @@ class Bench:
 
     def report(self) -> int:
         targets = evaluate_targets(self.workloads, self.latency, self.extra)
+        targets16 = evaluate_targets_16(self.workloads, prefilled=not self.args.sparse)
         doc = {
             "machine": machine(),
             "config": {"file_size": FILE_SIZE, "fio_size": self.fio_size,
@@ -635,6 +638,7 @@ class Bench:
             "copies_equal": self.extra.get("copies_equal"),
             "loadavg": {"start": self.extra.get("load_start"), "end": os.getloadavg()},
             "targets": targets,
+            "targets_issue16": targets16,
             "errors": self.errors,
             "total_seconds": self.extra.get("total_seconds"),
         }
@@ -843,6 +847,39 @@ def evaluate_targets(workloads: dict, latency: dict, extra: dict) -> list[dict]:
     return t
 
 
+def evaluate_targets_16(workloads: dict, prefilled: bool) -> list[dict]:
+    """Issue 16's targets for glvm with 2 copies: against qemu-nbd quorum and nbdkit on fresh
+    sparse exports; on prefilled ones, at least par with qemu on every workload."""
+    t = []
+
+    def add(name: str, w: str, key: str, want: float, higher: bool = True):
+        measured = workloads.get(w, {}).get("ratios", {}).get(key)
+        if measured is None:
+            status = "n/a"
+        else:
+            status = "PASS" if (measured >= want if higher else measured <= want) else "MISS"
+        t.append({"target": name, "measured": measured, "threshold": want, "status": status,
+                  "display": "-" if measured is None else f"{measured:.2f}x"})
+
+    if prefilled:
+        for w, spec in WORKLOADS.items():
+            higher = spec["metric"] != "p50_us"
+            add(f"{spec['label']}: glvm 2 copies {'>=' if higher else '<='} 1.0x qemu quorum",
+                w, "glvm2/qemu", 1.0, higher)
+        return t
+    add("4 KiB randwrite QD16: glvm 2 copies >= 1.5x qemu quorum", "randwrite_4k_qd16",
+        "glvm2/qemu", 1.5)
+    add("4 KiB randwrite QD16: glvm 2 copies >= 0.3x nbdkit", "randwrite_4k_qd16",
+        "glvm2/nbdkit", 0.3)
+    add("1 MiB seq write QD8: glvm 2 copies >= 1.2x qemu quorum", "seqwrite_1m_qd8",
+        "glvm2/qemu", 1.2)
+    add("4 KiB randread QD16: glvm 2 copies >= 1.0x nbdkit", "randread_4k_qd16",
+        "glvm2/nbdkit", 1.0)
+    add("4 KiB write+flush QD1 p50: glvm 2 copies <= 1.0x qemu quorum", "syncwrite_4k_qd1",
+        "glvm2/qemu", 1.0, higher=False)
+    return t
+
+
 def cell(res: dict | None, metric: str) -> str:
     if not res:
         return "failed"
@@ -918,6 +955,11 @@ def render(doc: dict) -> str:
     out += ["", "## Targets (issue 6; informational)", "",
             "| target | measured | status |", "|---|---:|---|"]
     out += [f"| {t['target']} | {t['display']} | {t['status']} |" for t in doc["targets"]]
+    kind = "prefilled exports" if doc["config"].get("prefilled", True) else "fresh sparse exports"
+    out += ["", f"## Targets (issue 16, {kind}; hot path: {doc['machine'].get('hot_path', '?')})",
+            "", "| target | measured | status |", "|---|---:|---|"]
+    out += [f"| {t['target']} | {t['display']} | {t['status']} |"
+            for t in doc.get("targets_issue16", [])]
     checks = []
     if doc.get("verify"):
         checks.append(f"fio verify (crc32c) on glvm 2 copies: {doc['verify']['result']}")
