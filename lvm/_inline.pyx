@@ -1,20 +1,66 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The compiled twin of :mod:`lvm.inline` (the reference: same results). Durable dirty-log
-regions are a bitmap per LV; the checks of a write run on C integers."""
+regions are a bitmap per LV; the checks of a write run on C integers, and the volume group's
+per-write questions (``needs_written_mark``, ``vgsa_ahead``, ``usable``, ``drl_hold``,
+``drl_leave``) are answered here from the same state instead of through its methods (the
+pure twin calls them: tests/test_lvm_inline_twins.py compares the two step by step)."""
 
 import asyncio
 import errno
 from functools import partial
+from time import monotonic
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 from lvm.layout import DATA_START as _DATA_START
 from lvm.metadata import DRL_REGION as _DRL_REGION
+from lvm.metadata import PV_ACTIVE
 
 cdef Py_ssize_t WRITEV_MAX = 64
 cdef long long DATA_START = _DATA_START
 cdef long long DRL_REGION = _DRL_REGION
 cdef long long OFFSET_LIMIT = 1LL << 62  # beyond any volume: refused before C arithmetic
+
+
+cdef inline bint _ack_waits(vg):
+    """``vg.needs_written_mark or vg.vgsa_ahead``: an acknowledgement must wait for a VGSA
+    commit (the generation's 'written' mark, or changes not yet on disk)."""
+    cdef list gens = vg.vgsa.gens
+    if gens and not (<dict>gens[len(gens) - 1])["written"]:
+        return True
+    return vg._vgsa_durable < vg._vgsa_version
+
+
+cdef inline bint _usable(vg, index):
+    """``vg.usable(index)``: the PV has a device and its state is active."""
+    if vg.devices.get(index) is None:
+        return False
+    for p in vg.vgda.pvs:
+        if p.index == index:
+            return (<dict>vg.vgsa.pv_state).get(p.pvid, PV_ACTIVE) == PV_ACTIVE
+    raise KeyError(f"no PV with index {index} in volume group {vg.vgda.name}")
+
+
+cdef inline void _drl_hold(vg, list regions):
+    """``vg.drl_hold(regions)``."""
+    if not regions:
+        return
+    cdef dict inflight = vg.drl_inflight, active = vg.drl_active
+    now = monotonic()
+    for r in regions:
+        inflight[r] = inflight.get(r, 0) + 1
+        active[r] = now
+
+
+cdef inline void _drl_leave(vg, list regions):
+    """``vg.drl_leave(regions)``."""
+    cdef dict inflight = vg.drl_inflight
+    for r in regions:
+        n = inflight[r] - 1
+        if n:
+            inflight[r] = n
+        else:
+            del inflight[r]
 
 
 cdef class RegionSet:
@@ -108,7 +154,7 @@ cdef class InlineWriter:
         lv = self.lv
         vg = lv.vg
         vg.app_ios += 1
-        if fua or vg.needs_written_mark or vg.vgsa_ahead or not vg.online:
+        if fua or _ack_waits(vg) or not vg.online:
             return False
         entry = lv.entry
         if vg.async_pools and vg.async_pool_for(entry) is not None:
@@ -134,11 +180,10 @@ cdef class InlineWriter:
             regions = []
         cdef dict stale = vg.vgsa.stale
         devices = vg.devices
-        usable = vg.usable
         cdef list local = [], remote = []
         for m in maps:
             loc = m[lp]
-            if loc in stale or not usable(loc[0]):
+            if loc in stale or not _usable(vg, loc[0]):
                 return False
             dev = devices[loc[0]]
             pos = DATA_START + <long long>loc[1] * pp_size + within  # layout.pp_offset
@@ -151,7 +196,7 @@ cdef class InlineWriter:
         held = lv.lock.try_acquire(off, off + n)
         if held is None:
             return False
-        vg.drl_hold(regions)
+        _drl_hold(vg, regions)
         cdef InlineWrite op = InlineWrite(lv, held, regions, done, lp, within, n,
                                           len(remote) + len(local) + 1)
         for loc, dev, pos in remote:
@@ -226,11 +271,11 @@ cdef class InlineWrite:
             return
         lv = self.lv
         vg = lv.vg
-        if self.failures or vg.needs_written_mark or vg.vgsa_ahead:
+        if self.failures or _ack_waits(vg):
             task = asyncio.get_running_loop().create_task(lv._finish_inline(self))
             lv.tasks.add(task)
             task.add_done_callback(lv.tasks.discard)
             return
-        vg.drl_leave(self.regions)
+        _drl_leave(vg, self.regions)
         lv.lock.release(self.entry)
         self.done(None)

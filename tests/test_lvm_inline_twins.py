@@ -41,6 +41,9 @@ op = st.one_of(
     st.tuples(st.just("missing")),
     st.tuples(st.just("drl_drop"), st.integers(0, 1)),
     st.tuples(st.just("new_generation")),
+    st.tuples(st.just("vgsa_changed")),
+    st.tuples(st.just("settle")),
+    st.tuples(st.just("mark_written")),
     st.tuples(st.just("local_fail"), st.booleans()),
     st.tuples(st.just("remote_ready"), st.booleans()),
 )
@@ -81,6 +84,13 @@ class Volume:
             vg.drl_durable.difference_update([(1, step[1])])  # as if retired
         elif kind == "new_generation":
             vg.new_generation()
+        elif kind == "vgsa_changed":  # in memory only: acknowledgements wait for a commit
+            vg.vgsa_changed()
+        elif kind in ("settle", "mark_written"):  # mark_written: as a general-path write does
+            try:
+                await getattr(vg, kind)()
+            except OSError as e:  # the volume group closed (no disk left)
+                return e.errno
         elif kind == "local_fail":
             self.local.fail = step[1]
         elif kind == "remote_ready":
@@ -127,12 +137,16 @@ def test_a_scenario_covers_acceptance_failure_and_refusal():
     """A fixed sequence with every outcome, so the comparison above is known to see them."""
     steps = [("write", 0, 4096, False), ("write", 4096, 4096, False), ("tick",),
              ("answer", True), ("write", 8192, 4096, True), ("write", PP - 2048, 4096, False),
+             ("vgsa_changed",), ("write", 2 * 65536, 4096, False), ("settle",),
+             ("new_generation",), ("write", 3 * 65536, 4096, False), ("mark_written",),
              ("write", PP, 4096, False), ("answer", False), ("write", 0, 4096, False)]
     pure = asyncio.run(run_both(steps))
     assert pure.acks[:2] == [(0, False), (0, False)]
-    assert pure.acks[4] == (0, True)  # the remote copy failed: the data may still be held
+    assert pure.acks[2:6] == ["refused"] * 4  # FUA, two LPs, VGSA ahead, generation unmarked
+    assert pure.acks[6] == (0, True)  # the remote copy failed: the data may still be held
     assert (REMOTE, 1) in pure.lv.vg.vgsa.stale
     assert pure.lv.vg.pv_state(REMOTE) == PV_MISSING
+    assert pure.acks[7] == "refused"  # a copy is stale now
 
 
 regions = st.lists(st.tuples(st.integers(1, 3), st.integers(0, 300)), max_size=40)
