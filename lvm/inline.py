@@ -21,8 +21,7 @@ import asyncio
 import errno
 from functools import partial
 
-from lvm.layout import DATA_START
-from lvm.metadata import DRL_REGION
+from lvm.layout import pp_offset
 
 WRITEV_MAX = 64  # local writes joined into one pwritev, at most (IOV_MAX is 1024)
 
@@ -78,34 +77,30 @@ class InlineWriter:
         lv = self.lv
         vg = lv.vg
         vg.app_ios += 1
-        if fua or vg.needs_written_mark or vg.vgsa_ahead or not vg.online:
+        if fua or vg.needs_written_mark or vg.vgsa_ahead:
             return False
         entry = lv.entry
         if vg.async_pools and vg.async_pool_for(entry) is not None:
             return False
         n = len(data)
-        pp_size = vg.vgda.pp_size
-        if n <= 0 or offset < 0:
+        where = lv._one_lp(offset, n)
+        if where is None:
             return False
-        lp, within = divmod(offset, pp_size)
-        if within + n > pp_size or lp >= entry.lps:
-            return False
-        maps = entry.maps
-        if len(maps) >= 2:  # a single copy logs no dirty regions (LogicalVolume._regions)
-            first, last = offset // DRL_REGION, (offset + n - 1) // DRL_REGION
-            if not vg.drl_durable.covers(entry.lvid, first, last):
+        lp, within = where
+        regions = lv._regions(offset, n)
+        durable = vg.drl_durable
+        for r in regions:
+            if r not in durable:
                 return False
-            regions = [(entry.lvid, r) for r in range(first, last + 1)]
-        else:
-            regions = []
+        pp_size = vg.vgda.pp_size
         stale = vg.vgsa.stale
         local, remote = [], []
-        for m in maps:
+        for m in entry.maps:
             loc = m[lp]
             if loc in stale or not vg.usable(loc[0]):
                 return False
             dev = vg.devices[loc[0]]
-            pos = DATA_START + loc[1] * pp_size + within  # layout.pp_offset
+            pos = pp_offset(loc[1], pp_size) + within
             if getattr(dev, "write_now", None) is not None:
                 local.append((loc, dev, pos))
             elif getattr(dev, "accepts", None) is not None and dev.accepts(n):

@@ -35,7 +35,6 @@ class LogicalVolume:
         self.lock = RangeLock()
         self.tasks: set[asyncio.Task] = set()  # inline writes finishing the slow way
         self._inline = INLINE.InlineWriter(self)
-        self.write_inline = self._inline.write  # the NBD server's per-request call: no hop
 
     @property
     def size(self) -> int:
@@ -126,8 +125,7 @@ class LogicalVolume:
     # -- writes --------------------------------------------------------------------------------
     def write_inline(self, offset: int, data, fua: bool, done) -> bool:
         """The NBD fast path (:mod:`lvm.inline`): start a write without a task, or return
-        False, having done nothing, when it must take :meth:`write`. (Each instance binds
-        this name straight to its :class:`~lvm.inline.InlineWriter`'s method.)"""
+        False, having done nothing, when it must take :meth:`write`."""
         return self._inline.write(offset, data, fua, done)
 
     async def _finish_inline(self, op) -> None:
