@@ -198,7 +198,8 @@ class Assembler:
             try:
                 header = await read_record(dev, Kind.PVHEADER)
                 theirs = await read_record(dev, Kind.VGSA)
-            except OSError:
+            except OSError as e:  # stays missing; say why (varyonvg lists it as PVMISSING)
+                log.warning("lvm_pv_unreadable", pv=dev.name, vg=group.name, error=str(e))
                 continue
             if header is None or header[1].get("vgid") != group.vgda.vgid:
                 continue

@@ -156,6 +156,12 @@ def test_mirror_failure_resync_failover_and_failback(geo, tmp_path):
         assert labels.count("LVM_SA_STALEPP") >= 1 and "LVM_SA_PVMISS" in labels
         assert "RPVC_IO_TIMEOUT" in labels
         assert a.json("lslv", "datafslv")["stale_pps"] >= 2
+        # varyonvg cannot take the PVs back while B is stopped: it lists them and logs why
+        out = a.ctl("varyonvg", "datavg")
+        assert "hdisk3" in out and "PVMISSING" in out
+        why = [e for e in a.log_events() if e["event"] == "lvm_pv_unreadable"
+               and e.get("vg") == "datavg"]
+        assert {e["pv"] for e in why} >= {"hdisk3"} and all(e["error"] for e in why)
     finally:
         b.cont()
     for d in ("hdisk3", "hdisk4"):
