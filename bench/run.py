@@ -808,6 +808,17 @@ def ratios(systems: dict, metric: str, refs=REFS, glvms=GLVMS) -> dict:
     return out
 
 
+def judge(name: str, measured, want: float, higher: bool = True,
+          fmt: str = "{:.2f}x") -> dict:
+    """One target's row: PASS or MISS against ``want`` (n/a when nothing was measured)."""
+    if measured is None:
+        status = "n/a"
+    else:
+        status = "PASS" if (measured >= want if higher else measured <= want) else "MISS"
+    return {"target": name, "measured": measured, "threshold": want, "status": status,
+            "display": "-" if measured is None else fmt.format(measured)}
+
+
 def evaluate_targets(workloads: dict, latency: dict, extra: dict) -> list[dict]:
     def ratio(w: str, key: str):
         return workloads.get(w, {}).get("ratios", {}).get(key)
@@ -815,14 +826,8 @@ def evaluate_targets(workloads: dict, latency: dict, extra: dict) -> list[dict]:
     lat = latency.get("workloads", {}) if latency else {}
     t = []
 
-    def add(name: str, measured, want: float, higher: bool = True, fmt: str = "{:.2f}x"):
-        if measured is None:
-            status = "n/a"
-        else:
-            status = "PASS" if (measured >= want if higher else measured <= want) else "MISS"
-        t.append({"target": name, "measured": measured, "threshold": want,
-                  "display": fmt.format(measured) if measured is not None else "-",
-                  "status": status})
+    def add(*args, **kwargs):
+        t.append(judge(*args, **kwargs))
 
     add("4 KiB randwrite QD16, glvm 2 copies >= 2.0x qemu quorum",
         ratio("randwrite_4k_qd16", "glvm2/qemu"), 2.0)
@@ -853,13 +858,7 @@ def evaluate_targets_16(workloads: dict, prefilled: bool) -> list[dict]:
     t = []
 
     def add(name: str, w: str, key: str, want: float, higher: bool = True):
-        measured = workloads.get(w, {}).get("ratios", {}).get(key)
-        if measured is None:
-            status = "n/a"
-        else:
-            status = "PASS" if (measured >= want if higher else measured <= want) else "MISS"
-        t.append({"target": name, "measured": measured, "threshold": want, "status": status,
-                  "display": "-" if measured is None else f"{measured:.2f}x"})
+        t.append(judge(name, workloads.get(w, {}).get("ratios", {}).get(key), want, higher))
 
     if prefilled:
         for w, spec in WORKLOADS.items():

@@ -15,8 +15,9 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from lvm.layout import DATA_START as _DATA_START
 from lvm.metadata import DRL_REGION as _DRL_REGION
 from lvm.metadata import PV_ACTIVE
+from lvm.inline import WRITEV_MAX as _WRITEV_MAX
 
-cdef Py_ssize_t WRITEV_MAX = 64
+cdef Py_ssize_t WRITEV_MAX = _WRITEV_MAX
 cdef long long DATA_START = _DATA_START
 cdef long long DRL_REGION = _DRL_REGION
 cdef long long OFFSET_LIMIT = 1LL << 62  # beyond any volume: refused before C arithmetic
