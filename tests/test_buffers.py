@@ -13,11 +13,10 @@ from hypothesis import strategies as st
 
 from rpv import buffers
 from rpv.buffers import MIN_POOLED, BufferPool
-from rpv.client.device import RPVClient
 from rpv.nbd.server import _Connection
 from tests.helpers.disks import PageCacheDisk, StalledDisk
 from tests.helpers.mirror_lv import PP, make_lv
-from tests.helpers.rpv_server import PVID, serve, serve_file
+from tests.helpers.rpv_server import client_of, serve, serve_file
 from tests.helpers.waits import until
 
 MiB = 1 << 20
@@ -99,8 +98,7 @@ def nbd_done(written: list):
 async def mirrored_write(server, port: int, io_timeout: float):
     """An inline write of a pooled payload to an LV whose second copy is a real RPV client of
     the in-process ``server``; returns (payload, answers, the client, the LV)."""
-    client = RPVClient("hdisk2", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=io_timeout)
+    client = client_of(port, io_timeout=io_timeout, name="hdisk2")
     await client.open(5)
     lv = make_lv(PageCacheDisk("hdisk1"), client)
     pool = buffers.shared()
@@ -149,8 +147,7 @@ async def test_the_rpv_server_lends_each_large_payload_buffer_again(tmp_path):
     """At the remote site a large WRITE is received into a pooled buffer, given back once
     the disk write returned: a stream of 1 MiB writes reuses its buffers."""
     disk, server, port = await serve_file(str(tmp_path / "b.img"), 64 * MiB)
-    client = RPVClient("hdisk2", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=10)
+    client = client_of(port, name="hdisk2")
     pool = buffers.shared()
     try:
         await client.open(5)

@@ -11,12 +11,11 @@ import pytest
 
 from rpv import protocol as pc
 from rpv.blockdev import FileDisk
-from rpv.client.device import RPVClient
 from rpv.protocol import CHECKSUM_CHUNK, DIGEST_SIZE, MAX_CHECKSUM_LENGTH, chunk_digests
 from tests.conftest import qemu_io
 from tests.helpers.disks import ReadOnlyMemDisk
 from tests.helpers.rpv_raw import RawClient, file_bytes
-from tests.helpers.rpv_server import PVID, serve
+from tests.helpers.rpv_server import client_of, serve
 
 MiB = 1 << 20
 
@@ -87,8 +86,7 @@ async def test_client_checksum_through_server(tmp_path, kind):
     disk = (FileDisk("hdisk1", str(tmp_path / "disk.img")) if kind == "file"
             else ReadOnlyMemDisk(data))
     server, port = await serve(disk)
-    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=10)
+    client = client_of(port)
     try:
         await client.open(5)
         assert await client.checksum(0, len(data)) == chunk_digests(data)
@@ -113,8 +111,7 @@ async def test_client_checksum_through_server(tmp_path, kind):
 async def test_client_checksum_disk_error_is_reported():
     disk = ReadOnlyMemDisk(bytes(MiB), fail=True)
     server, port = await serve(disk)
-    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=10)
+    client = client_of(port)
     try:
         await client.open(5)
         with pytest.raises(OSError) as exc:

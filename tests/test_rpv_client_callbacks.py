@@ -11,7 +11,7 @@ import pytest
 
 from rpv.client.device import ClientState, RPVClient
 from tests.helpers.disks import ReadOnlyMemDisk, StalledDisk
-from tests.helpers.rpv_server import PVID, serve, serve_file
+from tests.helpers.rpv_server import PVID, client_of, serve, serve_file
 
 MiB = 1 << 20
 
@@ -34,8 +34,7 @@ class Outcomes:
 @pytest.mark.asyncio
 async def test_writes_are_answered_by_their_replies(tmp_path):
     disk, server, port = await serve_file(str(tmp_path / "disk.img"), 8 * MiB)
-    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=10)
+    client = client_of(port)
     try:
         await client.open(5)
         out = Outcomes(3)
@@ -57,8 +56,7 @@ async def test_writes_are_answered_by_their_replies(tmp_path):
 @pytest.mark.asyncio
 async def test_server_error_reaches_the_callback():
     server, port = await serve(ReadOnlyMemDisk(bytes(MiB)))  # its writes fail with EROFS
-    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=10)
+    client = client_of(port)
     try:
         await client.open(5)
         out = Outcomes(1)
@@ -75,8 +73,7 @@ async def test_server_error_reaches_the_callback():
 async def test_deadline_fails_every_waiting_write_once_then_refuses():
     server, port = await serve(StalledDisk(bytes(MiB)))
     timeouts = []
-    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=0.3, on_timeout=lambda c, reason: timeouts.append(reason))
+    client = client_of(port, io_timeout=0.3, on_timeout=lambda c, reason: timeouts.append(reason))
     try:
         await client.open(5)
         out = Outcomes(4)
@@ -108,8 +105,7 @@ async def test_a_deadline_passing_while_resume_says_hello_leaves_the_client_onli
     HELLO is out when the deadline fails the old request. The client must end ONLINE on the
     new session (it stayed FAILED with a live link, and varyonvg could not read the PV)."""
     server, port = await serve(StalledDisk(bytes(MiB)))
-    client = RPVClient("hdisk9", PVID, "127.0.0.1", "127.0.0.1", server_port=port,
-                       io_timeout=0.3)
+    client = client_of(port, io_timeout=0.3)
     try:
         await client.open(5)
         out = Outcomes(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rpv.blockdev import FileDisk, create_sparse_file
+from rpv.client.device import RPVClient
 from rpv.server.server import Export, Limits, RPVServer
 from tests.helpers.rpv_frames import PVID
 
@@ -31,3 +32,9 @@ async def serve_file(path: str, size: int) -> tuple[FileDisk, RPVServer, int]:
     disk = FileDisk("hdisk1", path)
     server, port = await serve(disk)
     return disk, server, port
+
+
+def client_of(port: int, io_timeout: float = 10, name: str = "hdisk9", **kwargs) -> RPVClient:
+    """An RPV client (not yet open) of the in-process server on ``port``, from 127.0.0.1."""
+    return RPVClient(name, PVID, "127.0.0.1", "127.0.0.1", server_port=port,
+                     io_timeout=io_timeout, **kwargs)
