@@ -214,19 +214,19 @@ def test_mirror_failure_resync_failover_and_failback(geo, tmp_path):
 
 def test_fine_grained_resync_moves_only_changed_chunks(site_a, site_b, tmp_path):
     a, b = site_a, site_b
-    a.make_disk("hdisk1", "600M")
-    pvid = b.make_disk("hdisk2", "600M")
+    a.make_disk("hdisk1", "300M")
+    pvid = b.make_disk("hdisk2", "300M")
     b.serve(pvid, a.addr)
     a.add_client("hdisk2", pvid, b, io_timeout=5)
     a.ctl("mkvg", "-y", "bigvg", "hdisk1")
-    a.ctl("mklv", "-y", "biglv", "bigvg", "128")  # 512 MiB
+    a.ctl("mklv", "-y", "biglv", "bigvg", "64")  # 256 MiB
     a.ctl("extendvg", "bigvg", "hdisk2")
     a.ctl("mirrorvg", "-c", "2", "bigvg", "hdisk2")
     a.ctl("varyoffvg", "bigvg")
     a.ctl("varyonvg", "bigvg")
     a.ctl("chdev", "-l", "hdisk2", "-a", "server_addr=none")  # planned outage
     rng = random.Random(7)
-    cmds = [f"write -P {rng.randrange(1, 255)} {rng.randrange(0, 131072) * 4096} 4k"
+    cmds = [f"write -P {rng.randrange(1, 255)} {rng.randrange(0, 65536) * 4096} 4k"
             for _ in range(500)]
     for i in range(0, len(cmds), 250):
         qemu_io(a.nbd_uri("biglv"), *cmds[i:i + 250])
@@ -238,7 +238,7 @@ def test_fine_grained_resync_moves_only_changed_chunks(site_a, site_b, tmp_path)
               a.ctl("syncvg", "-v", "bigvg", "--json").splitlines()]
     result = events[-1]
     assert result["failed"] == [] and result["pps_done"] == result["pps_total"] > 0
-    # a whole-partition resync would copy every stale 4 MiB partition (most of 512 MiB);
+    # a whole-partition resync would copy every stale 4 MiB partition (most of 256 MiB);
     # only the 64 KiB chunks the writes touched are copied
     assert 500 * 4096 <= result["bytes"] < 500 * 64 * 1024, result
     assert a.json("lsvg", "bigvg")["stale_pps"] == 0

@@ -73,10 +73,11 @@ def test_wheel_installs_working_commands(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
                     str(ROOT)], check=True, timeout=300, cwd=tmp_path)
     [wheel] = dist.glob("glvm-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True,
-                   timeout=600, cwd=tmp_path)
+    venv = tmp_path / "venv"  # a bare venv; this pip installs into it (no ensurepip run)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                    "install", "-q", str(wheel)], check=True, timeout=600, cwd=tmp_path)
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
 
     def run(*cmd: str) -> str:
