@@ -16,6 +16,7 @@ from lvm.layout import DATA_START as _DATA_START
 from lvm.metadata import DRL_REGION as _DRL_REGION
 from lvm.metadata import PV_ACTIVE
 from lvm.inline import WRITEV_MAX as _WRITEV_MAX
+from rpv.blockdev import read_batch
 
 cdef Py_ssize_t WRITEV_MAX = _WRITEV_MAX
 cdef long long DATA_START = _DATA_START
@@ -137,8 +138,8 @@ cdef class RegionSet:
         return True
 
 
-cdef class InlineWriter:
-    """The inline write path of one logical volume (see :mod:`lvm.inline`)."""
+cdef class InlineIO:
+    """The inline read and write paths of one logical volume (see :mod:`lvm.inline`)."""
 
     cdef public object lv
     cdef public list queue
@@ -146,6 +147,53 @@ cdef class InlineWriter:
     def __init__(self, lv):
         self.lv = lv
         self.queue = []
+
+    cpdef source(self, offset, length):
+        """Where a read can be served now: ``(device, offset on it, length)`` on the first
+        fresh copy on a usable local disk, or None."""
+        cdef long long off, n, pp_size, lp, within
+        lv = self.lv
+        vg = lv.vg
+        vg.app_ios += 1
+        if not vg.online or offset < 0 or offset >= OFFSET_LIMIT or length <= 0:
+            return None
+        off, n = offset, length
+        entry = lv.entry
+        pp_size = vg.vgda.pp_size
+        lp = off // pp_size
+        within = off - lp * pp_size
+        if within + n > pp_size or lp >= entry.lps:
+            return None
+        cdef dict stale = vg.vgsa.stale
+        devices = vg.devices
+        for m in entry.maps:
+            loc = m[lp]
+            if loc in stale:
+                continue
+            dev = devices.get(loc[0])
+            if getattr(dev, "read_now", None) is not None and _usable(vg, loc[0]):
+                return (dev, DATA_START + <long long>loc[1] * pp_size + within, length)
+        return None
+
+    def read(self, offset, length):
+        """The data, read now, or None to let ``LogicalVolume.read`` serve."""
+        src = self.source(offset, length)
+        if src is None:
+            return None
+        try:
+            return (<tuple>src)[0].read_now((<tuple>src)[1], length)
+        except OSError:
+            return None
+
+    def read_many(self, list reqs):
+        """:meth:`read` of each ``(offset, length)``; reads that follow each other on a disk
+        in one ``preadv``."""
+        cdef list out = read_batch([self.source(o, n) for o, n in reqs])
+        cdef Py_ssize_t i
+        for i in range(len(out)):
+            if isinstance(out[i], OSError):
+                out[i] = None
+        return out
 
     def write(self, offset, data, fua, done):
         """Start the write, or return False, having done nothing, when it must take

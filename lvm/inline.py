@@ -1,6 +1,11 @@
-"""The inline write path of a logical volume, the NBD server's fast path (pure-Python
-reference; compiled twin ``_inline.pyx``, which :mod:`rpv.speedups` picks unless
+"""The inline read and write paths of a logical volume, the NBD server's fast path
+(pure-Python reference; compiled twin ``_inline.pyx``, which :mod:`rpv.speedups` picks unless
 ``GLVM_PURE_PYTHON=1``; both pass the same tests and give the same results).
+
+A read is served now from the first fresh copy on a usable local disk when it lies inside
+one LP; a batch of reads (:meth:`InlineIO.read_many`) that follow each other on a disk
+leaves in one ``preadv``. Anything else (no such copy, several LPs, a failed read) is left to
+``LogicalVolume.read``, which tries the other copies and marks the failed one.
 
 A write starts without a task when it needs nothing but the data: one LP, every copy fresh
 on a usable PV and ready, its dirty regions already durable, no overlapping write, no
@@ -22,6 +27,7 @@ import errno
 from functools import partial
 
 from lvm.layout import pp_offset
+from rpv.blockdev import read_batch
 
 WRITEV_MAX = 64  # local writes joined into one pwritev, at most (IOV_MAX is 1024)
 
@@ -62,14 +68,50 @@ class RegionSet:
         return all((lvid, r) in s for r in range(first, last + 1))
 
 
-class InlineWriter:
-    """The inline write path of one logical volume (see the module docstring)."""
+class InlineIO:
+    """The inline read and write paths of one logical volume (see the module docstring)."""
 
     __slots__ = ("lv", "queue")
 
     def __init__(self, lv):
         self.lv = lv
         self.queue: list = []  # local copies queued in this loop iteration
+
+    def source(self, offset: int, length: int):
+        """Where a read can be served now: ``(device, offset on it, length)`` on the first
+        fresh copy on a usable local disk, or None."""
+        lv = self.lv
+        vg = lv.vg
+        vg.app_ios += 1
+        where = lv._one_lp(offset, length)
+        if where is None:
+            return None
+        lp, within = where
+        stale = vg.vgsa.stale
+        for m in lv.entry.maps:
+            loc = m[lp]
+            if loc in stale:
+                continue
+            dev = vg.devices.get(loc[0])
+            if getattr(dev, "read_now", None) is not None and vg.usable(loc[0]):
+                return (dev, pp_offset(loc[1], vg.vgda.pp_size) + within, length)
+        return None
+
+    def read(self, offset: int, length: int):
+        """The data, read now, or None to let ``LogicalVolume.read`` serve."""
+        src = self.source(offset, length)
+        if src is None:
+            return None
+        try:
+            return src[0].read_now(src[1], length)
+        except OSError:
+            return None
+
+    def read_many(self, reqs: list) -> list:
+        """:meth:`read` of each ``(offset, length)``; reads that follow each other on a disk
+        in one ``preadv``."""
+        return [None if isinstance(d, OSError) else d
+                for d in read_batch([self.source(o, n) for o, n in reqs])]
 
     def write(self, offset: int, data, fua: bool, done) -> bool:
         """Start the write, or return False, having done nothing, when it must take

@@ -34,7 +34,7 @@ class LogicalVolume:
         self.name = entry.name
         self.lock = RangeLock()
         self.tasks: set[asyncio.Task] = set()  # inline writes finishing the slow way
-        self._inline = INLINE.InlineWriter(self)
+        self._inline = INLINE.InlineIO(self)
 
     @property
     def size(self) -> int:
@@ -68,26 +68,15 @@ class LogicalVolume:
 
     # -- reads ---------------------------------------------------------------------------------
     def read_inline(self, offset: int, length: int) -> bytes | None:
-        """The NBD fast path: read now from a fresh local copy, or None to let :meth:`read`
-        serve (no local copy, several LPs, a failed read: it retries other copies)."""
-        vg = self.vg
-        vg.app_ios += 1
-        where = self._one_lp(offset, length)
-        if where is None:
-            return None
-        lp, within = where
-        stale = vg.vgsa.stale
-        for m in self.entry.maps:  # the first fresh copy on a usable local disk
-            loc = m[lp]
-            if loc in stale:
-                continue
-            read_now = getattr(vg.devices.get(loc[0]), "read_now", None)
-            if read_now is not None and vg.usable(loc[0]):
-                try:
-                    return read_now(pp_offset(loc[1], vg.vgda.pp_size) + within, length)
-                except OSError:
-                    return None
-        return None
+        """The NBD fast path (:mod:`lvm.inline`): read now from a fresh local copy, or None
+        to let :meth:`read` serve (no local copy, several LPs, a failed read: it retries
+        other copies)."""
+        return self._inline.read(offset, length)
+
+    def read_inline_many(self, reqs: list[tuple[int, int]]) -> list:
+        """:meth:`read_inline` of a batch: reads that follow each other on a disk in one
+        ``preadv``."""
+        return self._inline.read_many(reqs)
 
     async def read(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)

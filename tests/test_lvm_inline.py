@@ -196,6 +196,29 @@ async def test_read_inline_serves_the_local_copy_or_defers(disks):
 
 
 @pytest.mark.asyncio
+async def test_a_batch_of_reads_that_follow_each_other_leaves_in_one_readv(disks):
+    """``read_inline_many`` answers as ``read_inline`` would, request by request; reads that
+    continue each other on the local disk are one ``readv``."""
+    local, remote = disks
+    lv = make_lv(local, remote)
+    for lp in (0, 1):
+        local.buf[pp_offset(lp, PP):pp_offset(lp, PP) + PP] = bytes([lp + 1]) * PP
+    reqs = [(PP + i * 4096, 4096) for i in range(8)]  # a sequential stream in LP 1
+    reqs += [(0, 512), (PP - 512, 1024), (8192, 4096), (12288, 4096), (PP + 65536, 512)]
+    got = lv.read_inline_many(reqs)
+    assert got == [lv.read_inline(o, n) for o, n in reqs]
+    assert [bytes(d) if d is not None else None for d in got] == (
+        [b"\x02" * 4096] * 8 + [b"\x01" * 512, None] + [b"\x01" * 4096] * 2 + [b"\x02" * 512])
+    assert local.readvs == [8, 2]  # the stream, and 8192+12288; the others one read each
+    lv.vg.vgsa.mark((LOCAL, 1), {0})  # LP 1's local copy stale: the async path serves
+    local.readvs.clear()
+    assert lv.read_inline_many(reqs[:8]) == [None] * 8 and local.readvs == []
+    lv.vg.vgsa.stale.clear()
+    local.fail = True  # a failing disk: the async path retries (and marks it)
+    assert lv.read_inline_many(reqs[:8]) == [None] * 8
+
+
+@pytest.mark.asyncio
 async def test_local_copies_that_follow_each_other_leave_in_one_writev(disks):
     """Writes of one loop iteration that continue each other on a local disk (a sequential
     stream) are written with one pwritev; the others one by one; each is answered."""

@@ -1,5 +1,5 @@
-"""The LV's inline write path (:mod:`lvm.inline`) against its compiled twin (``_inline.pyx``):
-random sequences of writes, answers, failures and state changes applied to two identical
+"""The LV's inline paths (:mod:`lvm.inline`) against their compiled twin (``_inline.pyx``):
+random sequences of writes, reads, answers, failures and state changes applied to two identical
 volumes, one per implementation, must give the same acceptances, the same acknowledgements,
 the same bytes on every disk and the same stale, dirty-log and lock state after every step.
 And the compact dirty-log region set against a plain set of pairs."""
@@ -33,8 +33,14 @@ write = st.tuples(
     st.sampled_from([False, False, False, True]))  # FUA
 write_to_lp_end = st.sampled_from([512, 4096, 65536]).map(  # ends where an LP ends
     lambda n: ("write", PP - n, n, False))
+read = st.tuples(  # a batch of reads (read_inline_many), the first also alone (read_inline)
+    st.just("read"),
+    st.lists(st.tuples(st.sampled_from(OFFSETS) | st.integers(0, 2 * PP // 4096).map(
+        lambda k: k * 4096), st.sampled_from([512, 4096, 4096, 8192, 0])), min_size=1,
+        max_size=6).map(lambda reqs: reqs + [(reqs[-1][0] + reqs[-1][1], 4096)]))
+read_to_lp_end = st.sampled_from([512, 4096]).map(lambda n: ("read", [(PP - n, n), (PP, n)]))
 op = st.one_of(
-    write, write, write, write_to_lp_end,
+    write, write, write, write_to_lp_end, read, read_to_lp_end,
     st.tuples(st.just("answer"), st.booleans()),
     st.tuples(st.just("tick")),
     st.tuples(st.just("stale"), st.sampled_from([LOCAL, REMOTE]), st.integers(0, 1)),
@@ -58,6 +64,7 @@ class Volume:
         self.local, self.remote = PageCacheDisk("hdisk1", size), RemoteMemDisk("hdisk2", size)
         self.lv = make_lv(self.local, self.remote, PP)
         self.acks: list = []  # per write: "refused", or None until done, then (errno, kept)
+        self.results: list = []  # per step (kept by run_both for the pure twin)
 
     def write(self, offset: int, n: int, fua: bool, fill: int) -> bool:
         slot = len(self.acks)
@@ -74,6 +81,10 @@ class Volume:
         vg, kind = self.lv.vg, step[0]
         if kind == "write":
             return self.write(step[1], step[2], step[3], index % 251 + 1)
+        if kind == "read":
+            one = self.lv.read_inline(*step[1][0])
+            many = self.lv.read_inline_many(step[1])
+            return [None if d is None else bytes(d) for d in [one, *many]]
         if kind == "answer":
             self.remote.answer(None if step[1] else OSError(errno.EIO, "link down"))
         elif kind == "stale":
@@ -117,6 +128,7 @@ async def run_both(steps):
     for i, step in enumerate(steps):
         results = [await v.apply(step, i) for v in (pure, fast)]
         assert results[0] == results[1], (i, step, results)
+        pure.results.append(results[0])
         await settle(30)
         assert pure.state() == fast.state(), (i, step)
     pure.remote.answer()
@@ -139,7 +151,9 @@ def test_a_scenario_covers_acceptance_failure_and_refusal():
              ("answer", True), ("write", 8192, 4096, True), ("write", PP - 2048, 4096, False),
              ("vgsa_changed",), ("write", 2 * 65536, 4096, False), ("settle",),
              ("new_generation",), ("write", 3 * 65536, 4096, False), ("mark_written",),
-             ("write", PP, 4096, False), ("answer", False), ("write", 0, 4096, False)]
+             ("write", PP, 4096, False), ("answer", False), ("write", 0, 4096, False),
+             ("read", [(0, 4096), (4096, 4096), (PP - 512, 1024), (PP - 4096, 4096),
+                       (PP, 4096)])]
     pure = asyncio.run(run_both(steps))
     assert pure.acks[:2] == [(0, False), (0, False)]
     assert pure.acks[2:6] == ["refused"] * 4  # FUA, two LPs, VGSA ahead, generation unmarked
@@ -147,6 +161,10 @@ def test_a_scenario_covers_acceptance_failure_and_refusal():
     assert (REMOTE, 1) in pure.lv.vg.vgsa.stale
     assert pure.lv.vg.pv_state(REMOTE) == PV_MISSING
     assert pure.acks[7] == "refused"  # a copy is stale now
+    # the reads: LP 0 from the local copy (the first write's fill), two LPs, the end of LP 0
+    # and LP 1 (its local copy is fresh, the remote one stale) as the writes left them
+    assert pure.results[-1] == [b"\x01" * 4096, b"\x01" * 4096, b"\x02" * 4096, None,
+                                bytes(4096), bytes([13]) * 4096]
 
 
 regions = st.lists(st.tuples(st.integers(1, 3), st.integers(0, 300)), max_size=40)

@@ -609,3 +609,44 @@ def test_registry_that_raises_is_an_unknown_export(run, sock):
         await server.close()
 
     run(body)
+
+
+def test_reads_that_follow_each_other_leave_in_one_preadv(run, sock, tmp_path):
+    """Reads parsed together are read as one batch: a sequential run in one ``preadv``,
+    answered in request order; a write between two runs is seen by the later run only; an
+    out-of-range read in the batch gets its own error."""
+    async def body():
+        path = str(tmp_path / "disk")
+        create_sparse_file(path, 8 * MiB)
+        dev = FileDisk("hdisk1", path)
+        dev.write_now(0, bytes(range(256)) * 256)  # 64 KiB of a known pattern
+        readvs: list[list[int]] = []
+        real = dev.readv_now
+
+        def counted(offset, lengths):
+            readvs.append(list(lengths))
+            return real(offset, lengths)
+        dev.readv_now = counted
+        server = NBDServer(Registry(dev))
+        await server.start_unix(sock)
+        c = await Client.connect(sock)
+        burst = [request(Cmd.READ, h, h * 4096, 4096) for h in range(8)]  # a stream
+        burst.append(request(Cmd.READ, 8, 40960, 512))  # elsewhere: a pread of its own
+        burst.append(request(Cmd.WRITE, 9, 0, 4096, payload=b"w" * 4096))
+        burst += [request(Cmd.READ, 10 + h, h * 4096, 4096) for h in range(2)]
+        burst.append(request(Cmd.READ, 12, 8 * MiB - 512, 1024))  # past the end
+        c.send(b"".join(burst))
+        lengths = {h: 4096 for h in range(12)} | {8: 512, 9: 0}
+        replies = [await c.reply(lengths) for _ in range(13)]
+        pattern = bytes(range(256)) * 256
+        assert replies[:9] == [(h, 0, pattern[h * 4096:(h + 1) * 4096]) for h in range(8)] + [
+            (8, 0, pattern[40960:41472])]
+        assert replies[9][:2] == (9, 0)
+        assert replies[10:] == [(10, 0, b"w" * 4096), (11, 0, pattern[4096:8192]),
+                                (12, Err.EINVAL, b"")]
+        assert readvs == [[4096] * 8, [4096] * 2]
+        c.close()
+        await server.close()
+        dev.close()
+
+    run(body)

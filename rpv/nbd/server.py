@@ -40,7 +40,14 @@ from typing import Any
 import structlog
 
 from rpv import buffers
-from rpv.blockdev import BlockDevice, ExportRegistry, InlineRead, InlineWrite
+from rpv.blockdev import (
+    READV_MAX,
+    BlockDevice,
+    ExportRegistry,
+    InlineRead,
+    InlineReadMany,
+    InlineWrite,
+)
 from rpv.nbd.protocol import (
     CMD_FLUSH,
     CMD_READ,
@@ -327,6 +334,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._device: BlockDevice | None = None
         self._read_inline: Any = None
+        self._read_many: Any = None
+        self._reads: list[Request] = []  # inline reads parsed in this pump, not yet read
+        self._reads_bytes = 0
         self._write_inline: Any = None
         self.export: str | None = None
         self.readonly = False
@@ -451,6 +461,15 @@ class _Connection(asyncio.BufferedProtocol):
                 ev = core.next_event()
                 if type(ev) is Request:
                     kind = ev.kind
+                    if kind == CMD_READ and self._read_many is not None:
+                        self._reads.append(ev)  # read with the others parsed in this pump
+                        self._reads_bytes += ev.length
+                        if (len(self._reads) >= READV_MAX
+                                or self._reads_bytes + self._batch_bytes >= _BATCH_LIMIT):
+                            self._inline_reads()
+                        continue
+                    if self._reads:  # reads parsed before a later request are read first
+                        self._inline_reads()
                     if kind == CMD_READ and self._read_inline is not None:
                         self._inline_read(ev)
                     elif kind == CMD_WRITE and self._write_inline is not None:
@@ -458,6 +477,8 @@ class _Connection(asyncio.BufferedProtocol):
                     else:
                         self._spawn(ev, self._begin(ev))
                     continue
+                if self._reads:
+                    self._inline_reads()
                 if ev is NEED_DATA:
                     self._blocked = False
                     if self._read_paused:
@@ -466,6 +487,8 @@ class _Connection(asyncio.BufferedProtocol):
                     break
                 self._on_event(ev)
         finally:
+            if self._reads:
+                self._inline_reads()
             self._pumping = False  # replies completed meanwhile are in the batch
         if core.has_data_to_send:
             self._batch.append(core.data_to_send())
@@ -507,6 +530,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.readonly = bool(ev.flags & TransmissionFlag.READ_ONLY)
             device = ev.device
             self._read_inline = device.read_inline if isinstance(device, InlineRead) else None
+            self._read_many = (device.read_inline_many if isinstance(device, InlineReadMany)
+                               else None)
             self._write_inline = (device.write_inline if isinstance(device, InlineWrite)
                                   and not self.readonly else None)
             self.export = ev.name
@@ -600,10 +625,28 @@ class _Connection(asyncio.BufferedProtocol):
     def _inline_read(self, req: Request) -> None:
         try:
             data = self._read_inline(req.offset, req.length)
-            if data is not None and len(data) != req.length:
-                raise OSError(errno.EIO, "short read")
         except Exception as exc:
             data = exc
+        self._answer_read(req, data)
+
+    def _inline_reads(self) -> None:
+        """Read the inline reads gathered in this pump as one batch (a run that follows
+        itself on a disk in one ``preadv``), and answer them in order."""
+        reqs, self._reads, self._reads_bytes = self._reads, [], 0
+        try:
+            results = self._read_many([(r.offset, r.length) for r in reqs])
+            if len(results) != len(reqs):
+                raise RuntimeError(f"{len(results)} results for {len(reqs)} reads")
+        except Exception as exc:  # a device bug: answer EIO rather than lose the requests
+            results = [exc] * len(reqs)
+        for req, data in zip(reqs, results, strict=True):
+            self._answer_read(req, data)
+
+    def _answer_read(self, req: Request, data) -> None:
+        """Answer an inline read with ``data``: bytes, an exception, or None for the async
+        path."""
+        if data is not None and not isinstance(data, BaseException) and len(data) != req.length:
+            data = OSError(errno.EIO, "short read")
         if data is None:  # the device wants its async path
             self._spawn(req, self._begin(req))
             return

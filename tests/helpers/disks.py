@@ -99,6 +99,7 @@ class PageCacheDisk(_BufDisk):
     def __init__(self, name: str, size: int = 64 * MiB):
         super().__init__(name, size)
         self.writevs: list[int] = []  # buffers per writev_now call
+        self.readvs: list[int] = []  # buffers per readv_now call
 
     def read_now(self, offset, length):
         if self.fail:
@@ -109,6 +110,14 @@ class PageCacheDisk(_BufDisk):
         if self.fail:
             raise OSError(errno.EIO, f"{self.name}: injected write error")
         self.buf[offset:offset + len(data)] = data
+
+    def readv_now(self, offset, lengths):
+        self.readvs.append(len(lengths))
+        out = []
+        for n in lengths:
+            out.append(bytearray(self.read_now(offset, n)))
+            offset += n
+        return out
 
     def writev_now(self, offset, bufs):
         self.writevs.append(len(bufs))
