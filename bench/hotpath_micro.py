@@ -10,7 +10,10 @@ compiled modules and the pure-Python references side by side:
 * the headers of 16 WRITE requests (site A) and of their replies (site B) built;
 * the logical volume's inline write path (``lvm.inline``) for 16 writes of 4 KiB to a
   2-copy LV (site A): the checks, the remote copy submitted, the local copy written, both
-  answered (the disks are in memory and do nothing, so this is the LV's own cost).
+  answered (the disks are in memory and do nothing, so this is the LV's own cost);
+* the LV's inline read path for 16 adjacent reads of 4 KiB from a file in the page cache,
+  one ``pread`` each (``read_inline``) and as one batch in one ``preadv``
+  (``read_inline_many``, what the NBD server does with reads parsed together).
 
 Each figure is the best of 5 rounds, in µs per request; the whole per-write cost at A is
 about 40-100 µs on this machine (bench/cpu_per_io.py), so this shows what the compiled part
@@ -126,6 +129,24 @@ def lv_round():
         lv.vg.unflushed.clear()  # as a flush would
     return run
 
+def lv_read_round(batched):
+    import tempfile
+    from rpv.blockdev import FileDisk
+    from tests.helpers.mirror_lv import make_lv
+
+    class Remote:
+        name = "hdisk2"
+
+    f = tempfile.NamedTemporaryFile()
+    f.write(bytes(16 << 20))  # a prefilled file, in the page cache
+    f.flush()
+    local = FileDisk("hdisk1", f.name)
+    lv = make_lv(local, Remote())
+    reqs = [(i * 4096, 4096) for i in range(16)]  # a sequential stream
+    if batched:
+        return lambda: lv.read_inline_many(reqs)
+    return lambda: [lv.read_inline(o, n) for o, n in reqs]
+
 async def lv_best():
     return best(lv_round())
 
@@ -136,6 +157,8 @@ for name, make in (("nbd", nbd_round), ("client", client_round), ("server", serv
                    ("send", send_round), ("reply", reply_round)):
     print(name, round(best(make()), 2))
 print("lv", round(asyncio.run(lv_best()), 2))
+print("lv_read1", round(best(lv_read_round(False)), 2))
+print("lv_readv", round(best(lv_read_round(True)), 2))
 '''
 
 
@@ -158,7 +181,9 @@ def main() -> int:
                        ("client", "RPV WRITE reply decoded (site A)"),
                        ("server", "RPV WRITE request 4 KiB decoded (site B)"),
                        ("reply", "RPV WRITE reply encoded (site B)"),
-                       ("lv", "LV inline write, 2 copies (site A)")):
+                       ("lv", "LV inline write, 2 copies (site A)"),
+                       ("lv_read1", "LV inline read 4 KiB, 16 adjacent, a pread each (A)"),
+                       ("lv_readv", "LV inline read 4 KiB, 16 adjacent, one preadv (A)")):
         c, p = rows["compiled"][key], rows["pure"][key]
         print(f"| {label} | {c:.2f} | {p:.2f} | {p - c:.2f} ({(p - c) / p:.0%}) |")
     print(f"({rows['compiled']['chosen']} / {rows['pure']['chosen']})")
