@@ -477,7 +477,10 @@ class VolumeGroup:
         any PV that failed. PVs that failed earlier had their unflushed writes marked then."""
         pools = [(p, p.barrier()) for p in self.async_pools.values() if p.cache is not None
                  and p.state in ("active", "draining")]
-        ok = await asyncio.gather(*(self.flush_pv(i) for i in self.usable_pvs()
+        # remote PVs first: their FLUSH leaves at once, and the peer's fdatasync runs while
+        # the local ones wait for an executor thread (and for the GIL)
+        pvs = sorted(self.usable_pvs(), key=lambda i: self.is_local(self.devices[i]))
+        ok = await asyncio.gather(*(self.flush_pv(i) for i in pvs
                                     if not pools or not self.deferred(i)))
         await self.settle()
         if all(ok):

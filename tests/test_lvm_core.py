@@ -185,3 +185,30 @@ def test_a_failed_copy_is_marked_stale_before_the_write_completes_then_resynced(
         assert (await mgr.lsvg("datavg"))["stale_pps"] == 0
         assert copy_bytes(site, mgr, "datalv", 1, 1, MiB, 65536) == data
     asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_a_flush_sends_the_remote_flush_before_the_local_one_starts():
+    """The peer's FLUSH leaves first, so its fdatasync runs while the local one waits for an
+    executor thread; both are done before the flush returns."""
+    from tests.helpers.disks import PageCacheDisk, RemoteMemDisk
+    from tests.helpers.mirror_lv import make_lv
+    from tests.helpers.waits import settle
+
+    started, local, remote = [], PageCacheDisk("hdisk1"), RemoteMemDisk("hdisk2")
+    gate = asyncio.Event()
+
+    def recording(disk):
+        async def flush():
+            started.append(disk.name)
+            await gate.wait()
+            disk.flushes += 1
+        return flush
+    local.flush, remote.flush = recording(local), recording(remote)
+    lv = make_lv(local, remote)
+    flushing = asyncio.ensure_future(lv.flush())
+    await settle(10)
+    assert started == ["hdisk2", "hdisk1"] and not flushing.done()
+    gate.set()
+    await asyncio.wait_for(flushing, 5)
+    assert (local.flushes, remote.flushes) == (1, 1)
