@@ -913,6 +913,12 @@ def render(doc: dict) -> str:
         rs = [f"{w['ratios'][k]:.2f}" if k in w["ratios"] else "-" for k in ratio_keys]
         out.append(f"| {w['label']} | {UNITS[w['metric']]} | " + " | ".join(cells) + " | "
                    + " | ".join(rs) + " |")
+    if not doc["config"].get("prefilled", True):
+        out += ["", "On fresh sparse files the sequential writes are time-based, so each system "
+                "leaves as much of its file unwritten as it was slow; the sequential reads "
+                "after them read those holes, which the kernel zero-fills into the page cache "
+                "(on the development VM about 100-140 MiB/s, `dd` included). That row "
+                "measures how much of each file the earlier runs wrote, not the read path."]
     lat = doc["latency_10ms_rtt"]
     if lat:
         out += ["", f"## Through glvm-faultproxy: {LAT_MS:g} ms each way, "
