@@ -1,9 +1,10 @@
 """The control API between glvmctl and rpvd: one table of operations, versioned.
 
-Each operation names its argument type (a frozen dataclass: the wire schema), the JSON shape
-of its result, whether it is a pure query (queries leave no audit event) and whether it sends
-progress events before its reply. glvmctl builds every request with :func:`encode`; rpvd
-checks every request with :func:`decode` and calls the handler it registered for the name.
+Each operation names its argument type (a frozen dataclass, made on first use: the wire
+schema), the JSON shape of its result, whether it is a pure query (queries leave no audit
+event) and whether it sends progress events before its reply. glvmctl builds every request
+with :func:`encode`; rpvd checks every request with :func:`decode` and calls the handler it
+registered for the name.
 This module imports nothing from the project, so glvmctl needs nothing else of rpvd.
 
 Wire format, one JSON object per line each way (the control socket, mode 0600)::
@@ -39,17 +40,14 @@ class RequestError(ValueError):
     """A request that does not fit the table; the message is one line for the user."""
 
 
-@dataclass(frozen=True, slots=True)
 class PingArgs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class SiteArgs:
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class MkdevArgs:
     name: str | None = None
     dev_class: str | None = None
@@ -58,35 +56,29 @@ class MkdevArgs:
     define_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class RmdevArgs:
     name: str
     delete: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class ChdevArgs:
     name: str
     changes: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
 class LsdevArgs:
     dev_class: str | None = None
     dev_type: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class LsattrArgs:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
 class LspvArgs:
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class DiscoverArgs:
     server_addr: str
     local_addr: str | None = None  # None: try every local address that could reach it
@@ -94,35 +86,29 @@ class DiscoverArgs:
     timeout: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
 class ErrptArgs:
     identifier: str | None = None
     resource: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class ErrclearArgs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class ErrnotifyAddArgs:
     method: str
     label: str | None = None
     resource: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class ErrnotifyListArgs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class ErrnotifyRmArgs:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
 class MkvgArgs:
     vg: str
     pvs: list[str]
@@ -131,7 +117,6 @@ class MkvgArgs:
     pool: str | None = None  # mkvg -p: the PVs' mirror pool
 
 
-@dataclass(frozen=True, slots=True)
 class ExtendvgArgs:
     vg: str
     pvs: list[str]
@@ -139,14 +124,12 @@ class ExtendvgArgs:
     pool: str | None = None  # extendvg -p: the new PVs' mirror pool
 
 
-@dataclass(frozen=True, slots=True)
 class ReducevgArgs:
     vg: str
     pv: str
     delete_lvs: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class MklvArgs:
     lv: str
     vg: str
@@ -160,7 +143,6 @@ class MklvArgs:
 
 
 
-@dataclass(frozen=True, slots=True)
 class ChlvArgs:
     lv: str
     strictness: str | None = None
@@ -168,19 +150,16 @@ class ChlvArgs:
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class RmlvArgs:
     lv: str
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class LslvArgs:
     lv: str
     map: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class MirrorvgArgs:
     vg: str
     pvs: list[str] | None = None
@@ -190,13 +169,11 @@ class MirrorvgArgs:
     mirror_pools: list[str] | None = None  # mirrorvg -p copyN=POOL
 
 
-@dataclass(frozen=True, slots=True)
 class UnmirrorvgArgs:
     vg: str
     pvs: list[str]
 
 
-@dataclass(frozen=True, slots=True)
 class SyncvgArgs:
     lv: str | None = None
     pv: str | None = None
@@ -206,7 +183,6 @@ class SyncvgArgs:
     rate_mb: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
 class VaryonvgArgs:
     vg: str
     force: bool = False
@@ -215,25 +191,21 @@ class VaryonvgArgs:
     discard_site: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class VaryoffvgArgs:
     vg: str
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class ImportvgArgs:
     vg: str
     pv: str
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class ExportvgArgs:
     vg: str
 
 
-@dataclass(frozen=True, slots=True)
 class ChvgArgs:
     vg: str
     auto_on: str | None = None
@@ -243,13 +215,11 @@ class ChvgArgs:
     resync_impact_pct: int | None = None  # chvg --resync-impact: latency a resync may add, %
 
 
-@dataclass(frozen=True, slots=True)
 class ChpvPoolArgs:
     pvs: list[str]
     pool: str | None = None  # None: take the PVs out of their mirror pool (chpv -P)
 
 
-@dataclass(frozen=True, slots=True)
 class ChmpArgs:
     vg: str
     pool: str
@@ -259,24 +229,20 @@ class ChmpArgs:
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class LsmpArgs:
     vg: str
     pool: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class ChpvArgs:
     pv: str
     state: str
 
 
-@dataclass(frozen=True, slots=True)
 class LsvgArgs:
     vg: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class GmvgAddRpvsArgs:
     vg: str
     site: str
@@ -284,7 +250,6 @@ class GmvgAddRpvsArgs:
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class GmvgAddMirrorArgs:
     vg: str
     site: str
@@ -293,61 +258,50 @@ class GmvgAddMirrorArgs:
     keep_quorum: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class GmvgVerifyArgs:
     vg: str
 
 
-@dataclass(frozen=True, slots=True)
 class GmvgListArgs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class GmvgstatArgs:
     vg: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class RpvstatArgs:
     reset: bool = False
     by_path: bool = False
     asynchronous: bool = False  # rpvstat -A: the asynchronous mirror pools instead
 
 
-@dataclass(frozen=True, slots=True)
 class SyncvgVerifyArgs:
     lv: str | None = None
     vg: str | None = None
     repair: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class JobsArgs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class JobsCancelArgs:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
 class JobsWaitArgs:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
 class AttachArgs:
     lv: str
 
 
-@dataclass(frozen=True, slots=True)
 class AttachmentsArgs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class DetachArgs:
     target: str
 
@@ -355,7 +309,7 @@ class DetachArgs:
 @dataclass(frozen=True, slots=True)
 class Operation:
     name: str
-    args: type  # the argument dataclass
+    args: type  # the argument class, made a dataclass on first use (arg_type)
     result: type  # the JSON shape of the result: dict, list, int or object (either)
     query: bool = False  # changes nothing
     progress: bool = False  # sends {"event": ...} lines before the reply
@@ -450,9 +404,23 @@ def _operation(op: str) -> Operation:
     return operation
 
 
+_ARG_TYPES: dict[type, type] = {}
+
+
+def arg_type(operation: Operation) -> type:
+    """The operation's argument type: its class in the table made a frozen, slotted dataclass,
+    on first use. The table's 48 classes took 50-70 ms to make at import, which every glvmctl
+    command paid for the one it sends."""
+    made = _ARG_TYPES.get(operation.args)
+    if made is None:
+        made = _ARG_TYPES[operation.args] = dataclass(frozen=True, slots=True)(operation.args)
+    return made
+
+
 def _build(operation: Operation, args: dict) -> Any:
-    hints = typing.get_type_hints(operation.args)
-    names = {f.name for f in fields(operation.args)}
+    kind = arg_type(operation)
+    hints = typing.get_type_hints(kind)
+    names = {f.name for f in fields(kind)}
     unknown = sorted(set(args) - names)
     if unknown:
         shown = ", ".join(repr(n)[:40] for n in unknown[:5])
@@ -462,7 +430,7 @@ def _build(operation: Operation, args: dict) -> Any:
             raise RequestError(f"bad arguments for {operation.name}: {name} must be "
                                f"{_describe(hints[name])}, not {type(value).__name__}")
     try:
-        return operation.args(**args)
+        return kind(**args)
     except TypeError as e:  # a required argument is missing
         raise RequestError(f"bad arguments for {operation.name}: {e}") from None
 

@@ -43,3 +43,30 @@ def test_arbitrary_json_requests(op, args):
 @given(st.randoms(use_true_random=False), st.sampled_from(control_seeds()))
 def test_mutated_valid_requests(rng, seed):
     dispatch(mutate(rng, seed))
+
+
+def test_argument_types_are_made_on_first_use_frozen_and_slotted():
+    """Importing the API makes none of the table's argument dataclasses (glvmctl start-up);
+    the first request of an operation makes its own, frozen and slotted, once."""
+    import subprocess
+    import sys
+
+    code = """
+import dataclasses, sys
+from rpv import control_api as api
+assert not any(dataclasses.is_dataclass(op.args) for op in api.OPERATIONS.values())
+op, args = api.decode(b'{"op": "mkdev", "args": {"name": "hdisk9"}}')
+kind = api.arg_type(op)
+assert type(args) is kind and kind is api.arg_type(op) and hasattr(kind, "__slots__")
+assert api.arguments(args)["name"] == "hdisk9"
+try:
+    args.name = "other"
+except dataclasses.FrozenInstanceError:
+    pass
+else:
+    sys.exit("not frozen")
+made = [n for n, o in api.OPERATIONS.items() if dataclasses.is_dataclass(o.args)]
+assert made == ["mkdev"], made
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
