@@ -218,15 +218,19 @@ class FileDisk:
 
     def read_inline_many(self, reqs: list[tuple[int, int]]) -> list:
         sources: list = []
-        for offset, length in reqs:
+        refused: dict[int, OSError] = {}  # out of range: its own EINVAL, the others are read
+        for i, (offset, length) in enumerate(reqs):
             try:
                 check_range(self._size, offset, length)
             except OSError as e:
-                sources.append(e)
+                refused[i] = e
+                sources.append(None)
             else:
                 sources.append((self, offset, length))
-        done = read_batch([s if type(s) is tuple else None for s in sources])
-        return [s if type(s) is not tuple else d for s, d in zip(sources, done, strict=True)]
+        out = read_batch(sources)
+        for i, e in refused.items():
+            out[i] = e
+        return out
 
     def _writable(self, offset: int, length: int) -> None:
         check_range(self._size, offset, length)
