@@ -404,23 +404,28 @@ def _operation(op: str) -> Operation:
     return operation
 
 
-_ARG_TYPES: dict[type, type] = {}
+_SCHEMAS: dict[type, tuple[type, dict[str, Any], frozenset[str]]] = {}
+
+
+def _schema(operation: Operation) -> tuple[type, dict[str, Any], frozenset[str]]:
+    """The operation's argument dataclass (its class in the table made frozen and slotted),
+    its field types and its field names, made on first use and kept. The table's 48 classes
+    took 50-70 ms to make at import, which every glvmctl command paid for the one it sends."""
+    schema = _SCHEMAS.get(operation.args)
+    if schema is None:
+        kind = dataclass(frozen=True, slots=True)(operation.args)
+        schema = (kind, typing.get_type_hints(kind), frozenset(f.name for f in fields(kind)))
+        _SCHEMAS[operation.args] = schema
+    return schema
 
 
 def arg_type(operation: Operation) -> type:
-    """The operation's argument type: its class in the table made a frozen, slotted dataclass,
-    on first use. The table's 48 classes took 50-70 ms to make at import, which every glvmctl
-    command paid for the one it sends."""
-    made = _ARG_TYPES.get(operation.args)
-    if made is None:
-        made = _ARG_TYPES[operation.args] = dataclass(frozen=True, slots=True)(operation.args)
-    return made
+    """The operation's argument type, a frozen, slotted dataclass (:func:`_schema`)."""
+    return _schema(operation)[0]
 
 
 def _build(operation: Operation, args: dict) -> Any:
-    kind = arg_type(operation)
-    hints = typing.get_type_hints(kind)
-    names = {f.name for f in fields(kind)}
+    kind, hints, names = _schema(operation)
     unknown = sorted(set(args) - names)
     if unknown:
         shown = ", ".join(repr(n)[:40] for n in unknown[:5])
